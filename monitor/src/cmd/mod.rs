@@ -1,0 +1,4 @@
+//! One module per `segwatch` subcommand: argument parsing at the edge, then a
+//! call into the pure core.
+
+pub mod run;

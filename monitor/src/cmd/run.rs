@@ -1,0 +1,55 @@
+//! `segwatch run`: the node daemon.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Attach to pod veths, turn what the kernel sees into flow reports, judge
+/// them, and serve /metrics, /healthz and /readyz.
+///
+/// Examples:
+///   segwatch run --inventory cluster.json --flow-log /var/log/segwatch/flows.jsonl
+///   segwatch run --interface 'veth*' --policy baseline.yaml
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Interface name or glob to attach to (repeatable). Default: every veth
+    /// in the host network namespace, attached as it appears.
+    #[arg(long = "interface", value_name = "NAME|GLOB")]
+    pub interfaces: Vec<String>,
+    /// Cluster objects from files or directories instead of the API server
+    /// (repeatable); re-read when they change.
+    #[arg(long = "inventory", value_name = "PATH")]
+    pub inventory: Vec<PathBuf>,
+    /// SegmentationPolicy documents (repeatable).
+    #[arg(long = "policy", value_name = "PATH")]
+    pub policy: Vec<PathBuf>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9810", value_name = "ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// Where flow reports go, one JSON object per line; `-` is stdout.
+    #[arg(long, default_value = "-", value_name = "PATH|-")]
+    pub flow_log: String,
+    /// Extra addresses that count as the node (repeatable).
+    #[arg(long = "node-ip", value_name = "IP")]
+    pub node_ip: Vec<IpAddr>,
+    /// Name of this node (reported as `observer`); default: the host name.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// How often the flow table is swept, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub sweep_interval_ms: u64,
+    /// A flow with no packet for this long ends (seconds).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub idle_timeout: u64,
+    /// A flow that goes on is reported again after this long (seconds).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub active_timeout: u64,
+    /// Capacity of the kernel flow table (entries per node).
+    #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_FLOWS, value_name = "N")]
+    pub max_flows: u32,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let _ = args;
+    anyhow::bail!("segwatch run: the daemon lands with the datapath (issue #2)")
+}

@@ -1,0 +1,17 @@
+//! segwatch: eBPF network segmentation and flow monitor for Kubernetes.
+//!
+//! ```text
+//!  kernel (monitor-ebpf)            daemon (`segwatch run`)
+//!  ┌───────────────────────┐  ring  ┌──────────┐   ┌─────────────┐   ┌──────────────┐
+//!  │ tcx ingress/egress on │──buf──►│ datapath │──►│ flows       │──►│ flow log     │
+//!  │ every pod veth        │  maps  │ (aya)    │   │ (sweep,     │   │ JSON lines   │
+//!  └───────────────────────┘───────►└──────────┘   │  dedup)     │   │ + /metrics   │
+//!                                                  └─────────────┘   └──────────────┘
+//! ```
+//!
+//! The pure core (reports, policies, the cluster index) has no tokio, kube or
+//! aya in it; the datapath, watchers and HTTP are adapters around it.
+
+pub mod cli;
+pub mod cmd;
+pub mod report;

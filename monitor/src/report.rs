@@ -1,0 +1,279 @@
+//! The flow report: one JSON object per line, exactly the shape fixed in
+//! `CONTRACT.md` ("Flow report"). `segwatch run` writes it; `suggest` and
+//! `audit` read it back, so (de)serialisation lives in one place.
+//!
+//! Fields that do not apply are omitted, never faked: every optional field is
+//! `Option` and skipped when `None`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One flow report line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowReport {
+    /// When the report was written.
+    pub time: DateTime<Utc>,
+    /// First packet of the reported interval.
+    pub start: DateTime<Utc>,
+    /// Last packet of the reported interval.
+    pub end: DateTime<Utc>,
+    /// Host-side interface the counts come from.
+    pub interface: String,
+    /// `TCP`, `UDP`, `ICMP`, `ICMPv6`, `SCTP` or the IANA number.
+    pub protocol: String,
+    pub ip_version: u8,
+    /// The side that opened the flow.
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub packets: Counts,
+    pub bytes: Counts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netpol: Option<NetpolInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+    /// Extension: `observed` when the opener was seen opening (SYN, first
+    /// packet), `inferred` when the flow was already running when first seen
+    /// and the opener was guessed from the ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opener: Option<OpenerSource>,
+    /// Extension: the node that observed the flow (`--node-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<String>,
+    /// Extension: `true` when this report ends the flow (FIN/RST, idle,
+    /// shutdown); `false` for an active-timeout report of a flow that goes on.
+    #[serde(default = "default_true")]
+    pub ended: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One end of a flow, with what attribution knows about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EndpointKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// `Kind/name`, e.g. `Deployment/web`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `namespace/name` of the Service whose ClusterIP this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+impl Default for FlowReport {
+    fn default() -> Self {
+        let t = DateTime::<Utc>::UNIX_EPOCH;
+        FlowReport {
+            time: t,
+            start: t,
+            end: t,
+            interface: String::new(),
+            protocol: String::new(),
+            ip_version: 4,
+            src: Endpoint::default(),
+            dst: Endpoint::default(),
+            packets: Counts::default(),
+            bytes: Counts::default(),
+            tcp: None,
+            icmp: None,
+            netpol: None,
+            verdict: None,
+            violations: Vec::new(),
+            opener: None,
+            observer: None,
+            ended: true,
+        }
+    }
+}
+
+impl Endpoint {
+    /// An endpoint known only by address (and port).
+    pub fn bare(ip: IpAddr, port: Option<u16>) -> Self {
+        Endpoint {
+            ip,
+            port,
+            kind: None,
+            namespace: None,
+            pod: None,
+            workload: None,
+            service_account: None,
+            labels: None,
+            node: None,
+            service: None,
+        }
+    }
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint::bare(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), None)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointKind {
+    Pod,
+    Service,
+    Node,
+    Metadata,
+    External,
+}
+
+/// Counts per direction: `sent` by `src`, `received` by `src`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub sent: u64,
+    pub received: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpInfo {
+    /// Union of the flags seen in both directions, in header bit order.
+    pub flags: Vec<String>,
+    pub state: TcpState,
+}
+
+/// What the handshake tells about a TCP flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpState {
+    /// SYN sent, nothing answered (dropped on the way, or still pending).
+    Attempted,
+    /// The responder answered the SYN with SYN-ACK.
+    Established,
+    /// The responder answered with RST and never with SYN-ACK.
+    Rejected,
+    /// Established, then ended by FIN or RST.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpInfo {
+    #[serde(rename = "type")]
+    pub icmp_type: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetpolInfo {
+    pub allowed: bool,
+    /// `namespace/name` of the ingress policies that allow it.
+    #[serde(default)]
+    pub ingress: Vec<String>,
+    /// `namespace/name` of the egress policies that allow it.
+    #[serde(default)]
+    pub egress: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allowed,
+    Violation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    /// Name of the policy rule or document concerned.
+    pub rule: String,
+    /// One line a human can act on.
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationKind {
+    CrossNamespace,
+    WithinNamespace,
+    HostAccess,
+    MetadataApi,
+    External,
+    NetpolBypass,
+}
+
+impl ViolationKind {
+    /// The label value used in metrics and the flow log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationKind::CrossNamespace => "cross_namespace",
+            ViolationKind::WithinNamespace => "within_namespace",
+            ViolationKind::HostAccess => "host_access",
+            ViolationKind::MetadataApi => "metadata_api",
+            ViolationKind::External => "external",
+            ViolationKind::NetpolBypass => "netpol_bypass",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenerSource {
+    Observed,
+    Inferred,
+}
+
+/// Reads flow reports from JSON lines; a bad line is an error naming the
+/// file and line (blank lines are skipped).
+pub fn read_flow_log(path: &std::path::Path) -> anyhow::Result<Vec<FlowReport>> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read flow log {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let report: FlowReport = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a flow report", path.display(), i + 1))?;
+        out.push(report);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_example_round_trips() {
+        let line = r#"{"time":"2026-01-01T00:00:02Z","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:01Z","interface":"veth1","protocol":"TCP","ip_version":4,"src":{"ip":"10.1.0.5","port":40312,"kind":"pod","namespace":"shop","pod":"web-0","workload":"Deployment/web","service_account":"web","labels":{"app":"web"},"node":"n1"},"dst":{"ip":"10.2.0.7","port":8080,"kind":"service","namespace":"api","service":"api/backend"},"packets":{"sent":12,"received":10},"bytes":{"sent":1432,"received":88123},"tcp":{"flags":["SYN","ACK","FIN"],"state":"closed"},"netpol":{"allowed":true,"ingress":["api/allow-web"],"egress":[]},"verdict":"violation","violations":[{"kind":"cross_namespace","rule":"baseline","reason":"shop -> api:8080/TCP is not whitelisted"}]}"#;
+        let r: FlowReport = serde_json::from_str(line).expect("contract example must parse");
+        assert_eq!(r.src.workload.as_deref(), Some("Deployment/web"));
+        assert_eq!(r.tcp.as_ref().map(|t| t.state), Some(TcpState::Closed));
+        assert_eq!(r.violations[0].kind, ViolationKind::CrossNamespace);
+        let back = serde_json::to_string(&r).expect("serialises");
+        let again: FlowReport = serde_json::from_str(&back).expect("own output parses");
+        assert_eq!(r, again, "a report must survive a round trip unchanged");
+        assert!(
+            !back.contains("\"pod\":null"),
+            "absent fields are omitted, not null"
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! What a build script can't do: set up the machine, run every test (the
+//! privileged ones included), run the local lab, run the benchmarks.
+//!
+//! ```text
+//!  cargo xtask setup ─► apt packages, pinned nightly + rust-src, bpf-linker, Python tools
+//!  cargo xtask test  ─► setup ─► cargo build ─► cargo test --workspace ─► offline checks
+//!  cargo xtask demo  ─► setup ─► cargo build --release ─► the lab
+//! ```
+
+mod setup;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "segwatch's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (idempotent): Debian tools, the pinned nightly
+    /// with rust-src, bpf-linker for LLVM 22, the Python checkers.
+    Setup,
+    /// Set up, build, then run every test, the privileged ones included.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Task::Setup => setup::run(&root),
+        Task::Test { args } => test(&root, &args),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> Result<PathBuf> {
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    Path::new(manifest)
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+/// Runs a command, failing with the command line in the message.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    setup::run(root)?;
+    require_root("the privileged tests create network namespaces and load BPF programs")?;
+    step("building the workspace (kernel programs included)");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--workspace", "--all-targets"]))?;
+    step("running every test");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root).args(["test", "--workspace"]);
+    if !args.is_empty() {
+        cmd.args(args);
+    }
+    // The tools the tests drive (nca, kubernetes-validate) live in our venv.
+    cmd.env("PATH", setup::path_with_tools(root)?);
+    cmd.env("SEGWATCH_REQUIRE_PRIVILEGED", "1");
+    run(&mut cmd)?;
+    step("all tests passed");
+    Ok(())
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!("must run as root: {why}");
+    }
+    Ok(())
+}
