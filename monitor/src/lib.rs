@@ -14,4 +14,5 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod metrics;
 pub mod report;

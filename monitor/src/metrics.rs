@@ -1,0 +1,229 @@
+//! Every metric segwatch exports, in one registry (names and labels fixed in
+//! CONTRACT.md "Metrics"). Label values come from bounded sets only:
+//! namespaces, workloads, ports seen, never pod names or raw IPs.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The daemon's metrics. Cheap to clone (every field is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `segwatch_flows_total{src_namespace,dst_namespace,protocol,verdict}`
+    pub flows: IntCounterVec,
+    /// `segwatch_flow_bytes_total{src_namespace,dst_namespace,direction}`
+    pub flow_bytes: IntCounterVec,
+    /// `segwatch_violations_total{kind,src_namespace,src_workload,src_service_account,dst_namespace,dst_workload,dst_port,protocol}`
+    pub violations: IntCounterVec,
+    /// `segwatch_workload_flows_total{src_namespace,src_workload,dst_namespace,dst_workload,dst_port,protocol}`
+    pub workload_flows: IntCounterVec,
+    /// `segwatch_events_lost_total{stage}`: every loss, kernel and userspace.
+    pub events_lost: IntCounterVec,
+    /// `segwatch_interfaces_attached`
+    pub interfaces_attached: IntGauge,
+    /// `segwatch_flows_unattributed_total`: flow ends no identity was found for.
+    pub flows_unattributed: IntCounter,
+    /// `segwatch_build_info{version}` (always 1).
+    pub build_info: IntGaugeVec,
+    /// `segwatch_packets_total{result}`: what the kernel programs saw
+    /// (`accounted`, `non_ip`, `fragment`), next to the losses.
+    pub packets: IntCounterVec,
+    /// `segwatch_flow_table_entries`: entries in the kernel flow table at the
+    /// last sweep, and `segwatch_flow_table_capacity`.
+    pub flow_table_entries: IntGauge,
+    pub flow_table_capacity: IntGauge,
+    /// `segwatch_flows_deduplicated_total`: connections also seen on a second
+    /// interface of this node and reported once.
+    pub flows_deduplicated: IntCounter,
+    /// `segwatch_inventory_errors_total{source}`: inventory files or API
+    /// objects that could not be read (last good state kept).
+    pub inventory_errors: IntCounterVec,
+}
+
+/// Names of the loss stages in `segwatch_events_lost_total{stage}`.
+pub mod stage {
+    /// New-connection events not announced: kernel ring buffer full.
+    pub const RINGBUF_FULL: &str = "ringbuf_full";
+    /// Packets not counted: kernel flow table full.
+    pub const FLOW_MAP_FULL: &str = "flow_map_full";
+    /// Packets with headers we could not parse.
+    pub const UNPARSABLE: &str = "unparsable";
+    /// IPv6 packets with more extension headers than the bound.
+    pub const IPV6_EXT_LIMIT: &str = "ipv6_ext_limit";
+    /// Flow reports that could not be written to the flow log.
+    pub const FLOW_LOG_WRITE: &str = "flow_log_write";
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        let flows = counter_vec(
+            "segwatch_flows_total",
+            "Flow reports, by namespace pair, protocol and verdict.",
+            &["src_namespace", "dst_namespace", "protocol", "verdict"],
+        );
+        let flow_bytes = counter_vec(
+            "segwatch_flow_bytes_total",
+            "IP-layer bytes of reported flows, by namespace pair and direction (sent by the opener, received by it).",
+            &["src_namespace", "dst_namespace", "direction"],
+        );
+        let violations = counter_vec(
+            "segwatch_violations_total",
+            "Connections that break the segmentation policy, counted once per connection.",
+            &[
+                "kind",
+                "src_namespace",
+                "src_workload",
+                "src_service_account",
+                "dst_namespace",
+                "dst_workload",
+                "dst_port",
+                "protocol",
+            ],
+        );
+        let workload_flows = counter_vec(
+            "segwatch_workload_flows_total",
+            "Connections between workloads (edges for cluster-wide policy suggestions).",
+            &[
+                "src_namespace",
+                "src_workload",
+                "dst_namespace",
+                "dst_workload",
+                "dst_port",
+                "protocol",
+            ],
+        );
+        let events_lost = counter_vec(
+            "segwatch_events_lost_total",
+            "Everything lost on the way from packet to report, by stage.",
+            &["stage"],
+        );
+        let packets = counter_vec(
+            "segwatch_packets_total",
+            "Packets the kernel programs ran on, by result.",
+            &["result"],
+        );
+        let inventory_errors = counter_vec(
+            "segwatch_inventory_errors_total",
+            "Inventory files or API objects that could not be read; the last good state is kept.",
+            &["source"],
+        );
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("static metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        let interfaces_attached = gauge(
+            "segwatch_interfaces_attached",
+            "Interfaces our programs are attached to.",
+        );
+        let flow_table_entries = gauge(
+            "segwatch_flow_table_entries",
+            "Entries in the kernel flow table at the last sweep.",
+        );
+        let flow_table_capacity = gauge(
+            "segwatch_flow_table_capacity",
+            "Capacity of the kernel flow table.",
+        );
+        let flows_unattributed = counter(
+            "segwatch_flows_unattributed_total",
+            "Flows with an end inside the pod network that no known pod, service or node matched.",
+        );
+        let flows_deduplicated = counter(
+            "segwatch_flows_deduplicated_total",
+            "Connections seen on two interfaces of this node and reported once.",
+        );
+        let build_info = IntGaugeVec::new(
+            Opts::new("segwatch_build_info", "Build information (always 1)."),
+            &["version"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("metric names are unique");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Every loss stage exists from the start (at 0), so alerts on
+        // `increase()` see the first loss.
+        for s in [
+            stage::RINGBUF_FULL,
+            stage::FLOW_MAP_FULL,
+            stage::UNPARSABLE,
+            stage::IPV6_EXT_LIMIT,
+            stage::FLOW_LOG_WRITE,
+        ] {
+            events_lost.with_label_values(&[s]);
+        }
+        Metrics {
+            registry,
+            flows,
+            flow_bytes,
+            violations,
+            workload_flows,
+            events_lost,
+            interfaces_attached,
+            flows_unattributed,
+            build_info,
+            packets,
+            flow_table_entries,
+            flow_table_capacity,
+            flows_deduplicated,
+            inventory_errors,
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder as _;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text encoder writes UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_metrics_are_exported_from_the_start() {
+        let m = Metrics::new();
+        let text = m.render();
+        for name in [
+            "segwatch_events_lost_total{stage=\"ringbuf_full\"} 0",
+            "segwatch_interfaces_attached 0",
+            "segwatch_build_info{version=",
+            "segwatch_flows_unattributed_total 0",
+        ] {
+            assert!(
+                text.contains(name),
+                "/metrics must carry `{name}` before any traffic:\n{text}"
+            );
+        }
+    }
+}
