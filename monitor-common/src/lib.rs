@@ -22,6 +22,8 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const PROG_INGRESS: &str = "segwatch_ingress";
 /// Name of the egress program (host side of a veth: traffic entering the pod).
 pub const PROG_EGRESS: &str = "segwatch_egress";
+/// Name of the no-op program (the benchmark's floor).
+pub const PROG_NOOP: &str = "segwatch_noop";
 
 /// Default capacity of the flow table (entries). The daemon overrides it at
 /// load time from `--max-flows`.

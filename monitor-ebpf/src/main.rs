@@ -405,9 +405,17 @@ fn track(ctx: &TcContext, pkt: &Packet) {
         opener: opened_by,
         _pad: [0; 5],
     };
-    stats.packets[dir] = pkt.segs as u64;
-    stats.bytes[dir] = pkt.bytes;
-    stats.tcp_flags[dir] = pkt.tcp_flags;
+    // Constant indices only: LLVM turns `arr[dir]` on a stack slot into
+    // pointer arithmetic (`fp | dir`) that the verifier rejects.
+    if dir == 0 {
+        stats.packets[0] = pkt.segs as u64;
+        stats.bytes[0] = pkt.bytes;
+        stats.tcp_flags[0] = pkt.tcp_flags;
+    } else {
+        stats.packets[1] = pkt.segs as u64;
+        stats.bytes[1] = pkt.bytes;
+        stats.tcp_flags[1] = pkt.tcp_flags;
+    }
     match FLOWS.insert(&key, &stats, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(Counter::NewFlows, 1);
@@ -440,11 +448,16 @@ fn track(ctx: &TcContext, pkt: &Packet) {
 
 #[inline(always)]
 fn add(stats: &mut FlowStats, dir: usize, pkt: &Packet, now: u64) {
-    // `dir` is 0 or 1; the mask tells the verifier so.
-    let d = dir & 1;
-    stats.packets[d] += pkt.segs as u64;
-    stats.bytes[d] += pkt.bytes;
-    stats.tcp_flags[d] |= pkt.tcp_flags;
+    // Constant indices only (see `track`).
+    if dir == 0 {
+        stats.packets[0] += pkt.segs as u64;
+        stats.bytes[0] += pkt.bytes;
+        stats.tcp_flags[0] |= pkt.tcp_flags;
+    } else {
+        stats.packets[1] += pkt.segs as u64;
+        stats.bytes[1] += pkt.bytes;
+        stats.tcp_flags[1] |= pkt.tcp_flags;
+    }
     if stats.first_ns == 0 {
         stats.first_ns = now;
     }

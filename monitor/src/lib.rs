@@ -14,5 +14,6 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod datapath;
 pub mod metrics;
 pub mod report;
