@@ -15,5 +15,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod datapath;
+pub mod inventory;
 pub mod metrics;
 pub mod report;
+pub mod segpolicy;
