@@ -14,8 +14,10 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod daemon;
 pub mod datapath;
 pub mod inventory;
+pub mod flows;
 pub mod metrics;
 pub mod report;
 pub mod segpolicy;

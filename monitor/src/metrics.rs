@@ -34,6 +34,8 @@ pub struct Metrics {
     /// `segwatch_flows_deduplicated_total`: connections also seen on a second
     /// interface of this node and reported once.
     pub flows_deduplicated: IntCounter,
+    /// `segwatch_kernel_new_flows_total`: entries the kernel created.
+    pub new_flows: IntCounter,
     /// `segwatch_inventory_errors_total{source}`: inventory files or API
     /// objects that could not be read (last good state kept).
     pub inventory_errors: IntCounterVec,
@@ -51,6 +53,9 @@ pub mod stage {
     pub const IPV6_EXT_LIMIT: &str = "ipv6_ext_limit";
     /// Flow reports that could not be written to the flow log.
     pub const FLOW_LOG_WRITE: &str = "flow_log_write";
+    /// New-flow events dropped because the daemon fell behind (the flows are
+    /// still reported at the next sweep, only not announced at once).
+    pub const EVENT_QUEUE_FULL: &str = "event_queue_full";
 }
 
 impl Metrics {
@@ -145,6 +150,10 @@ impl Metrics {
             "segwatch_flows_unattributed_total",
             "Flows with an end inside the pod network that no known pod, service or node matched.",
         );
+        let new_flows = counter(
+            "segwatch_kernel_new_flows_total",
+            "Connections the kernel programs started tracking (one per interface that saw it).",
+        );
         let flows_deduplicated = counter(
             "segwatch_flows_deduplicated_total",
             "Connections seen on two interfaces of this node and reported once.",
@@ -168,6 +177,7 @@ impl Metrics {
             stage::UNPARSABLE,
             stage::IPV6_EXT_LIMIT,
             stage::FLOW_LOG_WRITE,
+            stage::EVENT_QUEUE_FULL,
         ] {
             events_lost.with_label_values(&[s]);
         }
@@ -185,6 +195,7 @@ impl Metrics {
             flow_table_entries,
             flow_table_capacity,
             flows_deduplicated,
+            new_flows,
             inventory_errors,
         }
     }

@@ -77,7 +77,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .args(["build", "--workspace", "--all-targets"]))?;
     step("running every test");
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root).args(["test", "--workspace"]);
+    cmd.current_dir(root).arg("test");
     if !args.is_empty() {
         cmd.args(args);
     }

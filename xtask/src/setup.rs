@@ -20,6 +20,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces and veth pairs"),
     ("bpftool", "checks that nothing stays attached"),
     (
+        "ethtool",
+        "turns veth offloads off where tshark must see wire packets",
+    ),
+    (
         "nftables",
         "the lab's Service DNAT (kube-proxy nftables mode)",
     ),

@@ -50,6 +50,46 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("segwatch run: the daemon lands with the datapath (issue #2)")
+    use anyhow::Context as _;
+    const NS: u64 = 1_000_000_000;
+    if args.sweep_interval_ms == 0 {
+        anyhow::bail!("--sweep-interval-ms must be at least 1");
+    }
+    if args.max_flows == 0 {
+        anyhow::bail!("--max-flows must be at least 1");
+    }
+    let node_name = args.node_name.clone().or_else(hostname);
+    let cfg = crate::daemon::Config {
+        interfaces: args.interfaces,
+        metrics_addr: args.metrics_addr,
+        flow_log: args.flow_log,
+        node_name,
+        sweep_interval: std::time::Duration::from_millis(args.sweep_interval_ms),
+        timeouts: crate::flows::Timeouts {
+            idle_ns: args.idle_timeout.saturating_mul(NS),
+            active_ns: args.active_timeout.saturating_mul(NS),
+            // Long enough for the last ACK of a FIN exchange, short enough
+            // that a closed connection is reported promptly.
+            closed_linger_ns: NS,
+        },
+        max_flows: args.max_flows,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(crate::daemon::run(cfg, Box::new(crate::daemon::NoJudge)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its whole length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }

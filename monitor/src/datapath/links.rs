@@ -76,6 +76,11 @@ impl Selector {
         Selector { patterns }
     }
 
+    /// No `--interface` given: every veth.
+    pub fn is_default(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
     /// Names given literally (not globs): they must exist at start.
     pub fn literal_names(&self) -> impl Iterator<Item = &str> {
         self.patterns

@@ -1,0 +1,454 @@
+//! The node daemon's event loop: the adapter that wires the kernel, netlink,
+//! the flow tracker, the flow log and /metrics together.
+//!
+//! ```text
+//!  netlink links ──► attach / detach ──► segwatch_interfaces_attached
+//!  ring buffer ────► new connection (judged at once, for fast alerts)
+//!  every sweep ────► snapshot ─► Tracker ─► FlowReport ─► judge ─► flow log + metrics
+//!                    counters ─► segwatch_events_lost_total, segwatch_packets_total
+//!  SIGTERM/SIGINT ─► final sweep (flush) ─► detach everything ─► exit 0
+//! ```
+
+pub mod http;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use monitor_common::{Counter, FlowEvent};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::datapath::links::{self, LinkEvent, Selector};
+use crate::datapath::Datapath;
+use crate::flows::{self, ConnKey, Timeouts, Tracker};
+use crate::metrics::{stage, Metrics};
+use crate::report::FlowReport;
+
+/// Everything `segwatch run` needs, parsed and validated at the edge.
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub metrics_addr: std::net::SocketAddr,
+    pub flow_log: String,
+    pub node_name: Option<String>,
+    pub sweep_interval: Duration,
+    pub timeouts: Timeouts,
+    pub max_flows: u32,
+}
+
+/// Judges a flow report in place (attribution, verdict, violations) and
+/// records it in the metrics. `first` is true for the first report of a
+/// connection (violations count once per connection).
+pub trait Judge: Send {
+    fn judge(&mut self, report: &mut FlowReport);
+    fn observe(&mut self, metrics: &Metrics, report: &FlowReport, first: bool);
+    /// A new connection announced by the kernel, judged before any counts
+    /// exist so that alerts fire within milliseconds. Returns whether the
+    /// violation metrics were updated for it (then the final report does not
+    /// count them again).
+    fn announce(&mut self, metrics: &Metrics, report: &FlowReport) -> bool;
+    /// The cluster view is complete enough to judge (for /readyz).
+    fn ready(&self) -> bool;
+}
+
+/// A judge that knows nothing about the cluster: reports carry addresses and
+/// ports only, and metrics use empty namespace labels.
+pub struct NoJudge;
+
+impl Judge for NoJudge {
+    fn judge(&mut self, _report: &mut FlowReport) {}
+    fn observe(&mut self, metrics: &Metrics, report: &FlowReport, _first: bool) {
+        metrics
+            .flows
+            .with_label_values(&["", "", &report.protocol, "unjudged"])
+            .inc();
+        metrics
+            .flow_bytes
+            .with_label_values(&["", "", "sent"])
+            .inc_by(report.bytes.sent);
+        metrics
+            .flow_bytes
+            .with_label_values(&["", "", "received"])
+            .inc_by(report.bytes.received);
+    }
+    fn announce(&mut self, _metrics: &Metrics, _report: &FlowReport) -> bool {
+        false
+    }
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// Where flow reports go.
+enum FlowLog {
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File(std::io::BufWriter<std::fs::File>),
+}
+
+impl FlowLog {
+    fn open(spec: &str) -> Result<Self> {
+        if spec == "-" {
+            return Ok(FlowLog::Stdout(std::io::BufWriter::new(std::io::stdout())));
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec)
+            .with_context(|| format!("--flow-log {spec}: cannot open for appending"))?;
+        Ok(FlowLog::File(std::io::BufWriter::new(f)))
+    }
+
+    fn write(&mut self, report: &FlowReport) -> std::io::Result<()> {
+        let line = serde_json::to_string(report).map_err(std::io::Error::other)?;
+        let w: &mut dyn std::io::Write = match self {
+            FlowLog::Stdout(w) => w,
+            FlowLog::File(w) => w,
+        };
+        w.write_all(line.as_bytes())?;
+        w.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            FlowLog::Stdout(w) => w.flush(),
+            FlowLog::File(w) => w.flush(),
+        }
+    }
+}
+
+/// Monotonic (CLOCK_MONOTONIC, what bpf_ktime_get_ns reads) now, in ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Maps kernel monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy)]
+struct Clock {
+    /// Wall ns minus monotonic ns, measured now.
+    offset_ns: i128,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let wall = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as i128;
+        Clock {
+            offset_ns: wall - monotonic_ns() as i128,
+        }
+    }
+
+    fn wall(&self, mono_ns: u64) -> chrono::DateTime<chrono::Utc> {
+        let ns = (mono_ns as i128 + self.offset_ns).clamp(0, i64::MAX as i128) as i64;
+        chrono::DateTime::from_timestamp_nanos(ns)
+    }
+}
+
+struct Daemon {
+    dp: Datapath,
+    selector: Selector,
+    metrics: Metrics,
+    judge: Box<dyn Judge>,
+    tracker: Tracker,
+    log: FlowLog,
+    observer: Option<String>,
+    /// ifindex → name of every interface we attached to (kept after it goes,
+    /// for the reports of its last flows).
+    names: HashMap<u32, String>,
+    /// Connections announced through the ring buffer whose violations were
+    /// already counted (so the report does not count them twice).
+    announced: HashSet<ConnKey>,
+    /// Kernel counters at the last sweep, to export increments.
+    last_counters: [u64; Counter::COUNT as usize],
+    health: Arc<http::Health>,
+}
+
+impl Daemon {
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up { index, name, kind } => {
+                if !self.selector.wants(&name, kind.as_deref()) || self.dp.is_attached(&name) {
+                    return;
+                }
+                match self.dp.attach(&name) {
+                    Ok(()) => {
+                        tracing::info!(interface = %name, index, "attached");
+                        self.names.insert(index, name);
+                    }
+                    // The interface may be gone already (short-lived veth).
+                    Err(e) => {
+                        tracing::warn!(interface = %name, error = %format!("{e:#}"), "cannot attach")
+                    }
+                }
+            }
+            LinkEvent::Gone { index, name } => {
+                let name = if name.is_empty() {
+                    self.names.get(&index).cloned().unwrap_or_default()
+                } else {
+                    name
+                };
+                if self.dp.is_attached(&name) {
+                    self.dp.detach(&name);
+                    tracing::info!(interface = %name, index, "interface gone, detached");
+                }
+            }
+        }
+        self.metrics
+            .interfaces_attached
+            .set(self.dp.attached().count() as i64);
+    }
+
+    fn on_event(&mut self, ev: FlowEvent) {
+        let ck = ConnKey::from(&ev.key);
+        if self.announced.contains(&ck) {
+            // The same connection on a second interface of this node.
+            return;
+        }
+        let mut stats = monitor_common::FlowStats {
+            opener: ev.opener,
+            first_ns: ev.ts_ns,
+            last_ns: ev.ts_ns,
+            ..Default::default()
+        };
+        let dir = usize::from(
+            ev.opener == monitor_common::opener::HI
+                || ev.opener == monitor_common::opener::HI_INFERRED,
+        );
+        stats.tcp_flags[dir] = ev.tcp_flags;
+        stats.packets[dir] = 1;
+        stats.bytes[dir] = u64::from(ev.bytes);
+        let raw = flows::RawReport {
+            key: ev.key,
+            stats,
+            packets: stats.packets,
+            bytes: stats.bytes,
+            start_ns: ev.ts_ns,
+            end_ns: ev.ts_ns,
+            ended: false,
+        };
+        let clock = Clock::now();
+        let iface = self
+            .names
+            .get(&ev.key.ifindex)
+            .map(String::as_str)
+            .unwrap_or("");
+        let mut report = flows::to_report(&raw, iface, chrono::Utc::now(), |ns| clock.wall(ns));
+        report.observer.clone_from(&self.observer);
+        self.judge.judge(&mut report);
+        if self.judge.announce(&self.metrics, &report) {
+            self.announced.insert(ck);
+        }
+    }
+
+    /// One pass over the kernel table; with `shutdown`, flush everything.
+    fn sweep(&mut self, shutdown: bool) -> Result<()> {
+        let entries = self
+            .dp
+            .snapshot()
+            .context("reading the kernel flow table")?;
+        self.metrics.flow_table_entries.set(entries.len() as i64);
+        let now = monotonic_ns();
+        let out = self.tracker.sweep(&entries, now, shutdown);
+        self.metrics.flows_deduplicated.inc_by(out.new_duplicates);
+        let clock = Clock::now();
+        let wall_now = chrono::Utc::now();
+        for raw in &out.reports {
+            let ck = ConnKey::from(&raw.key);
+            let iface = self
+                .names
+                .get(&raw.key.ifindex)
+                .cloned()
+                .or_else(|| links::ifname(raw.key.ifindex))
+                .unwrap_or_else(|| format!("if{}", raw.key.ifindex));
+            let mut report = flows::to_report(raw, &iface, wall_now, |ns| clock.wall(ns));
+            report.observer.clone_from(&self.observer);
+            self.judge.judge(&mut report);
+            // Violations count once per connection: at the announcement if
+            // the judge counted them then, else with the first report.
+            let first = raw.start_ns == raw.stats.first_ns && !self.announced.contains(&ck);
+            self.judge.observe(&self.metrics, &report, first);
+            if raw.ended {
+                self.announced.remove(&ck);
+            }
+            if let Err(e) = self.log.write(&report) {
+                self.metrics
+                    .events_lost
+                    .with_label_values(&[stage::FLOW_LOG_WRITE])
+                    .inc();
+                tracing::warn!(error = %e, "cannot write the flow log");
+            }
+        }
+        if let Err(e) = self.log.flush() {
+            tracing::warn!(error = %e, "cannot flush the flow log");
+        }
+        self.dp.remove(&out.remove);
+        self.export_counters()?;
+        Ok(())
+    }
+
+    fn export_counters(&mut self) -> Result<()> {
+        let now = self.dp.counters().context("reading the kernel counters")?;
+        let delta = |c: Counter| now[c as usize].saturating_sub(self.last_counters[c as usize]);
+        let lost = &self.metrics.events_lost;
+        lost.with_label_values(&[stage::RINGBUF_FULL])
+            .inc_by(delta(Counter::RingbufFull));
+        lost.with_label_values(&[stage::FLOW_MAP_FULL])
+            .inc_by(delta(Counter::FlowMapFull));
+        lost.with_label_values(&[stage::UNPARSABLE])
+            .inc_by(delta(Counter::Unparsable));
+        lost.with_label_values(&[stage::IPV6_EXT_LIMIT])
+            .inc_by(delta(Counter::Ipv6ExtLimit));
+        let skipped = [
+            Counter::NonIp,
+            Counter::Unparsable,
+            Counter::Ipv6ExtLimit,
+            Counter::FlowMapFull,
+        ]
+        .iter()
+        .map(|c| delta(*c))
+        .sum::<u64>();
+        let p = &self.metrics.packets;
+        p.with_label_values(&["accounted"])
+            .inc_by(delta(Counter::Packets).saturating_sub(skipped));
+        p.with_label_values(&["non_ip"])
+            .inc_by(delta(Counter::NonIp));
+        p.with_label_values(&["fragment"])
+            .inc_by(delta(Counter::Fragments));
+        self.metrics.new_flows.inc_by(delta(Counter::NewFlows));
+        self.last_counters = now;
+        Ok(())
+    }
+}
+
+/// Reads new-flow events from the ring buffer into `tx` until it closes.
+async fn read_events(
+    rb: RingBuf<MapData>,
+    tx: mpsc::Sender<FlowEvent>,
+    metrics: Metrics,
+) -> Result<()> {
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the
+    // RingBuf, and always returns that same fd.
+    let mut fd = unsafe { AsyncFd::register(rb) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+    loop {
+        let mut guard = fd
+            .readable_mut()
+            .await
+            .context("waiting on the ring buffer")?;
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            if item.len() < std::mem::size_of::<FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a FlowEvent (repr(C), any bit
+            // pattern valid) of at least this size.
+            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if tx.try_send(ev).is_err() {
+                // The daemon is behind; the flow is still in the table and
+                // will be reported at the next sweep, only not announced.
+                metrics
+                    .events_lost
+                    .with_label_values(&[stage::EVENT_QUEUE_FULL])
+                    .inc();
+            }
+        }
+        guard.clear_ready();
+        if tx.is_closed() {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: Config, judge: Box<dyn Judge>) -> Result<()> {
+    let selector = Selector::new(cfg.interfaces.clone());
+    for name in selector.literal_names() {
+        if links::ifindex(name).is_none() {
+            bail!("--interface {name}: unknown interface");
+        }
+    }
+    let mut log = FlowLog::open(&cfg.flow_log)?;
+    log.flush().ok();
+    let mut dp = Datapath::load(cfg.max_flows)?;
+    tracing::info!(mode = ?dp.mode(), max_flows = dp.max_flows(), "programs loaded");
+    let metrics = Metrics::new();
+    metrics.flow_table_capacity.set(i64::from(dp.max_flows()));
+    let health = Arc::new(http::Health::default());
+    let server = http::serve(cfg.metrics_addr, metrics.clone(), health.clone())
+        .await
+        .with_context(|| format!("--metrics-addr {}: cannot listen", cfg.metrics_addr))?;
+
+    let (ev_tx, mut ev_rx) = mpsc::channel::<FlowEvent>(65_536);
+    let rb = dp.take_events().context("ring buffer already taken")?;
+    tracing::debug!(fd = rb.as_raw_fd(), "ring buffer");
+    let ev_task = tokio::spawn(read_events(rb, ev_tx, metrics.clone()));
+
+    let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(4096);
+    let link_task = tokio::spawn(links::watch(link_tx));
+
+    let mut daemon = Daemon {
+        dp,
+        selector,
+        metrics,
+        judge,
+        tracker: Tracker::new(cfg.timeouts),
+        log,
+        observer: cfg.node_name.clone(),
+        names: HashMap::new(),
+        announced: HashSet::new(),
+        last_counters: [0; Counter::COUNT as usize],
+        health: health.clone(),
+    };
+    daemon.last_counters = daemon.dp.counters()?;
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut tick = tokio::time::interval(cfg.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut links_done = false;
+    loop {
+        tokio::select! {
+            ev = link_rx.recv(), if !links_done => match ev {
+                Some(ev) => daemon.on_link(ev),
+                None => {
+                    // Keep monitoring what is attached; new veths are missed
+                    // until a restart, which /readyz now asks for.
+                    links_done = true;
+                    tracing::error!("the netlink link feed stopped: new interfaces are no longer attached");
+                    daemon.health.set_degraded("netlink link feed stopped");
+                }
+            },
+            Some(ev) = ev_rx.recv() => daemon.on_event(ev),
+            _ = tick.tick() => {
+                if let Err(e) = daemon.sweep(false) {
+                    tracing::error!(error = %format!("{e:#}"), "sweep failed");
+                }
+                daemon.health.set_ready(true, daemon.judge.ready());
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: flushing open flows");
+    // Everything still in the ring buffer belongs to flows the sweep reports.
+    while let Ok(ev) = ev_rx.try_recv() {
+        daemon.on_event(ev);
+    }
+    daemon.sweep(true)?;
+    daemon.dp.detach_all();
+    daemon.metrics.interfaces_attached.set(0);
+    ev_task.abort();
+    link_task.abort();
+    server.abort();
+    tracing::info!("detached from every interface; bye");
+    Ok(())
+}

@@ -1,0 +1,552 @@
+//! From kernel table entries to flow reports: which connections ended, which
+//! are due for an active-timeout report, which entries are the same
+//! connection seen on a second interface. Pure: the daemon feeds it
+//! snapshots and the clock; tests feed it made-up entries.
+//!
+//! ```text
+//!  snapshot (FlowKey per interface → merged stats)
+//!     │ group by connection (key without ifindex)
+//!     ▼
+//!  one representative per connection (first seen) ── others: duplicates
+//!     │ ended? (FIN both ways / RST, after a linger; or idle)   due? (active timeout)
+//!     ▼
+//!  RawReport (delta since the last report) + keys to delete from the kernel
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use monitor_common::{opener, proto, tcp_flags, FlowKey, FlowStats, IP_V4};
+
+use crate::datapath::Entry;
+use crate::report::{Counts, Endpoint, FlowReport, IcmpInfo, OpenerSource, TcpInfo, TcpState};
+
+/// A connection independent of the interface it was seen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub addr_lo: [u32; 4],
+    pub addr_hi: [u32; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub ip_version: u8,
+}
+
+impl From<&FlowKey> for ConnKey {
+    fn from(k: &FlowKey) -> Self {
+        ConnKey {
+            addr_lo: k.addr_lo,
+            addr_hi: k.addr_hi,
+            port_lo: k.port_lo,
+            port_hi: k.port_hi,
+            proto: k.proto,
+            ip_version: k.ip_version,
+        }
+    }
+}
+
+/// Timeouts, in nanoseconds of the kernel's monotonic clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// A connection with no packet for this long ends.
+    pub idle_ns: u64,
+    /// A connection that goes on is reported again after this long.
+    pub active_ns: u64,
+    /// A TCP connection closed by FIN/RST ends once quiet for this long
+    /// (so the last ACKs land in its report, not in a new flow).
+    pub closed_linger_ns: u64,
+}
+
+/// What a sweep produced: reports, and kernel entries to delete.
+#[derive(Debug, Default)]
+pub struct SweepOutput {
+    pub reports: Vec<RawReport>,
+    pub remove: Vec<FlowKey>,
+    /// Connections newly found on a second interface of this node.
+    pub new_duplicates: u64,
+}
+
+/// One report before attribution: the representative key, the counts of the
+/// reported interval, and whether the connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawReport {
+    pub key: FlowKey,
+    /// Cumulative stats of the representative entry (flags, opener, times).
+    pub stats: FlowStats,
+    /// Packets and bytes of this interval, per canonical direction.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Monotonic ns of the interval's start and end.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub ended: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConnState {
+    /// Interface the connection is reported from (first seen there).
+    ifindex: u32,
+    /// Cumulative counts at the last report.
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    /// When the last report was made (monotonic ns), or the first packet.
+    last_report_ns: u64,
+    /// End of the last reported interval (start of the next).
+    next_start_ns: u64,
+    duplicate_counted: bool,
+}
+
+/// Tracks what has been reported of each open connection.
+#[derive(Debug)]
+pub struct Tracker {
+    timeouts: Timeouts,
+    conns: HashMap<ConnKey, ConnState>,
+}
+
+impl Tracker {
+    pub fn new(timeouts: Timeouts) -> Self {
+        Tracker {
+            timeouts,
+            conns: HashMap::new(),
+        }
+    }
+
+    /// Connections currently tracked.
+    pub fn open(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// One pass over the kernel table at monotonic time `now`. With
+    /// `shutdown`, every open connection is reported (as not ended unless it
+    /// did end) and nothing is deleted.
+    pub fn sweep(&mut self, entries: &[Entry], now: u64, shutdown: bool) -> SweepOutput {
+        let mut groups: HashMap<ConnKey, Vec<&Entry>> = HashMap::new();
+        for e in entries {
+            groups.entry(ConnKey::from(&e.key)).or_default().push(e);
+        }
+        let mut out = SweepOutput::default();
+        let mut seen: HashSet<ConnKey> = HashSet::with_capacity(groups.len());
+        for (ck, group) in groups {
+            seen.insert(ck);
+            let state = self.conns.get(&ck).copied();
+            // The representative: the interface we already report from, else
+            // the one that saw the connection first (the opener's veth).
+            let rep = state
+                .and_then(|s| group.iter().find(|e| e.key.ifindex == s.ifindex).copied())
+                .unwrap_or_else(|| {
+                    group
+                        .iter()
+                        .min_by_key(|e| (e.stats.first_ns, e.key.ifindex))
+                        .copied()
+                        .expect("a group has at least one entry")
+                });
+            let mut st = state.unwrap_or(ConnState {
+                ifindex: rep.key.ifindex,
+                packets: [0; 2],
+                bytes: [0; 2],
+                last_report_ns: rep.stats.first_ns,
+                next_start_ns: rep.stats.first_ns,
+                duplicate_counted: false,
+            });
+            if st.ifindex != rep.key.ifindex {
+                // The representative's entry vanished (deleted interface):
+                // continue from the other one, whose counts start afresh.
+                st.ifindex = rep.key.ifindex;
+                st.packets = [0; 2];
+                st.bytes = [0; 2];
+            }
+            if group.len() > 1 && !st.duplicate_counted {
+                st.duplicate_counted = true;
+                out.new_duplicates += 1;
+            }
+            let last = group
+                .iter()
+                .map(|e| e.stats.last_ns)
+                .max()
+                .unwrap_or(rep.stats.last_ns);
+            let quiet = now.saturating_sub(last);
+            let closed = ck.proto == proto::TCP && tcp_closed(&rep.stats);
+            let ended = quiet >= self.timeouts.idle_ns
+                || (closed && quiet >= self.timeouts.closed_linger_ns);
+            let due = now.saturating_sub(st.last_report_ns) >= self.timeouts.active_ns;
+
+            let packets = [
+                rep.stats.packets[0].saturating_sub(st.packets[0]),
+                rep.stats.packets[1].saturating_sub(st.packets[1]),
+            ];
+            let bytes = [
+                rep.stats.bytes[0].saturating_sub(st.bytes[0]),
+                rep.stats.bytes[1].saturating_sub(st.bytes[1]),
+            ];
+            let fresh = packets[0] + packets[1] > 0;
+            if (ended || due || shutdown) && fresh {
+                out.reports.push(RawReport {
+                    key: rep.key,
+                    stats: rep.stats,
+                    packets,
+                    bytes,
+                    start_ns: st.next_start_ns.max(rep.stats.first_ns),
+                    end_ns: rep.stats.last_ns,
+                    ended,
+                });
+                st.packets = rep.stats.packets;
+                st.bytes = rep.stats.bytes;
+                st.last_report_ns = now;
+                st.next_start_ns = rep.stats.last_ns;
+            } else if due {
+                st.last_report_ns = now;
+            }
+            if ended && !shutdown {
+                out.remove.extend(group.iter().map(|e| e.key));
+                self.conns.remove(&ck);
+            } else {
+                self.conns.insert(ck, st);
+            }
+        }
+        // Connections whose entries vanished from the kernel table
+        // (interface deleted): nothing more to report.
+        self.conns.retain(|k, _| seen.contains(k));
+        out
+    }
+}
+
+/// FIN seen in both directions, or RST in either: the connection is over.
+fn tcp_closed(s: &FlowStats) -> bool {
+    let fin_both = s.tcp_flags[0] & tcp_flags::FIN != 0 && s.tcp_flags[1] & tcp_flags::FIN != 0;
+    let rst = (s.tcp_flags[0] | s.tcp_flags[1]) & tcp_flags::RST != 0;
+    fin_both || rst
+}
+
+/// IP address of one end of a key.
+pub fn addr(words: &[u32; 4], ip_version: u8) -> IpAddr {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    if ip_version == IP_V4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&bytes);
+        IpAddr::V6(Ipv6Addr::from(b))
+    }
+}
+
+/// Protocol name as the flow log spells it.
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        proto::TCP => "TCP".into(),
+        proto::UDP => "UDP".into(),
+        proto::ICMP => "ICMP".into(),
+        proto::ICMPV6 => "ICMPv6".into(),
+        proto::SCTP => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+/// TCP flag names in header bit order.
+pub fn flag_names(flags: u8) -> Vec<String> {
+    const NAMES: [(u8, &str); 8] = [
+        (tcp_flags::FIN, "FIN"),
+        (tcp_flags::SYN, "SYN"),
+        (tcp_flags::RST, "RST"),
+        (tcp_flags::PSH, "PSH"),
+        (tcp_flags::ACK, "ACK"),
+        (tcp_flags::URG, "URG"),
+        (tcp_flags::ECE, "ECE"),
+        (tcp_flags::CWR, "CWR"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(b, _)| flags & b != 0)
+        .map(|(_, n)| n.to_string())
+        .collect()
+}
+
+/// What the handshake says, from the opener's and the responder's flags.
+pub fn tcp_state(opener_flags: u8, responder_flags: u8, inferred: bool) -> TcpState {
+    let any = opener_flags | responder_flags;
+    let ended = any & (tcp_flags::FIN | tcp_flags::RST) != 0;
+    let answered =
+        responder_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK;
+    if answered || (inferred && responder_flags & tcp_flags::ACK != 0) {
+        if ended {
+            TcpState::Closed
+        } else {
+            TcpState::Established
+        }
+    } else if responder_flags & tcp_flags::RST != 0 {
+        TcpState::Rejected
+    } else if opener_flags & tcp_flags::SYN != 0 || !inferred {
+        TcpState::Attempted
+    } else if ended {
+        TcpState::Closed
+    } else {
+        TcpState::Established
+    }
+}
+
+/// The opener end of a key: `true` when the `lo` end opened, and whether it
+/// was observed or inferred.
+pub fn opener_of(stats: &FlowStats) -> (bool, OpenerSource) {
+    match stats.opener {
+        opener::LO => (true, OpenerSource::Observed),
+        opener::HI => (false, OpenerSource::Observed),
+        opener::HI_INFERRED => (false, OpenerSource::Inferred),
+        _ => (true, OpenerSource::Inferred),
+    }
+}
+
+/// Turns a raw report into the contract's flow report (identity fields not
+/// yet filled): `src` is the opener. `to_wall` maps monotonic ns to time.
+pub fn to_report(
+    raw: &RawReport,
+    interface: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    to_wall: impl Fn(u64) -> chrono::DateTime<chrono::Utc>,
+) -> FlowReport {
+    let k = &raw.key;
+    let (lo_opened, source) = opener_of(&raw.stats);
+    let (s, d) = if lo_opened { (0usize, 1usize) } else { (1, 0) };
+    let lo = addr(&k.addr_lo, k.ip_version);
+    let hi = addr(&k.addr_hi, k.ip_version);
+    let (src_ip, dst_ip, sport, dport) = if lo_opened {
+        (lo, hi, k.port_lo, k.port_hi)
+    } else {
+        (hi, lo, k.port_hi, k.port_lo)
+    };
+    let has_ports =
+        matches!(k.proto, proto::TCP | proto::UDP | proto::SCTP) && (sport, dport) != (0, 0);
+    let mut report = FlowReport {
+        time: now,
+        start: to_wall(raw.start_ns),
+        end: to_wall(raw.end_ns),
+        interface: interface.to_string(),
+        protocol: protocol_name(k.proto),
+        ip_version: k.ip_version,
+        src: Endpoint::bare(src_ip, has_ports.then_some(sport)),
+        dst: Endpoint::bare(dst_ip, has_ports.then_some(dport)),
+        packets: Counts {
+            sent: raw.packets[s],
+            received: raw.packets[d],
+        },
+        bytes: Counts {
+            sent: raw.bytes[s],
+            received: raw.bytes[d],
+        },
+        opener: Some(source),
+        ended: raw.ended,
+        ..FlowReport::default()
+    };
+    if k.proto == proto::TCP {
+        let (fo, fr) = (raw.stats.tcp_flags[s], raw.stats.tcp_flags[d]);
+        report.tcp = Some(TcpInfo {
+            flags: flag_names(fo | fr),
+            state: tcp_state(fo, fr, source == OpenerSource::Inferred),
+        });
+    }
+    if matches!(k.proto, proto::ICMP | proto::ICMPV6) {
+        let echo_id = k.port_lo == k.port_hi;
+        // Echo flows carry the identifier in both port slots; others the
+        // type and code of the first message.
+        let (ty, code) = if echo_id {
+            (if k.proto == proto::ICMP { 8 } else { 128 }, None)
+        } else {
+            let (t, c) = if lo_opened {
+                (k.port_lo, k.port_hi)
+            } else {
+                (k.port_hi, k.port_lo)
+            };
+            (t as u8, Some(c as u8))
+        };
+        report.icmp = Some(IcmpInfo {
+            icmp_type: ty,
+            code,
+        });
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            idle_ns: 30 * S,
+            active_ns: 60 * S,
+            closed_linger_ns: S,
+        }
+    }
+
+    fn key(ifindex: u32, proto: u8) -> FlowKey {
+        FlowKey {
+            addr_lo: [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0],
+            addr_hi: [u32::from_ne_bytes([10, 0, 0, 2]), 0, 0, 0],
+            port_lo: 40000,
+            port_hi: 80,
+            ifindex,
+            proto,
+            ip_version: 4,
+            _pad: [0; 2],
+        }
+    }
+
+    fn stats(p: [u64; 2], first: u64, last: u64, flags: [u8; 2], op: u8) -> FlowStats {
+        FlowStats {
+            packets: p,
+            bytes: [p[0] * 100, p[1] * 100],
+            first_ns: first,
+            last_ns: last,
+            tcp_flags: flags,
+            opener: op,
+            _pad: [0; 5],
+        }
+    }
+
+    #[test]
+    fn a_closed_tcp_connection_ends_after_the_linger_and_is_deleted() {
+        let mut t = Tracker::new(timeouts());
+        let e = Entry {
+            key: key(7, proto::TCP),
+            stats: stats([5, 4], S, 2 * S, [0x13, 0x13], opener::LO),
+        };
+        let out = t.sweep(&[e], 2 * S + S / 2, false);
+        assert!(
+            out.reports.is_empty(),
+            "still inside the linger: not ended yet"
+        );
+        let out = t.sweep(&[e], 3 * S + 1, false);
+        assert_eq!(out.reports.len(), 1);
+        assert!(out.reports[0].ended);
+        assert_eq!(out.reports[0].packets, [5, 4]);
+        assert_eq!(
+            out.remove,
+            vec![e.key],
+            "an ended connection leaves the kernel table"
+        );
+        assert_eq!(t.open(), 0);
+    }
+
+    #[test]
+    fn a_long_flow_is_reported_per_active_interval_with_deltas() {
+        let mut t = Tracker::new(timeouts());
+        let e1 = Entry {
+            key: key(7, proto::UDP),
+            stats: stats([10, 10], S, 59 * S, [0, 0], opener::LO),
+        };
+        assert!(t.sweep(&[e1], 59 * S, false).reports.is_empty());
+        let e2 = Entry {
+            key: key(7, proto::UDP),
+            stats: stats([12, 11], S, 61 * S, [0, 0], opener::LO),
+        };
+        let out = t.sweep(&[e2], 61 * S + 1, false);
+        assert_eq!(out.reports.len(), 1);
+        assert_eq!(out.reports[0].packets, [12, 11]);
+        assert!(!out.reports[0].ended);
+        assert!(
+            out.remove.is_empty(),
+            "a running flow stays in the kernel table"
+        );
+        let e3 = Entry {
+            key: key(7, proto::UDP),
+            stats: stats([15, 11], S, 70 * S, [0, 0], opener::LO),
+        };
+        let out = t.sweep(&[e3], 101 * S, false);
+        assert_eq!(out.reports.len(), 1, "idle for 31 s: ends");
+        assert_eq!(
+            out.reports[0].packets,
+            [3, 0],
+            "only what came after the last report"
+        );
+        assert_eq!(
+            out.reports[0].start_ns,
+            61 * S,
+            "the interval starts where the last one ended"
+        );
+        assert!(out.reports[0].ended);
+    }
+
+    #[test]
+    fn a_connection_on_two_interfaces_is_reported_once_from_the_first() {
+        let mut t = Tracker::new(timeouts());
+        let a = Entry {
+            key: key(7, proto::TCP),
+            stats: stats([3, 3], S, 2 * S, [0x13, 0x13], opener::LO),
+        };
+        let b = Entry {
+            key: key(9, proto::TCP),
+            stats: stats([3, 3], S + 500, 2 * S, [0x13, 0x13], opener::LO),
+        };
+        let out = t.sweep(&[b, a], 10 * S, false);
+        assert_eq!(out.reports.len(), 1, "one report per connection");
+        assert_eq!(
+            out.reports[0].key.ifindex, 7,
+            "from the interface that saw it first"
+        );
+        assert_eq!(out.new_duplicates, 1);
+        assert_eq!(out.remove.len(), 2, "both kernel entries go");
+    }
+
+    #[test]
+    fn shutdown_flushes_open_flows_without_deleting() {
+        let mut t = Tracker::new(timeouts());
+        let e = Entry {
+            key: key(7, proto::UDP),
+            stats: stats([1, 0], S, S, [0, 0], opener::LO),
+        };
+        let out = t.sweep(&[e], 2 * S, true);
+        assert_eq!(out.reports.len(), 1);
+        assert!(!out.reports[0].ended, "flushed at shutdown, not ended");
+        assert!(out.remove.is_empty());
+    }
+
+    #[test]
+    fn tcp_states_follow_the_handshake() {
+        use tcp_flags::*;
+        assert_eq!(tcp_state(SYN, 0, false), TcpState::Attempted);
+        assert_eq!(tcp_state(SYN, RST | ACK, false), TcpState::Rejected);
+        assert_eq!(
+            tcp_state(SYN | ACK, SYN | ACK, false),
+            TcpState::Established
+        );
+        assert_eq!(
+            tcp_state(SYN | ACK | FIN, SYN | ACK | FIN, false),
+            TcpState::Closed
+        );
+        assert_eq!(
+            tcp_state(ACK, ACK, true),
+            TcpState::Established,
+            "mid-stream flows were established"
+        );
+    }
+
+    #[test]
+    fn reports_put_the_opener_first() {
+        let raw = RawReport {
+            key: key(7, proto::TCP),
+            stats: stats(
+                [2, 3],
+                S,
+                2 * S,
+                [
+                    tcp_flags::SYN | tcp_flags::ACK,
+                    tcp_flags::SYN | tcp_flags::ACK,
+                ],
+                opener::HI,
+            ),
+            packets: [2, 3],
+            bytes: [200, 300],
+            start_ns: S,
+            end_ns: 2 * S,
+            ended: true,
+        };
+        let r = to_report(&raw, "veth7", chrono::DateTime::UNIX_EPOCH, |_| {
+            chrono::DateTime::UNIX_EPOCH
+        });
+        assert_eq!(r.src.ip.to_string(), "10.0.0.2", "the hi end opened");
+        assert_eq!((r.src.port, r.dst.port), (Some(80), Some(40000)));
+        assert_eq!((r.packets.sent, r.packets.received), (3, 2));
+        assert_eq!((r.bytes.sent, r.bytes.received), (300, 200));
+        assert_eq!(r.tcp.unwrap().state, TcpState::Established);
+    }
+}
