@@ -19,5 +19,6 @@ pub mod datapath;
 pub mod inventory;
 pub mod flows;
 pub mod metrics;
+pub mod netpol;
 pub mod report;
 pub mod segpolicy;
