@@ -1,0 +1,1498 @@
+//! Offline checks of everything in `deploy/`: no cluster and no container
+//! engine needed, so they run in every `cargo test`.
+//!
+//! ```text
+//!  deploy/kustomization.yaml ─► resolve resources ─► objects ─┬─► kubernetes-validate --strict
+//!  deploy/monitoring/...                                      ├─► DaemonSet security posture
+//!                                                             ├─► ClusterRole == what the index watches
+//!                                                             └─► labels/ports wired consistently
+//!  deploy/examples/*.yaml ─► the CRD's openAPIV3Schema (jsonschema) and the Rust type
+//!  deploy/prometheus/ ─► promtool check rules + test rules; == PrometheusRule's groups
+//!  deploy/grafana/ ─► PromQL parses (promtool), names only exported metrics and labels
+//!  deploy/Containerfile ─► multi-stage, distroless, toolchain pins == the build's
+//! ```
+//!
+//! What `kubernetes-validate` cannot check offline: custom resources
+//! (ServiceMonitor, PrometheusRule, SegmentationPolicy) have no bundled
+//! schema, and it says so with a WARN. The SegmentationPolicy examples are
+//! validated against our own CRD's schema here instead; the Prometheus
+//! Operator objects only structurally (their rules through promtool, their
+//! selectors against the Service). Admission (Pod Security, quotas) and the
+//! API server's structural-schema rules for the CRD are not checked offline.
+//!
+//! External tools (kubernetes-validate and python3 with jsonschema from
+//! target/tools/venv, promtool from Debian's `prometheus`): a missing one
+//! fails the test when SEGWATCH_REQUIRE_PRIVILEGED=1 (CI), otherwise the test
+//! prints SKIPPED and passes.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+// ---------------------------------------------------------------- helpers
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("monitor/ has a parent")
+        .to_path_buf()
+}
+
+fn deploy() -> PathBuf {
+    root().join("deploy")
+}
+
+fn rel(path: &Path) -> String {
+    path.strip_prefix(root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Every non-empty YAML document of a file, as JSON values.
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", rel(path)));
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .unwrap_or_else(|e| panic!("{} document {i}: invalid YAML: {e}", rel(path)));
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    docs
+}
+
+fn yaml_one(path: &Path) -> Value {
+    let mut docs = yaml_docs(path);
+    assert_eq!(
+        docs.len(),
+        1,
+        "{} must hold exactly one document",
+        rel(path)
+    );
+    docs.remove(0)
+}
+
+/// A manifest object and the file it came from.
+#[derive(Clone, Debug)]
+struct Object {
+    file: PathBuf,
+    value: Value,
+}
+
+impl Object {
+    fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or("")
+    }
+    fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or("")
+    }
+}
+
+/// Resolves a kustomization the way `kubectl apply -k` does for the subset
+/// we use: `resources` only, files and directories. Anything else in the
+/// kustomization (patches, generators, name prefixes...) would change the
+/// objects, so it fails the test instead of being silently ignored.
+fn kustomize(dir: &Path) -> Vec<Object> {
+    let kfile = dir.join("kustomization.yaml");
+    let k = yaml_one(&kfile);
+    let keys: BTreeSet<&str> = k
+        .as_object()
+        .unwrap_or_else(|| panic!("{} is not a mapping", rel(&kfile)))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let known: BTreeSet<&str> = ["apiVersion", "kind", "resources"].into();
+    assert!(
+        keys.is_subset(&known),
+        "{}: this test resolves only `resources`; teach it {:?} before using them",
+        rel(&kfile),
+        keys.difference(&known).collect::<Vec<_>>()
+    );
+    let mut out = Vec::new();
+    for r in k["resources"].as_array().expect("resources is a list") {
+        let path = dir.join(r.as_str().expect("a resource is a path"));
+        if path.is_dir() {
+            out.extend(kustomize(&path));
+        } else {
+            assert!(
+                path.is_file(),
+                "{}: resource {} does not exist",
+                rel(&kfile),
+                rel(&path)
+            );
+            out.extend(yaml_docs(&path).into_iter().map(|value| Object {
+                file: path.clone(),
+                value,
+            }));
+        }
+    }
+    out
+}
+
+fn find<'a>(objects: &'a [Object], kind: &str) -> &'a Object {
+    let found: Vec<&Object> = objects.iter().filter(|o| o.kind() == kind).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {kind} in the manifests"
+    );
+    found[0]
+}
+
+fn require_tools() -> bool {
+    std::env::var("SEGWATCH_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
+}
+
+/// An external tool: PATH first, then our venv. Missing: panic under
+/// SEGWATCH_REQUIRE_PRIVILEGED=1, else a printed skip note and None.
+fn tool(name: &str, installed_by: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|c| c.is_file())
+    });
+    let venv = root().join("target/tools/venv/bin").join(name);
+    let found = on_path.or_else(|| venv.is_file().then_some(venv));
+    if found.is_none() {
+        let msg = format!("`{name}` not found on PATH or in target/tools/venv/bin ({installed_by}; `cargo xtask setup` installs it)");
+        assert!(!require_tools(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let line = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {line}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = root().join("target").join("deploy-tests").join(name);
+    std::fs::create_dir_all(&dir).expect("create target/deploy-tests");
+    dir
+}
+
+/// Kinds served by CustomResourceDefinitions: kubernetes-validate has no
+/// schema for them (checked otherwise, see the module doc).
+const CUSTOM_KINDS: [&str; 3] = ["ServiceMonitor", "PrometheusRule", "SegmentationPolicy"];
+
+/// Every manifest file we ship, for kubernetes-validate.
+fn manifest_files() -> Vec<PathBuf> {
+    let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+    for dir in [deploy(), deploy().join("monitoring")] {
+        for o in kustomize(&dir) {
+            files.insert(o.file);
+        }
+    }
+    for e in std::fs::read_dir(deploy().join("examples")).expect("deploy/examples") {
+        let p = e.expect("dir entry").path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            files.insert(p);
+        }
+    }
+    files.into_iter().collect()
+}
+
+// ------------------------------------------------------ layout and wiring
+
+#[test]
+fn kustomizations_list_every_manifest_and_nothing_else() {
+    // deploy/ works on any cluster; monitoring/ adds the Prometheus Operator
+    // objects; no YAML file in base/ or monitoring/ is left out.
+    let base = kustomize(&deploy());
+    let kinds: BTreeSet<&str> = base.iter().map(Object::kind).collect();
+    let want: BTreeSet<&str> = [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Service",
+    ]
+    .into();
+    assert_eq!(kinds, want, "deploy/ must hold exactly the agent's objects");
+    assert_eq!(base.len(), want.len(), "one object of each kind in deploy/");
+    for kind in CUSTOM_KINDS {
+        assert!(
+            !kinds.contains(kind),
+            "deploy/ must apply on a cluster without that CRD; {kind} belongs in monitoring/ or examples/"
+        );
+    }
+    let monitoring = kustomize(&deploy().join("monitoring"));
+    let extra: BTreeSet<&str> = monitoring
+        .iter()
+        .map(Object::kind)
+        .filter(|k| !want.contains(k))
+        .collect();
+    assert_eq!(extra, ["PrometheusRule", "ServiceMonitor"].into());
+
+    for dir in ["base", "monitoring"] {
+        let listed: BTreeSet<PathBuf> = kustomize(&deploy().join(dir))
+            .into_iter()
+            .map(|o| o.file)
+            .filter(|f| f.parent() == Some(&deploy().join(dir)))
+            .collect();
+        for e in std::fs::read_dir(deploy().join(dir)).expect("read dir") {
+            let p = e.expect("dir entry").path();
+            if p.extension().is_some_and(|x| x == "yaml")
+                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+            {
+                assert!(
+                    listed.contains(&p),
+                    "{} is not listed in its kustomization.yaml",
+                    rel(&p)
+                );
+            }
+        }
+    }
+
+    // Namespaced objects live in `segwatch`; cluster-scoped ones have none.
+    let cluster_scoped = [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ];
+    for o in &monitoring {
+        let ns = o.value["metadata"]["namespace"].as_str();
+        if cluster_scoped.contains(&o.kind()) {
+            assert_eq!(ns, None, "{} {} is cluster-scoped", o.kind(), o.name());
+        } else {
+            assert_eq!(
+                ns,
+                Some("segwatch"),
+                "{} {} must be in namespace segwatch",
+                o.kind(),
+                o.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn service_and_service_monitor_select_the_agents_metrics_port() {
+    let objects = kustomize(&deploy().join("monitoring"));
+    let ds = &find(&objects, "DaemonSet").value;
+    let svc = &find(&objects, "Service").value;
+    let sm = &find(&objects, "ServiceMonitor").value;
+    let binding = &find(&objects, "ClusterRoleBinding").value;
+    let sa = find(&objects, "ServiceAccount");
+
+    let pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .expect("pod template labels");
+    let matches = |selector: &Value, labels: &serde_json::Map<String, Value>| {
+        let sel = selector.as_object().expect("selector is a mapping");
+        !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    assert!(
+        matches(&ds["spec"]["selector"]["matchLabels"], pod_labels),
+        "the DaemonSet selector must match its pod template"
+    );
+    assert!(
+        matches(&svc["spec"]["selector"], pod_labels),
+        "the Service must select the agent pods"
+    );
+    let svc_labels = svc["metadata"]["labels"]
+        .as_object()
+        .expect("Service labels");
+    assert!(
+        matches(&sm["spec"]["selector"]["matchLabels"], svc_labels),
+        "the ServiceMonitor must select the Service"
+    );
+    assert_eq!(
+        sm["spec"]["namespaceSelector"]["matchNames"],
+        serde_json::json!(["segwatch"])
+    );
+    // The alert rules expect job="segwatch": the ServiceMonitor's jobLabel
+    // names a Service label whose value is that.
+    let job_label = sm["spec"]["jobLabel"]
+        .as_str()
+        .expect("ServiceMonitor jobLabel");
+    assert_eq!(svc_labels.get(job_label), Some(&Value::from("segwatch")));
+
+    let container = &ds["spec"]["template"]["spec"]["containers"][0];
+    let port = container["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
+        .expect("container port named metrics");
+    assert_eq!(
+        port["containerPort"], 9810,
+        "CONTRACT: --metrics-addr default port 9810"
+    );
+    let svc_port = &svc["spec"]["ports"][0];
+    assert_eq!(svc_port["name"], "metrics");
+    assert_eq!(svc_port["targetPort"], "metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["serviceAccountName"].as_str(),
+        Some(sa.name())
+    );
+    assert_eq!(binding["subjects"][0]["name"].as_str(), Some(sa.name()));
+    assert_eq!(
+        binding["roleRef"]["name"],
+        find(&objects, "ClusterRole").value["metadata"]["name"]
+    );
+}
+
+// ------------------------------------------------------ kubernetes-validate
+
+#[test]
+fn manifests_pass_kubernetes_validate_strict() {
+    let Some(kv) = tool("kubernetes-validate", "PyPI kubernetes-validate") else {
+        return;
+    };
+    let files = manifest_files();
+    let mut builtin_docs = 0;
+    let mut custom_docs: BTreeMap<String, String> = BTreeMap::new();
+    for f in &files {
+        for d in yaml_docs(f) {
+            let kind = d["kind"].as_str().unwrap_or("").to_string();
+            if CUSTOM_KINDS.contains(&kind.as_str()) {
+                custom_docs.insert(rel(f), kind);
+            } else {
+                builtin_docs += 1;
+            }
+        }
+    }
+    // The oldest Kubernetes the README claims, and the newest the tool knows.
+    for version in [Some("1.30"), None] {
+        let mut cmd = Command::new(&kv);
+        cmd.current_dir(root()).arg("--strict");
+        if let Some(v) = version {
+            cmd.args(["--kubernetes-version", v]);
+        }
+        cmd.args(files.iter().map(|f| rel(f)));
+        let (ok, out) = run(&mut cmd);
+        let label = version.unwrap_or("latest");
+        assert!(ok, "kubernetes-validate --strict ({label}) failed:\n{out}");
+        let mut passed = 0;
+        for line in out.lines() {
+            if line.starts_with("INFO ") && line.contains(" passed for resource ") {
+                passed += 1;
+            } else if let Some(rest) = line.strip_prefix("WARN ") {
+                // Only "no schema" for the custom kinds is acceptable.
+                let file = rest.split_whitespace().next().unwrap_or("");
+                let kind = custom_docs.get(file);
+                assert!(
+                    kind.is_some_and(
+                        |k| rest.contains(&format!("Couldn't find schema for kind {k} "))
+                    ),
+                    "unexpected kubernetes-validate warning ({label}): {line}"
+                );
+            } else if !line.trim().is_empty() {
+                panic!("unexpected kubernetes-validate output ({label}): {line}\n{out}");
+            }
+        }
+        assert_eq!(
+            passed, builtin_docs,
+            "every built-in object must be validated ({label}):\n{out}"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_validate_rejects_a_misspelt_field() {
+    // The negative control for the test above: --strict must really reject
+    // unknown fields, or "passed" would mean nothing.
+    let Some(kv) = tool("kubernetes-validate", "PyPI kubernetes-validate") else {
+        return;
+    };
+    let src = std::fs::read_to_string(deploy().join("base/daemonset.yaml")).expect("daemonset");
+    let bad = src.replacen("hostNetwork: true", "hostNetwerk: true", 1);
+    assert_ne!(src, bad);
+    let path = scratch("kv-negative").join("daemonset.yaml");
+    std::fs::write(&path, bad).expect("write scratch manifest");
+    let (ok, out) = run(Command::new(&kv).arg("--strict").arg(&path));
+    assert!(
+        !ok && out.contains("hostNetwerk"),
+        "kubernetes-validate --strict must reject an unknown field:\n{out}"
+    );
+}
+
+// ---------------------------------------------------------- the DaemonSet
+
+/// The capabilities loading and attaching may need (why each: the comments
+/// in deploy/base/daemonset.yaml).
+const ALLOWED_CAPS: [&str; 4] = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"];
+
+/// Everything wrong with a DaemonSet's security posture, as messages.
+fn posture_problems(ds: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let pod = &ds["spec"]["template"]["spec"];
+    for (field, why) in [
+        ("hostPID", "no need to see the host's processes"),
+        ("hostIPC", "no need for the host's IPC namespace"),
+    ] {
+        if pod[field] == true {
+            p.push(format!("pod {field} must not be true ({why})"));
+        }
+    }
+    if pod["hostNetwork"] != true {
+        p.push("pod hostNetwork must be true (the veths' host ends live there)".into());
+    }
+    if pod["automountServiceAccountToken"] != false {
+        p.push(
+            "automountServiceAccountToken must be false (the token is projected explicitly)".into(),
+        );
+    }
+    if pod["securityContext"]["seccompProfile"]["type"] != "RuntimeDefault" {
+        p.push("pod seccompProfile must be RuntimeDefault".into());
+    }
+    if pod["priorityClassName"] != "system-node-critical" {
+        p.push("priorityClassName must be system-node-critical".into());
+    }
+    let tolerates_all = pod["tolerations"].as_array().is_some_and(|ts| {
+        ts.iter().any(|t| {
+            t["operator"] == "Exists" && t.get("key").is_none() && t.get("effect").is_none()
+        })
+    });
+    if !tolerates_all {
+        p.push(
+            "tolerations must include `operator: Exists` without key/effect (every node)".into(),
+        );
+    }
+    for v in pod["volumes"].as_array().into_iter().flatten() {
+        if v.get("hostPath").is_some() {
+            p.push(format!(
+                "volume {} is a hostPath; the agent needs none",
+                v["name"]
+            ));
+        }
+        for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+            if let Some(exp) = s["serviceAccountToken"]["expirationSeconds"].as_u64() {
+                if exp > 3600 {
+                    p.push(format!(
+                        "projected token lives {exp}s; keep it at most an hour"
+                    ));
+                }
+            }
+        }
+    }
+    let containers: Vec<&Value> = pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["initContainers"].as_array().into_iter().flatten())
+        .collect();
+    if containers.is_empty() {
+        p.push("no containers".into());
+    }
+    for c in containers {
+        let name = c["name"].as_str().unwrap_or("?");
+        let sc = &c["securityContext"];
+        if sc["privileged"] != false {
+            p.push(format!("{name}: privileged must be false (explicitly)"));
+        }
+        if sc["allowPrivilegeEscalation"] != false {
+            p.push(format!("{name}: allowPrivilegeEscalation must be false"));
+        }
+        if sc["readOnlyRootFilesystem"] != true {
+            p.push(format!("{name}: readOnlyRootFilesystem must be true"));
+        }
+        if sc["seccompProfile"]
+            .get("type")
+            .is_some_and(|t| t != "RuntimeDefault")
+        {
+            p.push(format!(
+                "{name}: container seccompProfile overrides RuntimeDefault"
+            ));
+        }
+        let drop: Vec<&str> = sc["capabilities"]["drop"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if drop != ["ALL"] {
+            p.push(format!(
+                "{name}: capabilities.drop must be [ALL], is {drop:?}"
+            ));
+        }
+        for cap in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+            let cap = cap.as_str().unwrap_or("?");
+            if !ALLOWED_CAPS.contains(&cap.trim_start_matches("CAP_")) {
+                p.push(format!(
+                    "{name}: capability {cap} is not needed to load and attach BPF programs"
+                ));
+            }
+        }
+        for (kind, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            if c[kind]["httpGet"]["path"] != path {
+                p.push(format!("{name}: {kind} must GET {path}"));
+            }
+        }
+        for (section, res) in [
+            ("requests", "cpu"),
+            ("requests", "memory"),
+            ("limits", "cpu"),
+            ("limits", "memory"),
+        ] {
+            if c["resources"][section][res].is_null() {
+                p.push(format!("{name}: resources.{section}.{res} is missing"));
+            }
+        }
+        let image = c["image"].as_str().unwrap_or("");
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        if tag.is_empty() || tag.contains('/') || tag == "latest" {
+            p.push(format!("{name}: image {image:?} must carry a fixed tag"));
+        }
+        let node_name = c["env"].as_array().into_iter().flatten().any(|e| {
+            e["name"] == "NODE_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+        });
+        if !node_name {
+            p.push(format!(
+                "{name}: env NODE_NAME must come from the downward API (spec.nodeName)"
+            ));
+        }
+    }
+    p
+}
+
+#[test]
+fn daemonset_security_posture() {
+    let objects = kustomize(&deploy());
+    let ds = &find(&objects, "DaemonSet").value;
+    let problems = posture_problems(ds);
+    assert!(
+        problems.is_empty(),
+        "deploy/base/daemonset.yaml:\n  {}",
+        problems.join("\n  ")
+    );
+
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let added: BTreeSet<&str> = c["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    // Exactly what monitor/src/datapath/caps.rs checks for at start-up; no
+    // SYS_RESOURCE (kernels >= 5.11 charge BPF memory to the memory cgroup).
+    assert_eq!(added, ["BPF", "NET_ADMIN", "PERFMON"].into());
+    // The flow log goes to stdout for the log pipeline.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args.first(), Some(&"run"));
+    assert!(
+        args.contains(&"--flow-log=-"),
+        "flow log to stdout: {args:?}"
+    );
+    // uid 0 is deliberate (see the comment in daemonset.yaml); it is only
+    // acceptable together with no_new_privs and every other capability dropped.
+    let sc = &c["securityContext"];
+    if sc["runAsUser"] == 0 {
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(
+            sc["runAsNonRoot"], false,
+            "say runAsNonRoot: false explicitly"
+        );
+    }
+    // The namespace must admit it (Pod Security Admission).
+    let ns = &find(&objects, "Namespace").value;
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged",
+        "hostNetwork and BPF capabilities exceed the baseline level"
+    );
+}
+
+#[test]
+fn posture_check_catches_weakened_daemonsets() {
+    let objects = kustomize(&deploy());
+    let good = find(&objects, "DaemonSet").value.clone();
+    let cases: [(&str, fn(&mut Value)); 8] = [
+        ("privileged", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] =
+                true.into()
+        }),
+        ("hostPID", |d| {
+            d["spec"]["template"]["spec"]["hostPID"] = true.into()
+        }),
+        ("hostIPC", |d| {
+            d["spec"]["template"]["spec"]["hostIPC"] = true.into()
+        }),
+        ("SYS_ADMIN", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+                .as_array_mut()
+                .expect("add")
+                .push("SYS_ADMIN".into())
+        }),
+        ("drop", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
+                ["drop"] = serde_json::json!(["NET_RAW"])
+        }),
+        ("RuntimeDefault", |d| {
+            d["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"] =
+                "Unconfined".into()
+        }),
+        ("readOnlyRootFilesystem", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+                ["readOnlyRootFilesystem"] = false.into()
+        }),
+        ("hostPath", |d| {
+            d["spec"]["template"]["spec"]["volumes"]
+                .as_array_mut()
+                .expect("volumes")
+                .push(serde_json::json!({"name": "root", "hostPath": {"path": "/"}}))
+        }),
+    ];
+    for (what, weaken) in cases {
+        let mut bad = good.clone();
+        weaken(&mut bad);
+        let problems = posture_problems(&bad);
+        assert!(
+            problems.iter().any(|p| p.contains(what)),
+            "weakening `{what}` must be reported, got {problems:?}"
+        );
+    }
+}
+
+// --------------------------------------------------------- the ClusterRole
+
+/// (apiGroup, resource) pairs a ClusterRole grants; panics on anything but
+/// plain get/list/watch rules.
+fn granted(role: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("ClusterRole rules") {
+        let verbs: BTreeSet<&str> = rule["verbs"]
+            .as_array()
+            .expect("verbs")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            verbs,
+            ["get", "list", "watch"].into(),
+            "read-only verbs only: {rule}"
+        );
+        assert!(
+            rule.get("nonResourceURLs").is_none(),
+            "no nonResourceURLs: {rule}"
+        );
+        assert!(
+            rule.get("resourceNames").is_none(),
+            "no resourceNames: {rule}"
+        );
+        for g in rule["apiGroups"].as_array().expect("apiGroups") {
+            for r in rule["resources"].as_array().expect("resources") {
+                let (g, r) = (g.as_str().expect("group"), r.as_str().expect("resource"));
+                assert!(
+                    g != "*" && r != "*" && !r.contains('/'),
+                    "no wildcards or subresources: {rule}"
+                );
+                out.insert((g.to_string(), r.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn clusterrole_is_read_only_and_never_grants_secrets() {
+    let objects = kustomize(&deploy());
+    let grants = granted(&find(&objects, "ClusterRole").value);
+    for forbidden in [
+        "secrets",
+        "configmaps",
+        "pods/exec",
+        "serviceaccounts/token",
+    ] {
+        assert!(
+            !grants.iter().any(|(_, r)| r == forbidden),
+            "the agent must not be able to read {forbidden}"
+        );
+    }
+    // CONTRACT "Inventory files": the kinds the index reads.
+    let contract: BTreeSet<(String, String)> = [
+        ("", "namespaces"),
+        ("", "pods"),
+        ("", "services"),
+        ("", "serviceaccounts"),
+        ("", "nodes"),
+        ("", "replicationcontrollers"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("segwatch.dev", "segmentationpolicies"),
+        ("apps", "deployments"),
+        ("apps", "replicasets"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+    ]
+    .iter()
+    .map(|(g, r)| (g.to_string(), r.to_string()))
+    .collect();
+    assert_eq!(
+        grants, contract,
+        "the ClusterRole must grant exactly the contract's kinds"
+    );
+}
+
+// ------------------------------------------------- alerts and Prometheus
+
+/// Every series name and its label names, from the daemon's own registry.
+fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
+    use prometheus::core::Collector;
+    let m = segwatch::metrics::Metrics::new();
+    let collectors: Vec<&dyn Collector> = vec![
+        &m.flows,
+        &m.flow_bytes,
+        &m.violations,
+        &m.workload_flows,
+        &m.events_lost,
+        &m.interfaces_attached,
+        &m.flows_unattributed,
+        &m.build_info,
+        &m.packets,
+        &m.flow_table_entries,
+        &m.flow_table_capacity,
+        &m.flows_deduplicated,
+        &m.inventory_errors,
+    ];
+    let mut out = BTreeMap::new();
+    for c in collectors {
+        for d in c.desc() {
+            out.insert(
+                d.fq_name.clone(),
+                d.variable_labels.iter().cloned().collect(),
+            );
+        }
+    }
+    // Guard against a metric added to the registry but not to the list above.
+    let registered = m.render();
+    for line in registered.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line
+            .split_whitespace()
+            .nth(2)
+            .expect("TYPE line has a name");
+        assert!(
+            out.contains_key(name),
+            "add {name} to exported_metrics() in this test"
+        );
+    }
+    out
+}
+
+/// Metric names in a PromQL expression (identifiers followed by `{`, `[`,
+/// whitespace, `)` or end, excluding functions, keywords and label names).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    let mut in_braces = 0;
+    let mut in_parens_after_by: Vec<bool> = Vec::new();
+    let mut last_word = String::new();
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        if c == '"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                if bytes[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            '{' => in_braces += 1,
+            '}' => in_braces -= 1,
+            '(' => in_parens_after_by.push(matches!(
+                last_word.as_str(),
+                "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+            )),
+            ')' => {
+                in_parens_after_by.pop();
+            }
+            _ => {}
+        }
+        if c.is_ascii_digit() {
+            // Numbers and durations (0.9, 10m, 1e3) are not names.
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.') {
+                i += 1;
+            }
+            last_word.clear();
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':')
+            {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let next = expr[i..].trim_start().chars().next();
+            let is_function = next == Some('(');
+            let in_label_list = in_parens_after_by.last().copied().unwrap_or(false);
+            let keyword = matches!(
+                word,
+                "by" | "without"
+                    | "on"
+                    | "ignoring"
+                    | "group_left"
+                    | "group_right"
+                    | "and"
+                    | "or"
+                    | "unless"
+                    | "offset"
+                    | "bool"
+                    | "sum"
+                    | "min"
+                    | "max"
+                    | "avg"
+                    | "group"
+                    | "stddev"
+                    | "stdvar"
+                    | "count"
+                    | "count_values"
+                    | "bottomk"
+                    | "topk"
+                    | "quantile"
+            );
+            if in_braces == 0
+                && !is_function
+                && !in_label_list
+                && !keyword
+                && !word.starts_with("__")
+            {
+                names.insert(word.to_string());
+            }
+            last_word = word.to_string();
+            continue;
+        }
+        if !c.is_whitespace() {
+            last_word.clear();
+        }
+        i += 1;
+    }
+    names
+}
+
+/// Label names in `by (...)` clauses of an expression.
+fn by_labels(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(pos) = rest.find("by (") {
+        let after = &rest[pos + 4..];
+        let end = after.find(')').expect("by (...) closes");
+        for l in after[..end].split(',') {
+            out.insert(l.trim().to_string());
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Labels the scrape adds to every series (ServiceMonitor relabelling adds
+/// `node`), and series from elsewhere the rules may use.
+const SCRAPE_LABELS: [&str; 3] = ["instance", "job", "node"];
+const FOREIGN_METRICS: [&str; 3] = [
+    "up",
+    "kube_daemonset_status_desired_number_scheduled",
+    "kube_daemonset_status_number_available",
+];
+
+fn check_expr(expr: &str, metrics: &BTreeMap<String, BTreeSet<String>>, what: &str) {
+    let names = metric_names(expr);
+    assert!(!names.is_empty(), "{what}: no metric in `{expr}`");
+    let mut labels: BTreeSet<String> = SCRAPE_LABELS.iter().map(|s| s.to_string()).collect();
+    for n in &names {
+        if FOREIGN_METRICS.contains(&n.as_str()) {
+            labels.extend(["namespace", "daemonset"].map(String::from));
+            continue;
+        }
+        let l = metrics.get(n).unwrap_or_else(|| {
+            panic!("{what}: `{n}` is not a metric segwatch exports (monitor/src/metrics.rs)")
+        });
+        labels.extend(l.iter().cloned());
+    }
+    for l in by_labels(expr) {
+        assert!(
+            labels.contains(&l),
+            "{what}: groups by `{l}`, which {names:?} do not carry"
+        );
+    }
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_the_alert_rules() {
+    let Some(promtool) = tool("promtool", "Debian package prometheus") else {
+        return;
+    };
+    let dir = deploy().join("prometheus");
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(dir.join("rules.yaml")));
+    assert!(
+        ok,
+        "promtool check rules deploy/prometheus/rules.yaml:\n{out}"
+    );
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(dir.join("tests.yaml")));
+    assert!(
+        ok,
+        "promtool test rules deploy/prometheus/tests.yaml:\n{out}"
+    );
+}
+
+#[test]
+fn alert_rules_cover_every_violation_kind_and_name_only_exported_metrics() {
+    let metrics = exported_metrics();
+    let rules = yaml_one(&deploy().join("prometheus/rules.yaml"));
+    let mut alerts: BTreeMap<String, Value> = BTreeMap::new();
+    for g in rules["groups"].as_array().expect("groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            let name = r["alert"]
+                .as_str()
+                .or(r["record"].as_str())
+                .expect("alert or record");
+            check_expr(r["expr"].as_str().expect("expr"), &metrics, name);
+            alerts.insert(name.to_string(), r.clone());
+        }
+    }
+    // CONTRACT flow report: the violation kinds. Each has its alert.
+    for kind in [
+        "cross_namespace",
+        "within_namespace",
+        "host_access",
+        "metadata_api",
+        "external",
+        "netpol_bypass",
+    ] {
+        let found = alerts.values().any(|r| {
+            r["labels"]["kind"] == kind
+                && r["expr"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&format!("kind=\"{kind}\"")))
+        });
+        assert!(found, "no alert for violation kind {kind}");
+    }
+    for name in [
+        "SegwatchAgentDown",
+        "SegwatchAgentsAbsent",
+        "SegwatchEventsLost",
+        "SegwatchNoInterfacesAttached",
+    ] {
+        assert!(alerts.contains_key(name), "missing alert {name}");
+    }
+    for (name, r) in &alerts {
+        let sev = r["labels"]["severity"].as_str().unwrap_or("");
+        assert!(
+            ["warning", "critical"].contains(&sev),
+            "{name}: severity {sev:?}"
+        );
+        assert!(
+            r["annotations"]["summary"].is_string(),
+            "{name}: no summary"
+        );
+        assert!(
+            r["annotations"]["description"].is_string(),
+            "{name}: no description"
+        );
+    }
+
+    // Unit-test input series use the daemon's names and labels only.
+    let tests = yaml_one(&deploy().join("prometheus/tests.yaml"));
+    let mut tested: BTreeSet<String> = BTreeSet::new();
+    for t in tests["tests"].as_array().expect("tests") {
+        for s in t["input_series"].as_array().expect("input_series") {
+            let series = s["series"].as_str().expect("series");
+            let (name, labels) = series.split_once('{').expect("series has labels");
+            if FOREIGN_METRICS.contains(&name) {
+                continue;
+            }
+            let known = metrics
+                .get(name)
+                .unwrap_or_else(|| panic!("tests.yaml: {name} is not exported by segwatch"));
+            for pair in labels.trim_end_matches('}').split("\",") {
+                let label = pair.split('=').next().expect("label=value").trim();
+                assert!(
+                    known.contains(label) || SCRAPE_LABELS.contains(&label),
+                    "tests.yaml: {name} has no label {label}"
+                );
+            }
+            // A violation series must carry every label the daemon sets.
+            let given: BTreeSet<&str> = labels
+                .trim_end_matches('}')
+                .split("\",")
+                .map(|p| p.split('=').next().expect("label").trim())
+                .collect();
+            for l in known {
+                assert!(
+                    given.contains(l.as_str()),
+                    "tests.yaml: {series} lacks label {l}"
+                );
+            }
+        }
+        for a in t["alert_rule_test"].as_array().expect("alert_rule_test") {
+            tested.insert(a["alertname"].as_str().expect("alertname").to_string());
+        }
+    }
+    let untested: Vec<&String> = alerts.keys().filter(|a| !tested.contains(*a)).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts without a unit test in tests.yaml: {untested:?}"
+    );
+}
+
+#[test]
+fn prometheusrule_carries_exactly_the_groups_of_rules_yaml() {
+    let rules_path = deploy().join("prometheus/rules.yaml");
+    let pr_path = deploy().join("monitoring/prometheusrule.yaml");
+    let rules = yaml_one(&rules_path);
+    let pr = yaml_one(&pr_path);
+    assert_eq!(pr["kind"], "PrometheusRule");
+    assert_eq!(pr["apiVersion"], "monitoring.coreos.com/v1");
+    if pr["spec"]["groups"] != rules["groups"] {
+        // Regenerate: the manifest's head up to `spec:`, then rules.yaml's
+        // groups indented under it.
+        let head: String = std::fs::read_to_string(&pr_path)
+            .expect("read prometheusrule.yaml")
+            .lines()
+            .take_while(|l| *l != "spec:")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let rules_text = std::fs::read_to_string(&rules_path).expect("read rules.yaml");
+        let body: String = rules_text
+            .lines()
+            .skip_while(|l| !l.starts_with("groups:"))
+            .map(|l| {
+                if l.is_empty() {
+                    "\n".to_string()
+                } else {
+                    format!("  {l}\n")
+                }
+            })
+            .collect();
+        let out = scratch("regenerated").join("prometheusrule.yaml");
+        std::fs::write(&out, format!("{head}spec:\n{body}")).expect("write regenerated");
+        panic!(
+            "deploy/monitoring/prometheusrule.yaml differs from deploy/prometheus/rules.yaml; \
+             the regenerated file is {}: copy it over",
+            rel(&out)
+        );
+    }
+}
+
+// ----------------------------------------------------------- the dashboard
+
+fn dashboard() -> Value {
+    let path = deploy().join("grafana/segwatch-dashboard.json");
+    let text = std::fs::read_to_string(&path).expect("read dashboard");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", rel(&path)))
+}
+
+/// Grafana's variables replaced by values PromQL accepts.
+fn grafana_to_promql(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5m")
+        .replace("$__range", "1h")
+        .replace("$namespace", ".*")
+}
+
+#[test]
+fn dashboard_shows_what_security_teams_ask_for_from_exported_metrics() {
+    let metrics = exported_metrics();
+    let d = dashboard();
+    let panels = d["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut rects: Vec<(i64, i64, i64, i64, String)> = Vec::new();
+    let mut exprs: Vec<(String, String)> = Vec::new();
+    for p in panels {
+        let title = p["title"].as_str().expect("panel title").to_string();
+        assert!(
+            ids.insert(p["id"].as_i64().expect("panel id")),
+            "duplicate panel id in {title}"
+        );
+        let g = &p["gridPos"];
+        let r = (
+            g["x"].as_i64().expect("x"),
+            g["y"].as_i64().expect("y"),
+            g["w"].as_i64().expect("w"),
+            g["h"].as_i64().expect("h"),
+        );
+        assert!(r.0 + r.2 <= 24, "{title} is wider than the grid");
+        for o in &rects {
+            let overlap = r.0 < o.0 + o.2 && o.0 < r.0 + r.2 && r.1 < o.1 + o.3 && o.1 < r.1 + r.3;
+            assert!(!overlap, "panels {title} and {} overlap", o.4);
+        }
+        rects.push((r.0, r.1, r.2, r.3, title.clone()));
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has no query");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            check_expr(&grafana_to_promql(expr), &metrics, &title);
+            exprs.push((title.clone(), grafana_to_promql(expr)));
+        }
+    }
+    let all = exprs
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let titles = rects
+        .iter()
+        .map(|r| r.4.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (needle, what) in [
+        ("sum by (kind)", "violations by kind"),
+        (
+            "sum by (kind, src_namespace, dst_namespace)",
+            "violations by namespace pair",
+        ),
+        (
+            "segwatch_workload_flows_total",
+            "top talkers (workload edges)",
+        ),
+        ("segwatch_flow_bytes_total", "top talkers (bytes)"),
+        (
+            "sum by (stage) (increase(segwatch_events_lost_total",
+            "losses by stage",
+        ),
+        ("segwatch_interfaces_attached", "attached interfaces"),
+        (
+            "segwatch_flow_table_entries / (segwatch_flow_table_capacity",
+            "flow table fill",
+        ),
+    ] {
+        assert!(all.contains(needle), "the dashboard must show {what}");
+    }
+    assert!(titles.contains("Top talkers"), "a panel titled Top talkers");
+
+    // Every query must parse as PromQL: promtool checks them as recording rules.
+    let Some(promtool) = tool("promtool", "Debian package prometheus") else {
+        return;
+    };
+    let mut file = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (_, e)) in exprs.iter().enumerate() {
+        file.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(e).expect("quote")
+        ));
+    }
+    let path = scratch("dashboard").join("queries.yaml");
+    std::fs::write(&path, file).expect("write queries");
+    let (ok, out) = run(Command::new(&promtool).args(["check", "rules"]).arg(&path));
+    assert!(
+        ok,
+        "dashboard queries do not parse ({}):\n{out}",
+        rel(&path)
+    );
+}
+
+#[test]
+fn metric_name_extraction_sees_through_promql_syntax() {
+    // check_expr relies on this; a broken extractor would pass everything.
+    let e = r#"sum by (kind, src_namespace) ((segwatch_violations_total{kind="a b"} unless segwatch_violations_total offset 10m) or increase(segwatch_events_lost_total[5m])) > 0 and on(instance) up == 1"#;
+    let names: Vec<String> = metric_names(e).into_iter().collect();
+    assert_eq!(
+        names,
+        [
+            "segwatch_events_lost_total",
+            "segwatch_violations_total",
+            "up"
+        ]
+    );
+    assert_eq!(
+        by_labels(e),
+        ["kind", "src_namespace"].map(String::from).into()
+    );
+    let metrics = exported_metrics();
+    let caught = std::panic::catch_unwind(|| {
+        check_expr("rate(segwatch_violation_total[5m])", &metrics, "t")
+    });
+    assert!(caught.is_err(), "a misspelt metric must be caught");
+    let caught = std::panic::catch_unwind(|| {
+        check_expr("sum by (pod) (segwatch_flows_total)", &metrics, "t")
+    });
+    assert!(
+        caught.is_err(),
+        "a label the metric does not carry must be caught"
+    );
+}
+
+// ---------------------------------------------------------- the image
+
+#[test]
+fn containerfile_is_multistage_distroless_and_pinned_like_the_build() {
+    let text = std::fs::read_to_string(deploy().join("Containerfile")).expect("read Containerfile");
+    let instructions: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("FROM "))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        froms.len() >= 2,
+        "multi-stage: a build stage and a final stage"
+    );
+    let final_stage = &instructions[*froms.last().expect("a FROM")..];
+    assert!(
+        final_stage[0].contains("gcr.io/distroless/static")
+            || final_stage[0].contains("gcr.io/distroless/cc"),
+        "the final image must be distroless static or cc (no shell): {}",
+        final_stage[0]
+    );
+    assert!(
+        !final_stage[0].contains(":debug"),
+        "distroless :debug images carry a shell"
+    );
+    for l in final_stage {
+        assert!(
+            !l.starts_with("RUN "),
+            "no RUN in the final stage (there is no shell): {l}"
+        );
+        if let Some(src) = l.strip_prefix("COPY ") {
+            assert!(
+                src.starts_with("--from=build /out/segwatch "),
+                "the final stage copies the binary only: {l}"
+            );
+        }
+    }
+    let entry = final_stage
+        .iter()
+        .find(|l| l.starts_with("ENTRYPOINT "))
+        .expect("ENTRYPOINT");
+    assert!(
+        entry.contains("[\"/usr/local/bin/segwatch\"]"),
+        "exec-form ENTRYPOINT of the binary: {entry}"
+    );
+
+    // Toolchain pins equal to the build's, so the image builds what CI tests.
+    let build_rs = std::fs::read_to_string(root().join("monitor/build.rs")).expect("build.rs");
+    let setup = std::fs::read_to_string(root().join("xtask/src/setup.rs")).expect("setup.rs");
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    let quoted = |src: &str, key: &str| -> String {
+        let line = src
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("`{key}` not found"));
+        line.split('"').nth(1).expect("a quoted value").to_string()
+    };
+    let arg = |key: &str| -> String {
+        instructions
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("ARG {key}=")))
+            .unwrap_or_else(|| panic!("ARG {key} in the Containerfile"))
+            .to_string()
+    };
+    assert_eq!(
+        arg("EBPF_NIGHTLY"),
+        quoted(&build_rs, "const EBPF_TOOLCHAIN")
+    );
+    assert_eq!(arg("EBPF_NIGHTLY"), quoted(&setup, "pub const NIGHTLY"));
+    assert_eq!(
+        arg("BPF_LINKER_VERSION"),
+        quoted(&setup, "const BPF_LINKER_VERSION")
+    );
+    let rust_version = quoted(&manifest, "rust-version");
+    assert!(
+        instructions[froms[0]].contains(&format!("rust:{rust_version}-")),
+        "the build stage uses the workspace's rust-version {rust_version}: {}",
+        instructions[froms[0]]
+    );
+    // The image's name matches the DaemonSet's.
+    let objects = kustomize(&deploy());
+    let image = find(&objects, "DaemonSet").value["spec"]["template"]["spec"]["containers"][0]
+        ["image"]
+        .as_str()
+        .expect("image")
+        .to_string();
+    assert!(
+        text.contains(&format!("-t {image} ")),
+        "the build command in the Containerfile tags {image}"
+    );
+}
+
+// ------------------------------------------- SegmentationPolicy examples
+
+const SCHEMA_CHECK: &str = r#"
+import json, sys
+import jsonschema
+
+def strict(s):
+    # A CRD schema is OpenAPI v3: `nullable` allows null, and the API server
+    # rejects unknown fields under kubectl's default --validate=strict
+    # unless x-kubernetes-preserve-unknown-fields says otherwise.
+    s = dict(s)
+    if s.get("nullable") is True and isinstance(s.get("type"), str):
+        s["type"] = [s["type"], "null"]
+    if "properties" in s:
+        s["properties"] = {k: strict(v) for k, v in s["properties"].items()}
+        if "additionalProperties" not in s and not s.get("x-kubernetes-preserve-unknown-fields"):
+            s["additionalProperties"] = False
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(s.get(key), dict):
+            s[key] = strict(s[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in s:
+            s[key] = [strict(x) for x in s[key]]
+    return s
+
+inp = json.load(sys.stdin)
+validator = jsonschema.Draft7Validator(strict(inp["schema"]))
+for doc in inp["docs"]:
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path)))
+    print(json.dumps(["%s: %s" % (".".join(map(str, e.path)) or "<root>", e.message) for e in errors]))
+"#;
+
+/// Validates documents against a CRD version's schema (with apiVersion, kind
+/// and metadata removed: the API server handles those itself). One list of
+/// error messages per document.
+fn schema_errors(python: &Path, schema: &Value, docs: &[Value]) -> Vec<Vec<String>> {
+    let bodies: Vec<Value> = docs
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            let o = d.as_object_mut().expect("object");
+            for k in ["apiVersion", "kind", "metadata"] {
+                o.remove(k);
+            }
+            d
+        })
+        .collect();
+    let input = serde_json::json!({"schema": schema, "docs": bodies});
+    let mut child = Command::new(python)
+        .args(["-c", SCHEMA_CHECK])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .expect("write schema check input");
+    }
+    let out = child.wait_with_output().expect("schema check");
+    assert!(
+        out.status.success(),
+        "schema check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON list per document"))
+        .collect()
+}
+
+/// python3 of our venv, where kubernetes-validate brought jsonschema.
+fn venv_python() -> Option<PathBuf> {
+    let kv = tool("kubernetes-validate", "PyPI kubernetes-validate")?;
+    let python = kv.with_file_name("python3");
+    if python.is_file() {
+        return Some(python);
+    }
+    let msg = format!("{} not found next to kubernetes-validate", python.display());
+    assert!(!require_tools(), "{msg}");
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+#[test]
+fn segmentation_policy_examples_match_the_crd_schema() {
+    let objects = kustomize(&deploy());
+    let crd = &find(&objects, "CustomResourceDefinition").value;
+    let group = crd["spec"]["group"].as_str().expect("group");
+    let kind = crd["spec"]["names"]["kind"].as_str().expect("kind");
+    let cluster_scoped = crd["spec"]["scope"] == "Cluster";
+    let versions = crd["spec"]["versions"].as_array().expect("versions");
+
+    let mut examples = Vec::new();
+    for f in manifest_files() {
+        for d in yaml_docs(&f) {
+            if d["kind"] == kind {
+                examples.push((rel(&f), d));
+            }
+        }
+    }
+    assert!(!examples.is_empty(), "deploy/examples/ holds a {kind}");
+    for (file, d) in &examples {
+        let api = d["apiVersion"].as_str().expect("apiVersion");
+        let (g, v) = api.split_once('/').expect("group/version");
+        assert_eq!(g, group, "{file}");
+        assert!(
+            versions
+                .iter()
+                .any(|x| x["name"] == v && x["served"] == true),
+            "{file}: version {v} is not served by the CRD"
+        );
+        let name = d["metadata"]["name"].as_str().expect("metadata.name");
+        assert!(
+            !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'),
+            "{file}: metadata.name {name:?} is not a DNS subdomain"
+        );
+        assert_eq!(
+            d["metadata"].get("namespace").is_some(),
+            !cluster_scoped,
+            "{file}: namespace must match the CRD's scope"
+        );
+    }
+
+    let Some(python) = venv_python() else {
+        return;
+    };
+    for version in versions {
+        let schema = &version["schema"]["openAPIV3Schema"];
+        let docs: Vec<Value> = examples.iter().map(|(_, d)| d.clone()).collect();
+        for ((file, _), errors) in examples.iter().zip(schema_errors(&python, schema, &docs)) {
+            assert!(
+                errors.is_empty(),
+                "{file} does not match the CRD schema: {errors:?}"
+            );
+        }
+        // Negative controls: the schema check must reject a misspelt section
+        // and a wrongly typed field.
+        let mut typo = examples[0].1.clone();
+        typo["spec"]["crossNamespaces"] = serde_json::json!({"allow": []});
+        let mut wrong_type = examples[0].1.clone();
+        wrong_type["spec"]["crossNamespace"]["allow"][0]["to"]["ports"] = "53/UDP".into();
+        let errs = schema_errors(&python, schema, &[typo, wrong_type]);
+        assert!(
+            errs[0].iter().any(|e| e.contains("crossNamespaces")),
+            "an unknown field must be rejected: {:?}",
+            errs[0]
+        );
+        assert!(
+            errs[1].iter().any(|e| e.contains("ports")),
+            "a string where a list belongs must be rejected: {:?}",
+            errs[1]
+        );
+    }
+}
