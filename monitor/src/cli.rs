@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node daemon: attach to pod veths, report flows, serve /metrics.
     Run(cmd::run::Args),
+    /// Print the SegmentationPolicy CustomResourceDefinition (YAML).
+    Crd(cmd::crd::Args),
 }
 
 /// Diagnostics go to stderr, never stdout (stdout may carry the flow log).
@@ -41,5 +43,6 @@ pub fn init_tracing(filter: Option<&str>) {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => cmd::run::run(args),
+        Command::Crd(args) => cmd::crd::run(args),
     }
 }

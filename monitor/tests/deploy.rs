@@ -1333,6 +1333,36 @@ fn containerfile_is_multistage_distroless_and_pinned_like_the_build() {
     );
 }
 
+// ------------------------------------------- SegmentationPolicy CRD
+
+#[test]
+fn crd_in_deploy_is_what_segwatch_crd_prints() {
+    let (ok, out) = {
+        let o = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+            .arg("crd")
+            .output()
+            .expect("run segwatch crd");
+        (o.status.success(), o)
+    };
+    assert!(
+        ok,
+        "segwatch crd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).expect("UTF-8");
+    let path = deploy().join("base/crd.yaml");
+    let shipped = std::fs::read_to_string(&path).expect("read deploy/base/crd.yaml");
+    if printed != shipped {
+        let fresh = scratch("regenerated").join("crd.yaml");
+        std::fs::write(&fresh, &printed).expect("write regenerated CRD");
+        panic!(
+            "deploy/base/crd.yaml and the SegmentationPolicy type disagree (the generated CRD is {}); \
+             regenerate: cargo run -p monitor -- crd > deploy/base/crd.yaml",
+            rel(&fresh)
+        );
+    }
+}
+
 // ------------------------------------------- SegmentationPolicy examples
 
 const SCHEMA_CHECK: &str = r#"
@@ -1464,6 +1494,12 @@ fn segmentation_policy_examples_match_the_crd_schema() {
             "{file}: namespace must match the CRD's scope"
         );
     }
+
+    // The daemon's own strict loader (what `--policy` uses) must take them.
+    let example_files: Vec<PathBuf> = examples.iter().map(|(f, _)| root().join(f)).collect();
+    let loaded = segwatch::segpolicy::load_policy_paths(&example_files)
+        .unwrap_or_else(|e| panic!("segwatch rejects the examples: {e}"));
+    assert_eq!(loaded.len(), examples.len());
 
     let Some(python) = venv_python() else {
         return;

@@ -1,4 +1,5 @@
 //! One module per `segwatch` subcommand: argument parsing at the edge, then a
 //! call into the pure core.
 
+pub mod crd;
 pub mod run;
