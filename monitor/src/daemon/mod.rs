@@ -170,6 +170,8 @@ struct Daemon {
     /// Kernel counters at the last sweep, to export increments.
     last_counters: [u64; Counter::COUNT as usize],
     health: Arc<http::Health>,
+    /// The initial interface dump has been processed.
+    links_synced: bool,
 }
 
 impl Daemon {
@@ -189,6 +191,12 @@ impl Daemon {
                         tracing::warn!(interface = %name, error = %format!("{e:#}"), "cannot attach")
                     }
                 }
+            }
+            LinkEvent::DumpDone => {
+                // Every interface present at start is attached (or failed):
+                // from now on the programs see the node's pods.
+                self.links_synced = true;
+                self.health.set_ready(true, self.judge.ready());
             }
             LinkEvent::Gone { index, name } => {
                 let name = if name.is_empty() {
@@ -407,6 +415,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>) -> Result<()> {
         announced: HashSet::new(),
         last_counters: [0; Counter::COUNT as usize],
         health: health.clone(),
+        links_synced: false,
     };
     daemon.last_counters = daemon.dp.counters()?;
 
@@ -432,7 +441,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>) -> Result<()> {
                 if let Err(e) = daemon.sweep(false) {
                     tracing::error!(error = %format!("{e:#}"), "sweep failed");
                 }
-                daemon.health.set_ready(true, daemon.judge.ready());
+                daemon.health.set_ready(daemon.links_synced, daemon.judge.ready());
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

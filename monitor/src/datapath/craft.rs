@@ -157,6 +157,11 @@ pub fn frame(src: IpAddr, dst: IpAddr, l4: &L4, q: &Quirks) -> Vec<u8> {
             f.extend([0, 0]);
             f.extend(s.octets());
             f.extend(d.octets());
+            // RFC 791 header checksum, so that well-formed frames survive
+            // the receiving stack (ip_rcv drops a bad one).
+            let ip_start = f.len() - 20;
+            let csum = checksum(&f[ip_start..]);
+            f[ip_start + 10..ip_start + 12].copy_from_slice(&csum.to_be_bytes());
             let start = f.len();
             f.extend(&l4b);
             patch_doff(&mut f, start, l4, q);
@@ -193,6 +198,18 @@ pub fn frame(src: IpAddr, dst: IpAddr, l4: &L4, q: &Quirks) -> Vec<u8> {
         f.truncate(n);
     }
     f
+}
+
+/// The Internet checksum (RFC 1071) of `bytes`.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 fn patch_doff(f: &mut [u8], l4_start: usize, l4: &L4, q: &Quirks) {

@@ -108,6 +108,8 @@ pub enum LinkEvent {
     },
     /// An interface was deleted (or moved to another network namespace).
     Gone { index: u32, name: String },
+    /// Every interface present at start has been sent.
+    DumpDone,
 }
 
 fn describe(msg: &LinkMessage) -> (u32, Option<String>, Option<String>) {
@@ -162,6 +164,9 @@ pub async fn watch(tx: mpsc::Sender<LinkEvent>) -> std::io::Result<()> {
     }
     drop(handle);
     dump_task.abort();
+    if tx.send(LinkEvent::DumpDone).await.is_err() {
+        return Ok(());
+    }
 
     while let Some((msg, _)) = messages.next().await {
         let event = match msg.payload {

@@ -1,0 +1,360 @@
+//! Faults and hostile input on the datapath: crafted frames on a real veth,
+//! SIGKILL and restart, an overflowing flow table, missing capabilities.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use segwatch::datapath::craft::{frame, Quirks, L4};
+use tests::*;
+
+const FAST: &[&str] = &["--idle-timeout", "2", "--sweep-interval-ms", "200"];
+
+fn mac(netns: &str, dev: &str) -> [u8; 6] {
+    let text = sh_in(netns, &["cat", &format!("/sys/class/net/{dev}/address")]);
+    let mut out = [0u8; 6];
+    for (i, part) in text.trim().split(':').enumerate() {
+        out[i] = u8::from_str_radix(part, 16).expect("hex mac");
+    }
+    out
+}
+
+/// Sends raw Ethernet frames out of the pod's eth0 (AF_PACKET), so they
+/// arrive on the node side of the veth exactly as written.
+fn send_raw(pod: &Pod, frames: Vec<Vec<u8>>) {
+    pod.ns
+        .run(move || {
+            // SAFETY: plain socket(2); closed below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let ifindex = segwatch::datapath::links::ifindex("eth0").expect("eth0 in the pod");
+            // SAFETY: all-zero is a valid sockaddr_ll.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = ifindex as i32;
+            sll.sll_halen = 6;
+            for f in frames {
+                sll.sll_addr[..6].copy_from_slice(&f[..6]);
+                // SAFETY: f and sll are valid for their lengths.
+                let rc = unsafe {
+                    libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&sll as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert!(
+                    rc >= 0,
+                    "send {} bytes: {}",
+                    f.len(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        })
+        .join()
+        .expect("raw sender");
+}
+
+#[test]
+fn hostile_frames_on_a_real_veth_are_counted_exactly_and_pass() {
+    let topo = Topo::new(2, false);
+    let (p0, p1) = (&topo.pods[0], &topo.pods[1]);
+    // Only the sender's veth: a frame whose IP header is fine (bad TCP data
+    // offset) is routed on to p1 and would be counted there a second time.
+    let mut args = FAST.to_vec();
+    args.extend(["--interface", p0.host_if.as_str()]);
+    let daemon = Daemon::start(&topo.node.name, &args);
+    let (src, dst) = (p0.ip4, p1.ip4);
+    let (src6, dst6) = (p0.ip6, p1.ip6);
+    let d = Quirks::default;
+    let to_node = mac(&topo.node.name, &p0.host_if);
+    let from_pod = mac(&p0.ns.name, "eth0");
+    let mut frames = vec![
+        // Unparsable: each must add exactly one to stage="unparsable".
+        frame(
+            src,
+            dst,
+            &L4::Udp {
+                sport: 1,
+                dport: 2,
+                payload: 0,
+            },
+            &Quirks {
+                truncate: Some(14 + 12),
+                ..d()
+            },
+        ),
+        frame(
+            src,
+            dst,
+            &L4::Udp {
+                sport: 1,
+                dport: 2,
+                payload: 0,
+            },
+            &Quirks {
+                ihl: Some(4),
+                ..d()
+            },
+        ),
+        frame(
+            src,
+            dst,
+            &L4::Tcp {
+                sport: 1,
+                dport: 2,
+                flags: 2,
+                payload: 0,
+            },
+            &Quirks {
+                tcp_doff: Some(3),
+                ..d()
+            },
+        ),
+        frame(
+            src,
+            dst,
+            &L4::Tcp {
+                sport: 1,
+                dport: 2,
+                flags: 2,
+                payload: 0,
+            },
+            &Quirks {
+                truncate: Some(14 + 20 + 10),
+                ..d()
+            },
+        ),
+        frame(
+            src6,
+            dst6,
+            &L4::Udp {
+                sport: 1,
+                dport: 2,
+                payload: 0,
+            },
+            &Quirks {
+                truncate: Some(14 + 30),
+                ..d()
+            },
+        ),
+        // Longer extension-header chain than the bound.
+        frame(
+            src6,
+            dst6,
+            &L4::Udp {
+                sport: 1,
+                dport: 2,
+                payload: 0,
+            },
+            &Quirks {
+                ipv6_ext_count: 9,
+                ..d()
+            },
+        ),
+        // A later fragment: a port-less flow, no invented ports.
+        frame(
+            src,
+            dst,
+            &L4::Raw {
+                proto: 17,
+                payload: 48,
+            },
+            &Quirks {
+                frag_offset: 100,
+                ..d()
+            },
+        ),
+        // Zero-length UDP payload to a listener: must arrive.
+        frame(
+            src,
+            dst,
+            &L4::Udp {
+                sport: 4444,
+                dport: 5555,
+                payload: 0,
+            },
+            &d(),
+        ),
+    ];
+    // Non-IP ethertype.
+    let mut odd = vec![0u8; 12];
+    odd.extend(0x88b5u16.to_be_bytes()); // IEEE local experimental
+    odd.extend([0u8; 46]);
+    frames.push(odd);
+    for f in &mut frames {
+        f[..6].copy_from_slice(&to_node);
+        f[6..12].copy_from_slice(&from_pod);
+    }
+    // The zero-length datagram is routed to p1: a listener counts it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    p1.ns.run(move || {
+        let s = std::net::UdpSocket::bind(SocketAddr::new(dst, 5555)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 64];
+        let got = s.recv_from(&mut buf).map(|(n, a)| (n, a.port()));
+        let _ = tx.send(());
+        got
+    });
+    rx.recv().expect("listener up");
+    let lost = |d: &Daemon, stage: &str| {
+        d.metric(&format!("segwatch_events_lost_total{{stage=\"{stage}\"}}"))
+    };
+    let (u0, x0) = (lost(&daemon, "unparsable"), lost(&daemon, "ipv6_ext_limit"));
+    send_raw(p0, frames);
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the zero-length datagram must pass through to the pod");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        lost(&daemon, "unparsable") - u0,
+        5.0,
+        "five malformed frames, five counted"
+    );
+    assert_eq!(
+        lost(&daemon, "ipv6_ext_limit") - x0,
+        1.0,
+        "one over-long extension chain"
+    );
+    assert!(daemon.metric("segwatch_packets_total{result=\"fragment\"}") >= 1.0);
+    assert!(daemon.metric("segwatch_packets_total{result=\"non_ip\"}") >= 1.0);
+    std::thread::sleep(Duration::from_secs(3));
+    let reports = daemon.reports();
+    let frag: Vec<_> = reports
+        .iter()
+        .filter(|r| {
+            r["protocol"] == "UDP"
+                && r["src"]["ip"] == src.to_string()
+                && r["src"]["port"].is_null()
+        })
+        .collect();
+    assert_eq!(
+        frag.len(),
+        1,
+        "the later fragment is one port-less flow: {reports:#?}"
+    );
+    let empty = reports
+        .iter()
+        .find(|r| r["dst"]["port"] == 5555)
+        .expect("zero-length UDP flow");
+    assert_eq!(empty["bytes"]["sent"], 28, "20 IP + 8 UDP bytes");
+    // Nothing odd was attributed to a port.
+    assert!(
+        !reports
+            .iter()
+            .any(|r| r["src"]["port"] == 1 || r["dst"]["port"] == 2),
+        "no malformed frame may appear as a flow: {reports:#?}"
+    );
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached_and_a_restart_works() {
+    let topo = Topo::new(2, true);
+    let (p0, p1) = (&topo.pods[0], &topo.pods[1]);
+    let mut daemon = Daemon::start(&topo.node.name, FAST);
+    assert_eq!(tcx_programs(&topo.node.name, &p0.host_if).len(), 2);
+    let mut child = daemon.child.take().expect("running");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let left = wait_for(Duration::from_secs(5), || {
+        tcx_programs(&topo.node.name, &p0.host_if)
+            .is_empty()
+            .then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "tcx links die with the process: nothing may stay attached after SIGKILL"
+    );
+    // A new daemon attaches again and reports new traffic.
+    udp_sink(p1, SocketAddr::new(p1.ip4, 6000));
+    let mut again = Daemon::start(&topo.node.name, FAST);
+    let port = udp_send(p0, SocketAddr::new(p1.ip4, 6000), 3, 10);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(again.stop(), 0);
+    let n = again
+        .reports()
+        .iter()
+        .filter(|r| r["src"]["port"] == port)
+        .count();
+    assert_eq!(n, 1, "the restarted daemon reports the new flow once");
+    assert_eq!(tcx_programs(&topo.node.name, &p0.host_if).len(), 0);
+}
+
+#[test]
+fn an_overflowing_flow_table_is_counted_and_recovers() {
+    let topo = Topo::new(2, true);
+    let (p0, p1) = (&topo.pods[0], &topo.pods[1]);
+    udp_sink(p1, SocketAddr::new(p1.ip4, 7000));
+    // 32 entries: a pod-to-pod flow takes two (one per veth).
+    let mut args = FAST.to_vec();
+    args.extend(["--max-flows", "32"]);
+    let mut daemon = Daemon::start(&topo.node.name, &args);
+    let dst = SocketAddr::new(p1.ip4, 7000);
+    p0.ns
+        .run(move || {
+            for _ in 0..200 {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+                s.send_to(b"x", dst).expect("send");
+            }
+        })
+        .join()
+        .expect("storm");
+    let lost = wait_for(Duration::from_secs(5), || {
+        let v = daemon.metric("segwatch_events_lost_total{stage=\"flow_map_full\"}");
+        (v > 0.0).then_some(v)
+    });
+    assert!(
+        lost.is_some(),
+        "packets that found the table full must be counted as lost"
+    );
+    assert_eq!(daemon.get("/healthz").expect("alive").0, 200);
+    // Flows idle out (2 s), the table empties, new flows are tracked again.
+    std::thread::sleep(Duration::from_secs(4));
+    let port = udp_send(p0, dst, 2, 10);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(daemon.stop(), 0);
+    let n = daemon
+        .reports()
+        .iter()
+        .filter(|r| r["src"]["port"] == port)
+        .count();
+    assert_eq!(n, 1, "after the storm a new flow is reported again");
+}
+
+#[test]
+fn refuses_to_start_without_capabilities_and_names_them() {
+    require_root();
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-bpf,-sys_admin"])
+        .arg(segwatch_bin())
+        .args([
+            "run",
+            "--interface",
+            "lo",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--flow-log",
+            "/dev/null",
+        ])
+        .output()
+        .expect("setpriv (util-linux) runs segwatch");
+    assert!(!out.status.success(), "must not start without CAP_BPF");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing capabilities CAP_BPF"),
+        "names the capability: {err}"
+    );
+    assert!(
+        !err.contains("CAP_NET_ADMIN"),
+        "does not name what it has: {err}"
+    );
+}
