@@ -26,7 +26,8 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         tests::require_root();
-        let dp = Datapath::load(1024).expect("the programs must load and pass the verifier");
+        let dp = Datapath::load(1024, segwatch::datapath::AttachMode::Auto)
+            .expect("the programs must load and pass the verifier");
         let before = dp.counters().expect("counters readable");
         Harness { dp, before }
     }

@@ -358,3 +358,74 @@ fn refuses_to_start_without_capabilities_and_names_them() {
         "does not name what it has: {err}"
     );
 }
+
+/// Our tc filters on `iface` in `netns` (ingress and egress), one line each.
+fn tc_filters(netns: &str, iface: &str) -> String {
+    let mut out = sh_in(netns, &["tc", "filter", "show", "dev", iface, "ingress"]);
+    out.push_str(&sh_in(
+        netns,
+        &["tc", "filter", "show", "dev", iface, "egress"],
+    ));
+    out.lines()
+        .filter(|l| l.contains("direct-action") && l.contains("segwatch_"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn clsact_fallback_counts_detaches_and_cleans_up_after_a_crash() {
+    // The path kernels before 6.6 take, forced on this one.
+    let topo = Topo::new(2, true);
+    let (p0, p1) = (&topo.pods[0], &topo.pods[1]);
+    udp_sink(p1, SocketAddr::new(p1.ip4, 6100));
+    let mut args = FAST.to_vec();
+    args.extend(["--attach-mode", "clsact"]);
+    let mut daemon = Daemon::start(&topo.node.name, &args);
+    assert!(
+        tcx_programs(&topo.node.name, &p0.host_if).is_empty(),
+        "clsact mode must not use tcx"
+    );
+    let filters = tc_filters(&topo.node.name, &p0.host_if);
+    assert_eq!(
+        filters.lines().count(),
+        2,
+        "one filter per direction:\n{filters}"
+    );
+    let port = udp_send(p0, SocketAddr::new(p1.ip4, 6100), 5, 100);
+    std::thread::sleep(Duration::from_secs(3));
+    // SIGKILL: clsact filters stay behind ...
+    let mut child = daemon.child.take().expect("running");
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    let stale = tc_filters(&topo.node.name, &p0.host_if);
+    assert_eq!(
+        stale.lines().count(),
+        2,
+        "clsact filters outlive the process:\n{stale}"
+    );
+    // ... and the next run replaces them instead of stacking a second set.
+    let mut again = Daemon::start(&topo.node.name, &args);
+    let now = tc_filters(&topo.node.name, &p0.host_if);
+    assert_eq!(
+        now.lines().count(),
+        2,
+        "stale filters replaced, not duplicated:\n{now}"
+    );
+    let port2 = udp_send(p0, SocketAddr::new(p1.ip4, 6100), 4, 100);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(again.stop(), 0);
+    let after = tc_filters(&topo.node.name, &p0.host_if);
+    assert_eq!(
+        after.lines().count(),
+        0,
+        "SIGTERM removes our filters:\n{after}"
+    );
+    let r = again.reports();
+    let flow = r
+        .iter()
+        .find(|r| r["src"]["port"] == port2)
+        .expect("flow after restart");
+    assert_eq!(flow["packets"]["sent"], 4, "exact count through clsact");
+    assert_eq!(flow["bytes"]["sent"], 4 * 128);
+    let _ = port;
+}

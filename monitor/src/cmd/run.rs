@@ -44,6 +44,11 @@ pub struct Args {
     /// A flow that goes on is reported again after this long (seconds).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub active_timeout: u64,
+    /// How to attach: tcx (kernel ≥ 6.6, detached with the process even on
+    /// SIGKILL), clsact tc filters (older kernels; stale filters from a
+    /// crashed run are removed at attach), or auto.
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub attach_mode: crate::datapath::AttachMode,
     /// Capacity of the kernel flow table (entries per node).
     #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_FLOWS, value_name = "N")]
     pub max_flows: u32,
@@ -73,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             closed_linger_ns: NS,
         },
         max_flows: args.max_flows,
+        attach_mode: args.attach_mode,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

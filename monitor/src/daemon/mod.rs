@@ -39,6 +39,7 @@ pub struct Config {
     pub sweep_interval: Duration,
     pub timeouts: Timeouts,
     pub max_flows: u32,
+    pub attach_mode: crate::datapath::AttachMode,
 }
 
 /// Judges a flow report in place (attribution, verdict, violations) and
@@ -386,7 +387,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>) -> Result<()> {
     }
     let mut log = FlowLog::open(&cfg.flow_log)?;
     log.flush().ok();
-    let mut dp = Datapath::load(cfg.max_flows)?;
+    let mut dp = Datapath::load(cfg.max_flows, cfg.attach_mode)?;
     tracing::info!(mode = ?dp.mode(), max_flows = dp.max_flows(), "programs loaded");
     let metrics = Metrics::new();
     metrics.flow_table_capacity.set(i64::from(dp.max_flows()));

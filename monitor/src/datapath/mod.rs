@@ -92,7 +92,17 @@ pub fn merge(slots: &[FlowStats]) -> FlowStats {
     out
 }
 
-/// Attachment mode chosen for this kernel.
+/// What the user asked for (`--attach-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// tcx where the kernel has it (≥ 6.6), clsact otherwise.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+/// Attachment mode in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// tcx links (kernel ≥ 6.6): detached when the fd closes, even on SIGKILL.
@@ -114,7 +124,7 @@ pub struct Datapath {
 impl Datapath {
     /// Checks privileges, loads the object with a flow table of `max_flows`
     /// entries and loads (verifies) both programs. Nothing is attached yet.
-    pub fn load(max_flows: u32) -> Result<Self, DatapathError> {
+    pub fn load(max_flows: u32, attach: AttachMode) -> Result<Self, DatapathError> {
         caps::require(&caps::NEEDED)?;
         let version = KernelVersion::current().ok();
         let kernel = version
@@ -145,10 +155,12 @@ impl Datapath {
             .and_then(|m| RingBuf::try_from(m).ok())
             .ok_or(DatapathError::Map { name: EVENTS_MAP })?;
         // tcx arrived in 6.6 (commit e420bed02507, "bpf: Add fd-based tcx multi-prog infra").
-        let mode = if version.is_some_and(|v| v >= KernelVersion::new(6, 6, 0)) {
-            Mode::Tcx
-        } else {
-            Mode::Clsact
+        let has_tcx = version.is_some_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let mode = match attach {
+            AttachMode::Tcx => Mode::Tcx,
+            AttachMode::Clsact => Mode::Clsact,
+            AttachMode::Auto if has_tcx => Mode::Tcx,
+            AttachMode::Auto => Mode::Clsact,
         };
         Ok(Datapath {
             ebpf,
@@ -187,6 +199,20 @@ impl Datapath {
         if self.mode == Mode::Clsact {
             // EEXIST is fine: the qdisc is shared with the CNI's filters.
             let _ = tc::qdisc_add_clsact(ifname);
+            // Unlike tcx links, clsact filters outlive a killed process. Ours
+            // are found by name; any here now is a crashed predecessor's.
+            for (name, attach_type) in [
+                (PROG_INGRESS, TcAttachType::Ingress),
+                (PROG_EGRESS, TcAttachType::Egress),
+            ] {
+                if tc::qdisc_detach_program(ifname, attach_type, name).is_ok() {
+                    tracing::info!(
+                        interface = ifname,
+                        program = name,
+                        "removed a stale filter left by a previous run"
+                    );
+                }
+            }
         }
         let mut ids = Vec::with_capacity(2);
         for (name, direction, attach_type) in [

@@ -173,32 +173,33 @@ impl TryFrom<&NetworkPolicy> for PolicySpec {
         // to affect egress, and all policies (whether or not they contain an
         // ingress section) are assumed to affect ingress." The defaulting
         // checks `len(spec.Egress) > 0`, so `egress: []` does not count.
-        let types =
-            match spec.policy_types.as_deref() {
-                Some(list) if !list.is_empty() => {
-                    let mut t = PolicyTypes {
-                        ingress: false,
-                        egress: false,
-                    };
-                    for (i, v) in list.iter().enumerate() {
-                        match v.as_str() {
-                            "Ingress" => t.ingress = true,
-                            "Egress" => t.egress = true,
-                            other => return Err(ctx.err(
+        let types = match spec.policy_types.as_deref() {
+            Some(list) if !list.is_empty() => {
+                let mut t = PolicyTypes {
+                    ingress: false,
+                    egress: false,
+                };
+                for (i, v) in list.iter().enumerate() {
+                    match v.as_str() {
+                        "Ingress" => t.ingress = true,
+                        "Egress" => t.egress = true,
+                        other => {
+                            return Err(ctx.err(
                                 format!("spec.policyTypes[{i}]"),
                                 format!(
                                     "unknown policy type {other:?} (expected Ingress or Egress)"
                                 ),
-                            )),
+                            ))
                         }
                     }
-                    t
                 }
-                _ => PolicyTypes {
-                    ingress: true,
-                    egress: !egress_rules.is_empty(),
-                },
-            };
+                t
+            }
+            _ => PolicyTypes {
+                ingress: true,
+                egress: !egress_rules.is_empty(),
+            },
+        };
 
         let mut ingress = Vec::new();
         for (i, r) in ingress_rules.iter().enumerate() {

@@ -41,13 +41,15 @@ pub fn load_policy_paths(paths: &[PathBuf]) -> Result<Vec<Arc<CompiledDoc>>, Inv
                 })?;
                 out.push(Arc::new(doc));
             }
-            other => return Err(InventoryError::Invalid {
-                origin,
-                message: format!(
+            other => {
+                return Err(InventoryError::Invalid {
+                    origin,
+                    message: format!(
                     "expected kind SegmentationPolicy (apiVersion segwatch.dev/v1alpha1), found {}",
                     other.describe()
                 ),
-            }),
+                })
+            }
         }
     }
     if inv.warnings.iter().any(|w| !w.is_empty()) {
