@@ -17,6 +17,7 @@ pub mod cmd;
 pub mod daemon;
 pub mod datapath;
 pub mod flows;
+pub mod index;
 pub mod inventory;
 pub mod metrics;
 pub mod netpol;

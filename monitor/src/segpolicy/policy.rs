@@ -335,6 +335,13 @@ pub struct CompiledPolicy {
     documents: Vec<String>,
 }
 
+impl Default for CompiledPolicy {
+    /// The baseline.
+    fn default() -> Self {
+        CompiledPolicy::baseline()
+    }
+}
+
 fn owners(names: &[&str]) -> Arc<str> {
     if names.is_empty() {
         Arc::from(BASELINE)

@@ -1,0 +1,800 @@
+//! The cluster index: ONE synchronous state machine holding what segwatch
+//! knows about the cluster, with the derived lookups the per-flow path
+//! needs kept up to date on every change.
+//!
+//! ```text
+//!  kube watchers ──┐  apply(obj) / delete(kind, ns, name) / reset(all)
+//!  inventory files ├──────────────────────────────► ClusterIndex
+//!  --policy, host  ┘                                  │ raw objects (by kind, ns/name)
+//!                                                     │ derived, compiled on change:
+//!                                                     │   pod IP  -> PodEntry (identity + rule masks)
+//!                                                     │   ClusterIP -> ServiceEntry
+//!                                                     │   node/host/--node-ip addr -> node name
+//!                                                     │   metadata addresses, pod networks
+//!                                                     │   CompiledPolicy (union or baseline)
+//!                                                     │   netpol::Engine (rebuilt by refresh())
+//!                                                     ▼
+//!                                      resolve(ip) -> Resolved (a few hash lookups)
+//! ```
+//!
+//! No tokio, no kube in here: the sources (`crate::sources`) and the tests
+//! drive exactly the same methods.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::inventory::{Object, ObjectKind};
+use crate::segpolicy::{CompiledDoc, CompiledPolicy, PeerMasks, PodFacts, SegmentationPolicy};
+
+/// What the kube watchers watch, as (apiGroup, resource plural); the RBAC
+/// ClusterRole in deploy/ must grant get/list/watch on exactly these.
+pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
+    ("", "namespaces"),
+    ("", "pods"),
+    ("", "services"),
+    ("", "serviceaccounts"),
+    ("", "nodes"),
+    ("", "replicationcontrollers"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+    ("segwatch.dev", "segmentationpolicies"),
+];
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Label value used for pods without a controller, where a workload name
+/// is needed for a metric (see [`PodEntry::workload_label`]).
+pub const BARE_POD_WORKLOAD: &str = "bare-pod";
+
+/// Settings that do not come from cluster objects.
+#[derive(Clone, Debug, Default)]
+pub struct IndexConfig {
+    /// This node's name (host addresses and `--node-ip` map to it).
+    pub node_name: String,
+    /// `--node-ip`: extra addresses that count as this node.
+    pub node_ips: Vec<IpAddr>,
+    /// `--policy` documents, always part of the union.
+    pub static_policies: Vec<Arc<CompiledDoc>>,
+    /// Pod networks known beforehand (in addition to Nodes' `spec.podCIDRs`);
+    /// an address inside them that no pod has is "unattributed", not external.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+type Key = (String, String);
+
+/// A pod's identity, compiled when the pod, its namespace, its owners or
+/// the policy change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodEntry {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub service_account: Option<String>,
+    /// `Kind/name` of the top controller (ReplicaSet→Deployment,
+    /// Job→CronJob), `None` for a pod without controller.
+    pub workload: Option<String>,
+    pub node: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub host_network: bool,
+    pub masks: PeerMasks,
+}
+
+impl PodEntry {
+    /// The workload label for metrics: `Kind/name` or [`BARE_POD_WORKLOAD`].
+    /// A bare pod is not named: pod names are unbounded (generated names,
+    /// `kubectl run`), and the namespace label already tells where it runs.
+    pub fn workload_label(&self) -> &str {
+        self.workload.as_deref().unwrap_or(BARE_POD_WORKLOAD)
+    }
+}
+
+/// A Service, standing for its pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub namespace: String,
+    pub name: String,
+    /// `namespace/name`.
+    pub id: String,
+    pub selector: Labels,
+    pub ips: Vec<IpAddr>,
+    pub masks: PeerMasks,
+}
+
+/// What an address is.
+#[derive(Clone, Copy, Debug)]
+pub enum Resolved<'a> {
+    Pod(&'a PodEntry),
+    Service(&'a ServiceEntry),
+    Node(&'a str),
+    Metadata,
+    External,
+    /// Inside a pod network, but no known pod has it (yet).
+    Unknown,
+}
+
+/// Owner of a workload object, as far as the pod owner chain needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OwnerInfo {
+    controller: Option<(String, String)>,
+}
+
+#[derive(Default)]
+pub struct ClusterIndex {
+    cfg: IndexConfig,
+    namespaces: HashMap<String, Namespace>,
+    ns_labels: HashMap<String, Labels>,
+    pods: HashMap<Key, Pod>,
+    services: HashMap<Key, Service>,
+    service_accounts: HashMap<Key, ServiceAccount>,
+    nodes: HashMap<String, Node>,
+    netpols: HashMap<Key, NetworkPolicy>,
+    segpolicies: HashMap<String, (SegmentationPolicy, Option<Arc<CompiledDoc>>)>,
+    /// ReplicaSet, Deployment, StatefulSet, DaemonSet, Job, CronJob,
+    /// ReplicationController by (kind, ns, name).
+    workloads: HashMap<(ObjectKind, String, String), Object>,
+    workload_owner: HashMap<(ObjectKind, String, String), OwnerInfo>,
+    host_addrs: Vec<IpAddr>,
+
+    // Derived.
+    policy: Arc<CompiledPolicy>,
+    pod_entries: HashMap<Key, Arc<PodEntry>>,
+    ip_claims: HashMap<IpAddr, Vec<Key>>,
+    by_ip_pod: HashMap<IpAddr, Arc<PodEntry>>,
+    svc_entries: HashMap<Key, Arc<ServiceEntry>>,
+    by_ip_svc: HashMap<IpAddr, Arc<ServiceEntry>>,
+    by_ip_node: HashMap<IpAddr, Arc<str>>,
+    metadata: HashSet<IpAddr>,
+    pod_nets: Vec<IpNet>,
+    /// (namespace, workload label) of every pod, with pod counts.
+    live_workloads: HashMap<(String, String), usize>,
+    netpol: Arc<crate::netpol::Engine>,
+    netpol_dirty: bool,
+    generation: u64,
+    /// Invalid objects seen (SegmentationPolicies that do not compile).
+    pub warnings: Vec<String>,
+}
+
+fn key_of(meta: &ObjectMeta) -> Key {
+    (
+        meta.namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a str>) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = ips.into_iter().filter_map(|s| s.parse().ok()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl ClusterIndex {
+    pub fn new(cfg: IndexConfig) -> Self {
+        let mut idx = ClusterIndex {
+            cfg,
+            ..Default::default()
+        };
+        idx.recompile_policy();
+        idx.rebuild_nodes();
+        idx.netpol_dirty = true;
+        idx.refresh();
+        idx
+    }
+
+    /// Bumped on every change (for caches and tests).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn policy(&self) -> &Arc<CompiledPolicy> {
+        &self.policy
+    }
+
+    pub fn netpol(&self) -> &Arc<crate::netpol::Engine> {
+        &self.netpol
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.cfg.node_name
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Arc<PodEntry>> {
+        self.pod_entries
+            .get(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pod_entries.len()
+    }
+
+    /// Is some pod of this workload (label value, see
+    /// [`PodEntry::workload_label`]) in this namespace known now?
+    pub fn workload_is_live(&self, namespace: &str, workload: &str) -> bool {
+        self.live_workloads
+            .contains_key(&(namespace.to_owned(), workload.to_owned()))
+    }
+
+    pub fn namespace_is_live(&self, namespace: &str) -> bool {
+        self.namespaces.contains_key(namespace)
+            || self.live_workloads.keys().any(|(ns, _)| ns == namespace)
+    }
+
+    /// Adds or replaces one object.
+    pub fn apply(&mut self, obj: Object) {
+        self.generation += 1;
+        let mut obj = obj;
+        obj.normalize_namespace();
+        match obj {
+            Object::Namespace(ns) => {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                self.namespaces.insert(name.clone(), ns);
+                if self.ns_labels.get(&name) != Some(&labels) {
+                    self.ns_labels.insert(name.clone(), labels);
+                    self.recompute_namespace(&name);
+                }
+                self.netpol_dirty = true;
+            }
+            Object::Pod(p) => {
+                let key = key_of(&p.metadata);
+                self.pods.insert(key.clone(), p);
+                self.recompute_pod(&key);
+                self.netpol_dirty = true;
+            }
+            Object::Service(s) => {
+                let key = key_of(&s.metadata);
+                self.services.insert(key.clone(), s);
+                self.recompute_service(&key);
+            }
+            Object::ServiceAccount(sa) => {
+                self.service_accounts.insert(key_of(&sa.metadata), sa);
+            }
+            Object::Node(n) => {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                self.nodes.insert(name, n);
+                self.rebuild_nodes();
+            }
+            Object::NetworkPolicy(np) => {
+                self.netpols.insert(key_of(&np.metadata), np);
+                self.netpol_dirty = true;
+            }
+            Object::SegmentationPolicy(sp) => {
+                let name = sp.metadata.name.clone().unwrap_or_default();
+                let compiled = match CompiledDoc::compile(&sp) {
+                    Ok(d) => Some(Arc::new(d)),
+                    Err(e) => {
+                        // Logged and skipped; the other documents still hold.
+                        tracing::warn!(policy = %name, error = %e, "SegmentationPolicy skipped");
+                        self.warnings.push(e.to_string());
+                        None
+                    }
+                };
+                self.segpolicies.insert(name, (sp, compiled));
+                self.recompile_policy();
+            }
+            w => {
+                let kind = w.kind();
+                let (ns, name) = key_of(w.metadata());
+                let owner = OwnerInfo {
+                    controller: controller_of(w.metadata()),
+                };
+                let wkey = (kind, ns.clone(), name);
+                let changed = self.workload_owner.get(&wkey) != Some(&owner);
+                self.workload_owner.insert(wkey.clone(), owner);
+                self.workloads.insert(wkey, w);
+                if changed {
+                    // Only the owner chain matters for attribution; a status
+                    // update of a ReplicaSet changes nothing here.
+                    self.recompute_namespace_pods(&ns);
+                }
+                self.netpol_dirty = true;
+            }
+        }
+    }
+
+    /// Removes one object (`namespace` is ignored for cluster-scoped kinds).
+    pub fn delete(&mut self, kind: ObjectKind, namespace: Option<&str>, name: &str) {
+        self.generation += 1;
+        let key: Key = (namespace.unwrap_or("default").to_owned(), name.to_owned());
+        match kind {
+            ObjectKind::Namespace => {
+                self.namespaces.remove(name);
+                if self.ns_labels.remove(name).is_some() {
+                    self.recompute_namespace(name);
+                }
+                self.netpol_dirty = true;
+            }
+            ObjectKind::Pod => {
+                self.pods.remove(&key);
+                self.recompute_pod(&key);
+                self.netpol_dirty = true;
+            }
+            ObjectKind::Service => {
+                self.services.remove(&key);
+                self.recompute_service(&key);
+            }
+            ObjectKind::ServiceAccount => {
+                self.service_accounts.remove(&key);
+            }
+            ObjectKind::Node => {
+                self.nodes.remove(name);
+                self.rebuild_nodes();
+            }
+            ObjectKind::NetworkPolicy => {
+                self.netpols.remove(&key);
+                self.netpol_dirty = true;
+            }
+            ObjectKind::SegmentationPolicy => {
+                self.segpolicies.remove(name);
+                self.recompile_policy();
+            }
+            _ => {
+                let wkey = (kind, key.0.clone(), key.1);
+                self.workloads.remove(&wkey);
+                if self.workload_owner.remove(&wkey).is_some() {
+                    self.recompute_namespace_pods(&key.0);
+                }
+                self.netpol_dirty = true;
+            }
+        }
+    }
+
+    /// Replaces everything with `objects` (an inventory reload, or the
+    /// first list of every watcher).
+    pub fn reset(&mut self, objects: Vec<Object>) {
+        let cfg = std::mem::take(&mut self.cfg);
+        let host = std::mem::take(&mut self.host_addrs);
+        *self = ClusterIndex {
+            cfg,
+            host_addrs: host,
+            generation: self.generation + 1,
+            ..Default::default()
+        };
+        // Order matters only for cost: namespaces, policies and workloads
+        // first, so each pod is compiled once.
+        let mut objects = objects;
+        objects.sort_by_key(|o| match o.kind() {
+            ObjectKind::Namespace => 0,
+            ObjectKind::SegmentationPolicy => 1,
+            ObjectKind::Pod | ObjectKind::Service => 3,
+            _ => 2,
+        });
+        self.recompile_policy();
+        for o in objects {
+            self.apply(o);
+        }
+        self.rebuild_nodes();
+        self.netpol_dirty = true;
+        self.refresh();
+    }
+
+    /// Replaces all objects of one kind (a watcher's re-list), keeping the
+    /// others.
+    pub fn reset_kind(&mut self, kind: ObjectKind, objects: Vec<Object>) {
+        let current: Vec<(Option<String>, String)> = self.keys_of(kind);
+        let incoming: HashSet<(Option<String>, String)> = objects
+            .iter()
+            .map(|o| {
+                let mut o = o.clone();
+                o.normalize_namespace();
+                (o.namespace().map(str::to_owned), o.name().to_owned())
+            })
+            .collect();
+        for (ns, name) in current {
+            if !incoming.contains(&(ns.clone(), name.clone())) {
+                self.delete(kind, ns.as_deref(), &name);
+            }
+        }
+        for o in objects.into_iter().filter(|o| o.kind() == kind) {
+            self.apply(o);
+        }
+    }
+
+    fn keys_of(&self, kind: ObjectKind) -> Vec<(Option<String>, String)> {
+        let ns_keys =
+            |m: &dyn Fn() -> Vec<Key>| m().into_iter().map(|(n, k)| (Some(n), k)).collect();
+        match kind {
+            ObjectKind::Namespace => self.namespaces.keys().map(|k| (None, k.clone())).collect(),
+            ObjectKind::Node => self.nodes.keys().map(|k| (None, k.clone())).collect(),
+            ObjectKind::SegmentationPolicy => {
+                self.segpolicies.keys().map(|k| (None, k.clone())).collect()
+            }
+            ObjectKind::Pod => ns_keys(&|| self.pods.keys().cloned().collect()),
+            ObjectKind::Service => ns_keys(&|| self.services.keys().cloned().collect()),
+            ObjectKind::ServiceAccount => {
+                ns_keys(&|| self.service_accounts.keys().cloned().collect())
+            }
+            ObjectKind::NetworkPolicy => ns_keys(&|| self.netpols.keys().cloned().collect()),
+            _ => self
+                .workloads
+                .keys()
+                .filter(|(k, _, _)| *k == kind)
+                .map(|(_, ns, n)| (Some(ns.clone()), n.clone()))
+                .collect(),
+        }
+    }
+
+    /// The host's own interface addresses (refreshed by the sources).
+    pub fn set_host_addresses(&mut self, mut addrs: Vec<IpAddr>) {
+        addrs.sort();
+        addrs.dedup();
+        if addrs != self.host_addrs {
+            self.generation += 1;
+            self.host_addrs = addrs;
+            self.rebuild_nodes();
+        }
+    }
+
+    /// Does the deferred, expensive work: rebuilds the NetworkPolicy engine
+    /// if anything it depends on changed. The sources call it after each
+    /// batch of changes (at most every second or so).
+    pub fn refresh(&mut self) {
+        if !self.netpol_dirty {
+            return;
+        }
+        self.netpol_dirty = false;
+        let objects = crate::netpol::Objects {
+            namespaces: self.namespaces.values().collect(),
+            pods: self.pods.values().collect(),
+            workloads: Vec::new(),
+            policies: self.netpols.values().collect(),
+        };
+        let (engine, warnings) = crate::netpol::Engine::build(&objects);
+        for w in warnings {
+            tracing::info!("NetworkPolicy: {w}");
+        }
+        self.netpol = Arc::new(engine);
+    }
+
+    /// Is a NetworkPolicy engine rebuild pending?
+    pub fn needs_refresh(&self) -> bool {
+        self.netpol_dirty
+    }
+
+    /// What `ip` is. Order: pod, Service ClusterIP, metadata API (before
+    /// node: the metadata address may be local on the host), node, an
+    /// unknown address inside a pod network, outside.
+    pub fn resolve(&self, ip: IpAddr) -> Resolved<'_> {
+        if let Some(p) = self.by_ip_pod.get(&ip) {
+            return Resolved::Pod(p);
+        }
+        if let Some(s) = self.by_ip_svc.get(&ip) {
+            return Resolved::Service(s);
+        }
+        if self.metadata.contains(&ip) {
+            return Resolved::Metadata;
+        }
+        if let Some(n) = self.by_ip_node.get(&ip) {
+            return Resolved::Node(n);
+        }
+        if self.pod_nets.iter().any(|n| n.contains(&ip)) {
+            return Resolved::Unknown;
+        }
+        Resolved::External
+    }
+
+    fn facts<'a>(
+        &'a self,
+        namespace: &'a str,
+        labels: &'a Labels,
+        sa: Option<&'a str>,
+    ) -> PodFacts<'a> {
+        static EMPTY: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::new);
+        PodFacts {
+            namespace,
+            namespace_labels: self.ns_labels.get(namespace).unwrap_or(&EMPTY),
+            labels,
+            service_account: sa,
+        }
+    }
+
+    fn recompile_policy(&mut self) {
+        let mut docs: Vec<Arc<CompiledDoc>> = self.cfg.static_policies.clone();
+        let mut names: Vec<&String> = self.segpolicies.keys().collect();
+        names.sort();
+        for n in names {
+            if let Some(d) = &self.segpolicies[n].1 {
+                docs.push(d.clone());
+            }
+        }
+        let policy = CompiledPolicy::union(&docs);
+        self.metadata = policy.metadata_addresses().iter().copied().collect();
+        self.policy = Arc::new(policy);
+        // Every mask depends on the rule numbering.
+        let pods: Vec<Key> = self.pods.keys().cloned().collect();
+        for k in pods {
+            self.recompute_pod(&k);
+        }
+        let svcs: Vec<Key> = self.services.keys().cloned().collect();
+        for k in svcs {
+            self.recompute_service(&k);
+        }
+    }
+
+    fn recompute_namespace(&mut self, ns: &str) {
+        self.recompute_namespace_pods(ns);
+        let svcs: Vec<Key> = self
+            .services
+            .keys()
+            .filter(|(n, _)| n == ns)
+            .cloned()
+            .collect();
+        for k in svcs {
+            self.recompute_service(&k);
+        }
+    }
+
+    fn recompute_namespace_pods(&mut self, ns: &str) {
+        let pods: Vec<Key> = self.pods.keys().filter(|(n, _)| n == ns).cloned().collect();
+        for k in pods {
+            self.recompute_pod(&k);
+        }
+    }
+
+    fn recompute_pod(&mut self, key: &Key) {
+        if let Some(old) = self.pod_entries.remove(key) {
+            for ip in &old.ips {
+                self.unclaim(*ip, key);
+            }
+            let wl = (old.namespace.clone(), old.workload_label().to_owned());
+            if let Some(n) = self.live_workloads.get_mut(&wl) {
+                *n -= 1;
+                if *n == 0 {
+                    self.live_workloads.remove(&wl);
+                }
+            }
+        }
+        let Some(pod) = self.pods.get(key) else {
+            return;
+        };
+        let entry = Arc::new(self.pod_entry(key, pod));
+        *self
+            .live_workloads
+            .entry((entry.namespace.clone(), entry.workload_label().to_owned()))
+            .or_default() += 1;
+        // A finished pod keeps its IP in status, but the address may already
+        // belong to a new pod; hostNetwork pods share the node's address.
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let claims_ips = !entry.host_network && !matches!(phase, Some("Succeeded" | "Failed"));
+        if claims_ips {
+            for ip in &entry.ips {
+                self.ip_claims.entry(*ip).or_default().push(key.clone());
+                self.by_ip_pod.insert(*ip, entry.clone());
+            }
+        }
+        self.pod_entries.insert(key.clone(), entry);
+    }
+
+    fn unclaim(&mut self, ip: IpAddr, key: &Key) {
+        let Some(claims) = self.ip_claims.get_mut(&ip) else {
+            return;
+        };
+        claims.retain(|k| k != key);
+        match claims.last() {
+            // Another live pod still has this address (e.g. the old pod is
+            // terminating while the new one started): it takes over.
+            Some(other) => {
+                if let Some(e) = self.pod_entries.get(other) {
+                    self.by_ip_pod.insert(ip, e.clone());
+                }
+            }
+            None => {
+                self.ip_claims.remove(&ip);
+                self.by_ip_pod.remove(&ip);
+            }
+        }
+    }
+
+    fn pod_entry(&self, key: &Key, pod: &Pod) -> PodEntry {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let service_account = spec
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            // Pod.spec.serviceAccountName: "If not specified, the default
+            // service account is used" (admission fills it in).
+            .or_else(|| Some("default".to_owned()));
+        let status = pod.status.as_ref();
+        let mut ips: Vec<&str> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|v| v.iter().map(|p| p.ip.as_str()).collect())
+            .unwrap_or_default();
+        if let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) {
+            ips.push(ip);
+        }
+        let masks = self
+            .policy
+            .masks(&self.facts(&key.0, &labels, service_account.as_deref()));
+        PodEntry {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            workload: self.workload_of(&key.0, &pod.metadata, &labels),
+            service_account,
+            node: spec
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty()),
+            ips: parse_ips(ips),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            labels,
+            masks,
+        }
+    }
+
+    /// The top controller of a pod, following ownerReferences through the
+    /// objects we know (ReplicaSet→Deployment, Job→CronJob). Where the
+    /// intermediate object is unknown (inventories often list pods only),
+    /// the names Kubernetes controllers generate are used: a ReplicaSet is
+    /// `<deployment>-<pod-template-hash>` and its pods carry that hash as a
+    /// label; a Job made by a CronJob is `<cronjob>-<scheduled minute>`.
+    fn workload_of(&self, ns: &str, meta: &ObjectMeta, labels: &Labels) -> Option<String> {
+        let (kind, name) = controller_of(meta)?;
+        let wkey = |k: ObjectKind| (k, ns.to_owned(), name.clone());
+        match kind.as_str() {
+            "ReplicaSet" => {
+                if let Some(o) = self.workload_owner.get(&wkey(ObjectKind::ReplicaSet)) {
+                    return Some(match &o.controller {
+                        Some((k, n)) => format!("{k}/{n}"),
+                        None => format!("ReplicaSet/{name}"),
+                    });
+                }
+                if let Some(hash) = labels.get("pod-template-hash") {
+                    if let Some(dep) = name.strip_suffix(&format!("-{hash}")) {
+                        return Some(format!("Deployment/{dep}"));
+                    }
+                }
+                Some(format!("ReplicaSet/{name}"))
+            }
+            "Job" => {
+                if let Some(o) = self.workload_owner.get(&wkey(ObjectKind::Job)) {
+                    return Some(match &o.controller {
+                        Some((k, n)) => format!("{k}/{n}"),
+                        None => format!("Job/{name}"),
+                    });
+                }
+                if let Some((base, minute)) = name.rsplit_once('-') {
+                    if minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit()) {
+                        return Some(format!("CronJob/{base}"));
+                    }
+                }
+                Some(format!("Job/{name}"))
+            }
+            _ => Some(format!("{kind}/{name}")),
+        }
+    }
+
+    fn recompute_service(&mut self, key: &Key) {
+        if let Some(old) = self.svc_entries.remove(key) {
+            for ip in &old.ips {
+                if self.by_ip_svc.get(ip).is_some_and(|e| Arc::ptr_eq(e, &old)) {
+                    self.by_ip_svc.remove(ip);
+                }
+            }
+        }
+        let Some(svc) = self.services.get(key) else {
+            return;
+        };
+        let spec = svc.spec.as_ref();
+        let mut ips: Vec<&str> = spec
+            .and_then(|s| s.cluster_ips.as_ref())
+            .map(|v| v.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        if let Some(ip) = spec.and_then(|s| s.cluster_ip.as_deref()) {
+            ips.push(ip);
+        }
+        // `None` (headless) parses to nothing; a headless Service's DNS
+        // names resolve to pod IPs, which attribute as pods.
+        let selector = spec.and_then(|s| s.selector.clone()).unwrap_or_default();
+        let masks = self.policy.masks(&self.facts(&key.0, &selector, None));
+        let entry = Arc::new(ServiceEntry {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            id: format!("{}/{}", key.0, key.1),
+            ips: parse_ips(ips),
+            selector,
+            masks,
+        });
+        for ip in &entry.ips {
+            self.by_ip_svc.insert(*ip, entry.clone());
+        }
+        self.svc_entries.insert(key.clone(), entry);
+    }
+
+    fn rebuild_nodes(&mut self) {
+        let mut by_ip: HashMap<IpAddr, Arc<str>> = HashMap::new();
+        let mut nets: Vec<IpNet> = self.cfg.pod_cidrs.clone();
+        let mut names: Vec<&String> = self.nodes.keys().collect();
+        names.sort();
+        for name in names {
+            let node = &self.nodes[name];
+            let n: Arc<str> = Arc::from(name.as_str());
+            for a in node
+                .status
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+            {
+                // Hostname/InternalDNS entries are names, not addresses.
+                if let Ok(ip) = a.address.parse::<IpAddr>() {
+                    by_ip.insert(ip, n.clone());
+                }
+            }
+            if let Some(spec) = &node.spec {
+                let cidrs = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
+                nets.extend(cidrs.filter_map(|c| c.parse::<IpNet>().ok()));
+            }
+        }
+        let local: Arc<str> = Arc::from(self.cfg.node_name.as_str());
+        for ip in self.cfg.node_ips.iter().chain(self.host_addrs.iter()) {
+            by_ip.entry(*ip).or_insert_with(|| local.clone());
+        }
+        nets.sort();
+        nets.dedup();
+        self.by_ip_node = by_ip;
+        self.pod_nets = nets;
+    }
+}
+
+/// The controller owner reference (`controller: true`, else the first).
+fn controller_of(meta: &ObjectMeta) -> Option<(String, String)> {
+    let refs = meta.owner_references.as_deref()?;
+    let r = refs
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .or_else(|| refs.first())?;
+    Some((r.kind.clone(), r.name.clone()))
+}
+
+/// The host's own interface addresses (all families, all interfaces,
+/// the veth gateway addresses included), via getifaddrs(3).
+pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned, alive until
+        // freeifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says which
+            // struct it really is (getifaddrs(3)).
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: family AF_INET means a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: family AF_INET6 means a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
