@@ -19,6 +19,7 @@ pub mod datapath;
 pub mod flows;
 pub mod index;
 pub mod inventory;
+pub mod judge;
 pub mod metrics;
 pub mod netpol;
 pub mod report;

@@ -1,0 +1,561 @@
+//! Judging and metrics over a small cluster given as an inventory.
+
+use super::*;
+use crate::index::IndexConfig;
+use crate::inventory::{parse_str, ObjectKind};
+use crate::report::{Counts, TcpInfo};
+use std::path::Path;
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop, labels: {tier: front}}}
+- {apiVersion: v1, kind: Namespace, metadata: {name: api}}
+- {apiVersion: v1, kind: Namespace, metadata: {name: kube-system}}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: web-5c9f-abcde
+    namespace: shop
+    labels: {app: web, pod-template-hash: 5c9f}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-5c9f, uid: u1, controller: true}]
+  spec: {serviceAccountName: web, nodeName: n1, containers: []}
+  status: {phase: Running, podIPs: [{ip: 10.1.0.5}, {ip: "fd00:1::5"}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: backend-0, namespace: api, labels: {app: backend},
+             ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: backend, uid: u2, controller: true}]}
+  spec: {serviceAccountName: backend, nodeName: n1, containers: []}
+  status: {phase: Running, podIPs: [{ip: 10.1.0.7}, {ip: "fd00:1::7"}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: coredns-1, namespace: kube-system, labels: {k8s-app: kube-dns}}
+  spec: {serviceAccountName: coredns, nodeName: n1, containers: []}
+  status: {phase: Running, podIPs: [{ip: 10.1.0.53}]}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: backend, namespace: api}
+  spec: {clusterIP: 10.96.0.7, clusterIPs: [10.96.0.7], selector: {app: backend}}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: n1}
+  spec: {podCIDRs: [10.1.0.0/24, "fd00:1::/64"]}
+  status: {addresses: [{type: InternalIP, address: 192.168.1.1}]}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: deny-all, namespace: api}
+  spec: {podSelector: {}, policyTypes: [Ingress]}
+"#;
+
+const POLICY: &str = r#"
+apiVersion: segwatch.dev/v1alpha1
+kind: SegmentationPolicy
+metadata: {name: shop-policy}
+spec:
+  crossNamespace:
+    allow:
+      - name: web-to-backend
+        from: {namespace: shop}
+        to: {namespace: api, ports: ["8080/TCP"]}
+"#;
+
+fn cluster(with_policy: bool) -> ClusterIndex {
+    let mut idx = ClusterIndex::new(IndexConfig {
+        node_name: "n1".into(),
+        ..Default::default()
+    });
+    let mut objects = parse_str(Path::new("cluster.yaml"), CLUSTER)
+        .expect("cluster parses")
+        .objects;
+    if with_policy {
+        objects.extend(
+            parse_str(Path::new("policy.yaml"), POLICY)
+                .expect("policy parses")
+                .objects,
+        );
+    }
+    idx.reset(objects);
+    idx.refresh();
+    idx
+}
+
+fn report(
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: Option<u16>,
+    proto: &str,
+    state: Option<TcpState>,
+) -> FlowReport {
+    let src: IpAddr = src.parse().expect("ip");
+    FlowReport {
+        protocol: proto.into(),
+        ip_version: if src.is_ipv4() { 4 } else { 6 },
+        src: Endpoint::bare(src, Some(sport)),
+        dst: Endpoint::bare(dst.parse().expect("ip"), dport),
+        packets: Counts {
+            sent: 3,
+            received: 2,
+        },
+        bytes: Counts {
+            sent: 300,
+            received: 200,
+        },
+        tcp: state.map(|state| TcpInfo {
+            flags: vec!["SYN".into()],
+            state,
+        }),
+        ..Default::default()
+    }
+}
+
+fn kinds(r: &FlowReport) -> Vec<ViolationKind> {
+    r.violations.iter().map(|v| v.kind).collect()
+}
+
+#[test]
+fn pod_to_pod_identities_are_filled() {
+    let idx = cluster(true);
+    let mut r = report(
+        "10.1.0.5",
+        40000,
+        "10.1.0.7",
+        Some(8080),
+        "TCP",
+        Some(TcpState::Attempted),
+    );
+    idx.judge(&mut r);
+    assert_eq!(r.src.kind, Some(EndpointKind::Pod));
+    assert_eq!(r.src.namespace.as_deref(), Some("shop"));
+    assert_eq!(r.src.pod.as_deref(), Some("web-5c9f-abcde"));
+    assert_eq!(r.src.workload.as_deref(), Some("Deployment/web"));
+    assert_eq!(r.src.service_account.as_deref(), Some("web"));
+    assert_eq!(r.src.node.as_deref(), Some("n1"));
+    assert_eq!(r.dst.workload.as_deref(), Some("StatefulSet/backend"));
+    assert_eq!(r.dst.service, None, "a pod end has no service");
+    assert_eq!(
+        r.verdict,
+        Some(Verdict::Allowed),
+        "web-to-backend allows 8080/TCP: {:?}",
+        r.violations
+    );
+    let np = r
+        .netpol
+        .as_ref()
+        .expect("pod to pod has a NetworkPolicy decision");
+    assert!(!np.allowed, "deny-all isolates api for ingress");
+    let json = serde_json::to_string(&r).expect("serialises");
+    assert!(
+        !json.contains("\"service\""),
+        "absent fields are omitted: {json}"
+    );
+}
+
+#[test]
+fn verdicts_table_over_v4_and_v6() {
+    let idx = cluster(true);
+    use ViolationKind as V;
+    let cases: Vec<(
+        &str,
+        FlowReport,
+        Option<Verdict>,
+        Vec<V>,
+        Option<EndpointKind>,
+    )> = vec![
+        (
+            "allowed cross-ns v6",
+            report(
+                "fd00:1::5",
+                1,
+                "fd00:1::7",
+                Some(8080),
+                "TCP",
+                Some(TcpState::Attempted),
+            ),
+            Some(Verdict::Allowed),
+            vec![],
+            Some(EndpointKind::Pod),
+        ),
+        (
+            "wrong port",
+            report(
+                "10.1.0.5",
+                1,
+                "10.1.0.7",
+                Some(9090),
+                "TCP",
+                Some(TcpState::Attempted),
+            ),
+            Some(Verdict::Violation),
+            vec![V::CrossNamespace],
+            Some(EndpointKind::Pod),
+        ),
+        (
+            "reverse direction",
+            report(
+                "10.1.0.7",
+                1,
+                "10.1.0.5",
+                Some(8080),
+                "TCP",
+                Some(TcpState::Attempted),
+            ),
+            Some(Verdict::Violation),
+            vec![V::CrossNamespace],
+            Some(EndpointKind::Pod),
+        ),
+        (
+            "via ClusterIP",
+            report(
+                "10.1.0.5",
+                1,
+                "10.96.0.7",
+                Some(8080),
+                "TCP",
+                Some(TcpState::Established),
+            ),
+            Some(Verdict::Allowed),
+            vec![],
+            Some(EndpointKind::Service),
+        ),
+        (
+            "dns not listed once crossNamespace given",
+            report("10.1.0.5", 1, "10.1.0.53", Some(53), "UDP", None),
+            Some(Verdict::Violation),
+            vec![V::CrossNamespace],
+            Some(EndpointKind::Pod),
+        ),
+        (
+            "host access",
+            report(
+                "10.1.0.5",
+                1,
+                "192.168.1.1",
+                Some(10250),
+                "TCP",
+                Some(TcpState::Established),
+            ),
+            Some(Verdict::Violation),
+            vec![V::HostAccess],
+            Some(EndpointKind::Node),
+        ),
+        (
+            "metadata v4",
+            report(
+                "10.1.0.5",
+                1,
+                "169.254.169.254",
+                Some(80),
+                "TCP",
+                Some(TcpState::Established),
+            ),
+            Some(Verdict::Violation),
+            vec![V::MetadataApi],
+            Some(EndpointKind::Metadata),
+        ),
+        (
+            "metadata v6",
+            report(
+                "fd00:1::5",
+                1,
+                "fd00:ec2::254",
+                Some(80),
+                "TCP",
+                Some(TcpState::Attempted),
+            ),
+            Some(Verdict::Violation),
+            vec![V::MetadataApi],
+            Some(EndpointKind::Metadata),
+        ),
+        (
+            "external not judged",
+            report(
+                "10.1.0.5",
+                1,
+                "93.184.216.34",
+                Some(443),
+                "TCP",
+                Some(TcpState::Established),
+            ),
+            Some(Verdict::Allowed),
+            vec![],
+            Some(EndpointKind::External),
+        ),
+        (
+            "unknown pod-network address",
+            report(
+                "10.1.0.5",
+                1,
+                "10.1.0.99",
+                Some(80),
+                "TCP",
+                Some(TcpState::Attempted),
+            ),
+            None,
+            vec![],
+            None,
+        ),
+        (
+            "netpol bypass: established although deny-all",
+            report(
+                "fd00:1::5",
+                1,
+                "fd00:1::7",
+                Some(8080),
+                "TCP",
+                Some(TcpState::Established),
+            ),
+            Some(Verdict::Violation),
+            vec![V::NetpolBypass],
+            Some(EndpointKind::Pod),
+        ),
+        (
+            "netpol blocked: attempted only",
+            report(
+                "10.1.0.5",
+                1,
+                "10.1.0.7",
+                Some(8080),
+                "TCP",
+                Some(TcpState::Rejected),
+            ),
+            Some(Verdict::Allowed),
+            vec![],
+            Some(EndpointKind::Pod),
+        ),
+        (
+            "both: cross-ns and bypass",
+            report(
+                "10.1.0.5",
+                1,
+                "10.1.0.7",
+                Some(22),
+                "TCP",
+                Some(TcpState::Closed),
+            ),
+            Some(Verdict::Violation),
+            vec![V::CrossNamespace, V::NetpolBypass],
+            Some(EndpointKind::Pod),
+        ),
+        (
+            "udp answered = established for netpol",
+            report("10.1.0.5", 1, "10.1.0.7", Some(8080), "UDP", None),
+            Some(Verdict::Violation),
+            vec![V::CrossNamespace, V::NetpolBypass],
+            Some(EndpointKind::Pod),
+        ),
+        (
+            "node to pod not judged",
+            report(
+                "192.168.1.1",
+                1,
+                "10.1.0.5",
+                Some(8080),
+                "TCP",
+                Some(TcpState::Established),
+            ),
+            Some(Verdict::Allowed),
+            vec![],
+            Some(EndpointKind::Pod),
+        ),
+    ];
+    for (name, mut r, verdict, want, dst_kind) in cases {
+        idx.judge(&mut r);
+        assert_eq!(r.verdict, verdict, "{name}: {:?}", r.violations);
+        assert_eq!(kinds(&r), want, "{name}: {:?}", r.violations);
+        assert_eq!(r.dst.kind, dst_kind, "{name}");
+        for v in &r.violations {
+            assert!(
+                !v.rule.is_empty() && !v.reason.is_empty(),
+                "{name}: rule and reason are filled: {v:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn baseline_without_policy() {
+    let idx = cluster(false);
+    let mut dns = report("10.1.0.5", 1, "10.1.0.53", Some(53), "UDP", None);
+    dns.packets.received = 0;
+    idx.judge(&mut dns);
+    assert_eq!(
+        dns.verdict,
+        Some(Verdict::Allowed),
+        "baseline allows kube-dns: {:?}",
+        dns.violations
+    );
+    let mut x = report(
+        "10.1.0.5",
+        1,
+        "10.1.0.7",
+        Some(8080),
+        "TCP",
+        Some(TcpState::Attempted),
+    );
+    idx.judge(&mut x);
+    assert_eq!(kinds(&x), vec![ViolationKind::CrossNamespace]);
+    assert_eq!(x.violations[0].rule, "baseline");
+}
+
+fn metric_line(m: &Metrics, prefix: &str) -> Vec<String> {
+    m.render()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn metrics_count_violations_once_per_connection_with_contract_labels() {
+    let idx = cluster(true);
+    let m = Metrics::new();
+    let mut obs = Observer::new(Duration::from_secs(600));
+    let mut host = report(
+        "10.1.0.5",
+        1,
+        "192.168.1.1",
+        Some(10250),
+        "TCP",
+        Some(TcpState::Established),
+    );
+    idx.judge(&mut host);
+    host.ended = false;
+    obs.observe(&m, &host, true);
+    obs.observe(&m, &host, false);
+    let mut meta = report(
+        "10.1.0.5",
+        2,
+        "169.254.169.254",
+        Some(80),
+        "TCP",
+        Some(TcpState::Established),
+    );
+    idx.judge(&mut meta);
+    assert!(obs.announce(&m, &meta));
+    obs.observe(&m, &meta, false);
+    let v = metric_line(&m, "segwatch_violations_total{");
+    assert_eq!(
+        v,
+        vec![
+            r#"segwatch_violations_total{dst_namespace="",dst_port="10250",dst_workload="node/n1",kind="host_access",protocol="TCP",src_namespace="shop",src_service_account="web",src_workload="Deployment/web"} 1"#,
+            r#"segwatch_violations_total{dst_namespace="",dst_port="80",dst_workload="metadata-api",kind="metadata_api",protocol="TCP",src_namespace="shop",src_service_account="web",src_workload="Deployment/web"} 1"#,
+        ],
+        "one per connection, contract labels"
+    );
+    let f = metric_line(&m, "segwatch_flows_total{");
+    assert_eq!(
+        f,
+        vec![
+            r#"segwatch_flows_total{dst_namespace="",protocol="TCP",src_namespace="shop",verdict="violation"} 3"#
+        ],
+        "flows count per report"
+    );
+    let b = metric_line(&m, "segwatch_flow_bytes_total{");
+    assert!(b.contains(&r#"segwatch_flow_bytes_total{direction="sent",dst_namespace="",src_namespace="shop"} 900"#.to_string()), "{b:?}");
+
+    // A bypass seen only in a later report counts once, then never again.
+    let mut c = report(
+        "10.1.0.5",
+        3,
+        "10.1.0.7",
+        Some(8080),
+        "TCP",
+        Some(TcpState::Attempted),
+    );
+    idx.judge(&mut c);
+    c.ended = false;
+    obs.observe(&m, &c, true);
+    let mut c2 = report(
+        "10.1.0.5",
+        3,
+        "10.1.0.7",
+        Some(8080),
+        "TCP",
+        Some(TcpState::Established),
+    );
+    idx.judge(&mut c2);
+    c2.ended = false;
+    obs.observe(&m, &c2, false);
+    obs.observe(&m, &c2, false);
+    let bypass: Vec<_> = metric_line(&m, "segwatch_violations_total{")
+        .into_iter()
+        .filter(|l| l.contains("netpol_bypass"))
+        .collect();
+    assert_eq!(
+        bypass,
+        vec![
+            r#"segwatch_violations_total{dst_namespace="api",dst_port="8080",dst_workload="StatefulSet/backend",kind="netpol_bypass",protocol="TCP",src_namespace="shop",src_service_account="web",src_workload="Deployment/web"} 1"#
+        ]
+    );
+    let w = metric_line(&m, "segwatch_workload_flows_total{");
+    assert!(
+        w.contains(&r#"segwatch_workload_flows_total{dst_namespace="api",dst_port="8080",dst_workload="StatefulSet/backend",protocol="TCP",src_namespace="shop",src_workload="Deployment/web"} 1"#.to_string()),
+        "{w:?}"
+    );
+    // Unattributed ends.
+    let mut u = report(
+        "10.1.0.5",
+        4,
+        "10.1.0.99",
+        Some(80),
+        "TCP",
+        Some(TcpState::Attempted),
+    );
+    idx.judge(&mut u);
+    obs.observe(&m, &u, true);
+    assert_eq!(
+        metric_line(&m, "segwatch_flows_unattributed_total"),
+        vec!["segwatch_flows_unattributed_total 1"]
+    );
+    for l in m.render().lines().filter(|l| l.starts_with("segwatch_")) {
+        assert!(
+            !l.contains("10.1.0.") && !l.contains("web-5c9f-abcde"),
+            "no raw IPs or pod names in labels: {l}"
+        );
+    }
+}
+
+#[test]
+fn series_of_gone_workloads_are_dropped_after_the_ttl() {
+    let mut idx = cluster(true);
+    let m = Metrics::new();
+    let ttl = Duration::from_secs(60);
+    let mut obs = Observer::new(ttl);
+    let mut r = report(
+        "10.1.0.5",
+        1,
+        "192.168.1.1",
+        Some(22),
+        "TCP",
+        Some(TcpState::Established),
+    );
+    idx.judge(&mut r);
+    obs.observe(&m, &r, true);
+    let t0 = Instant::now();
+    obs.sweep(&m, &idx, t0);
+    assert_eq!(
+        metric_line(&m, "segwatch_violations_total{").len(),
+        1,
+        "live workload keeps its series"
+    );
+    idx.delete(ObjectKind::Pod, Some("shop"), "web-5c9f-abcde");
+    obs.sweep(&m, &idx, t0 + Duration::from_secs(1));
+    assert_eq!(
+        metric_line(&m, "segwatch_violations_total{").len(),
+        1,
+        "gone, but not for the TTL yet"
+    );
+    obs.sweep(&m, &idx, t0 + Duration::from_secs(62));
+    assert!(
+        metric_line(&m, "segwatch_violations_total{").is_empty(),
+        "gone longer than the TTL: dropped"
+    );
+    assert!(metric_line(&m, "segwatch_workload_flows_total{").is_empty());
+    assert_eq!(
+        metric_line(&m, "segwatch_flows_total{").len(),
+        1,
+        "the namespace shop still exists"
+    );
+}
