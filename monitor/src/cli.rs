@@ -24,6 +24,9 @@ pub enum Command {
     Run(cmd::run::Args),
     /// Print the SegmentationPolicy CustomResourceDefinition (YAML).
     Crd(cmd::crd::Args),
+    /// Evidence for auditors: controls with PASS/FAIL/NOT VERIFIED verdicts
+    /// from flow logs and the inventory, as html, json or md.
+    Audit(cmd::audit::Args),
 }
 
 /// Diagnostics go to stderr, never stdout (stdout may carry the flow log).
@@ -44,5 +47,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Crd(args) => cmd::crd::run(args),
+        Command::Audit(args) => cmd::audit::run(args),
     }
 }

@@ -12,6 +12,7 @@
 //! The pure core (reports, policies, the cluster index) has no tokio, kube or
 //! aya in it; the datapath, watchers and HTTP are adapters around it.
 
+pub mod audit;
 pub mod cli;
 pub mod cmd;
 pub mod daemon;

@@ -2,4 +2,5 @@
 //! call into the pure core.
 
 pub mod crd;
+pub mod audit;
 pub mod run;
