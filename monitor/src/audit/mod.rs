@@ -16,6 +16,7 @@
 pub mod controls;
 pub mod judge;
 pub mod model;
+pub mod rejudge;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,6 +52,46 @@ pub struct AuditInput<'a> {
     pub generated_at: DateTime<Utc>,
     pub evidence_cap: usize,
     pub warnings: Vec<String>,
+}
+
+/// The declared SegmentationPolicy documents: as written (for the
+/// controls that read the plan) and compiled (for re-judging flows).
+#[derive(Debug, Default)]
+pub struct DeclaredPolicies {
+    pub raw: Vec<SegmentationPolicy>,
+    pub compiled: Vec<std::sync::Arc<crate::segpolicy::CompiledDoc>>,
+}
+
+/// `--policy` documents (every one must be a valid SegmentationPolicy,
+/// errors name file, document and field) plus the inventory's own
+/// SegmentationPolicy objects, as `segwatch run` adds them too; sorted by
+/// name.
+pub fn load_declared_policies(
+    paths: &[std::path::PathBuf],
+    objects: &[Object],
+) -> anyhow::Result<DeclaredPolicies> {
+    use crate::segpolicy::CompiledDoc;
+    let compiled_files =
+        crate::segpolicy::load_policy_paths(paths).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let files = crate::inventory::load_paths_strict(paths).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut pairs: Vec<(SegmentationPolicy, std::sync::Arc<CompiledDoc>)> = files
+        .objects
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::SegmentationPolicy(p) => Some(p),
+            _ => None,
+        })
+        .zip(compiled_files)
+        .collect();
+    for o in objects {
+        if let Object::SegmentationPolicy(p) = o {
+            let doc = CompiledDoc::compile(p).map_err(|e| anyhow::anyhow!("inventory: {e}"))?;
+            pairs.push((p.clone(), std::sync::Arc::new(doc)));
+        }
+    }
+    pairs.sort_by(|a, b| a.0.metadata.name.cmp(&b.0.metadata.name));
+    let (raw, compiled) = pairs.into_iter().unzip();
+    Ok(DeclaredPolicies { raw, compiled })
 }
 
 /// The metadata API addresses: the declared ones, else the contract's default.

@@ -42,26 +42,79 @@ fn audit_files(flows: &[&str], inventory: &str, policy: Option<&str>) -> AuditRe
 }
 
 fn audit_flows(flows: Vec<SourcedFlow>, inventory: &str, policy: Option<&str>) -> AuditReport {
+    audit_with(flows, inventory, policy, Mode::FlowLog)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The verdicts the daemon wrote.
+    FlowLog,
+    /// Re-judged: SegmentationPolicy evaluator and NetworkPolicy engine.
+    Rejudge,
+}
+
+fn audit_with(
+    flows: Vec<SourcedFlow>,
+    inventory: &str,
+    policy: Option<&str>,
+    mode: Mode,
+) -> AuditReport {
     let inv = inventory::load_paths(&[fixture(inventory)]).expect("fixture inventory loads");
-    let policies = match policy {
-        Some(p) => {
-            crate::segpolicy::load_policy_paths(&[fixture(p)]).expect("fixture policy loads")
-        }
-        None => Vec::new(),
+    let paths: Vec<PathBuf> = policy.into_iter().map(fixture).collect();
+    let declared = load_declared_policies(&paths, &inv.objects).expect("fixture policy loads");
+    let policy_judge = rejudge::PolicyJudge::new(
+        crate::segpolicy::CompiledPolicy::union(&declared.compiled),
+        &inv.objects,
+    );
+    let (engine_judge, warnings) = rejudge::EngineJudge::new(&inv.objects);
+    assert!(
+        warnings.is_empty(),
+        "fixture NetworkPolicies are valid: {warnings:?}"
+    );
+    let (segmentation, segmentation_source, netpol, netpol_source): (
+        &dyn judge::SegmentationJudge,
+        _,
+        &dyn judge::NetpolJudge,
+        _,
+    ) = match mode {
+        Mode::FlowLog => (
+            &FlowLogVerdicts,
+            JudgementSource::FlowLog,
+            &FlowLogNetpol,
+            JudgementSource::FlowLog,
+        ),
+        Mode::Rejudge => (
+            &policy_judge,
+            JudgementSource::Policy,
+            &engine_judge,
+            JudgementSource::Engine,
+        ),
     };
     build(AuditInput {
         flows,
         objects: &inv.objects,
-        policies: &policies,
-        segmentation: &FlowLogVerdicts,
-        segmentation_source: JudgementSource::FlowLog,
-        netpol: &FlowLogNetpol,
-        netpol_source: JudgementSource::FlowLog,
+        policies: &declared.raw,
+        segmentation,
+        segmentation_source,
+        netpol,
+        netpol_source,
         inputs: Inputs::default(),
         generated_at: pinned(),
         evidence_cap: DEFAULT_EVIDENCE_CAP,
         warnings: Vec::new(),
     })
+}
+
+fn read_fixture_flows(name: &str) -> Vec<SourcedFlow> {
+    read_flow_log(&fixture(name))
+        .expect("fixture flow log parses")
+        .into_iter()
+        .enumerate()
+        .map(|(i, report)| SourcedFlow {
+            report,
+            source: format!("{name}:{}", i + 1),
+        })
+        .collect()
 }
 
 fn control<'r>(r: &'r AuditReport, id: &str) -> &'r Control {
@@ -96,12 +149,42 @@ const IDS: [&str; 8] = [
 ];
 
 #[test]
-fn known_violations_give_exact_verdicts_and_counts() {
+fn known_violations_give_exact_verdicts_and_counts_from_the_flow_log() {
     let r = audit_files(
         &["violations-flows.jsonl"],
         "violations-inventory.json",
         Some("policy.yaml"),
     );
+    check_known_violations(&r);
+}
+
+#[test]
+fn known_violations_give_the_same_verdicts_when_rejudged() {
+    let r = audit_with(
+        read_fixture_flows("violations-flows.jsonl"),
+        "violations-inventory.json",
+        Some("policy.yaml"),
+        Mode::Rejudge,
+    );
+    assert_eq!(r.judgement.segmentation, JudgementSource::Policy);
+    assert_eq!(r.judgement.networkpolicy, JudgementSource::Engine);
+    check_known_violations(&r);
+    // The evaluator names the rule that allowed a flow.
+    let a7 = control(&r, "BSI APP.4.4.A7");
+    let allowed = a7
+        .evidence
+        .iter()
+        .find(|g| g.name == "allowed")
+        .expect("allowed flows");
+    let rules: Vec<_> = allowed
+        .flows
+        .iter()
+        .map(|f| f.rule.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(rules, ["web-to-api", "dns", "dns"]);
+}
+
+fn check_known_violations(r: &AuditReport) {
     let ids: Vec<&str> = r.controls.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, IDS, "every control, ids exactly as in CONTROLS.md");
     let verdicts: Vec<(&str, Verdict)> = r
@@ -302,6 +385,51 @@ fn a_clean_fixture_passes_every_control() {
     // Blocked attempts are evidence of enforcement, not failures.
     assert_eq!(count(control(&r, "Host ports"), "blocked"), 1);
     assert_eq!(count(control(&r, "BSI APP.4.4.A7"), "blocked"), 1);
+}
+
+#[test]
+fn a_declared_policy_overrides_the_daemons_verdicts() {
+    // The daemon ran with a lenient policy and logged everything allowed;
+    // the auditor's declared policy forbids shop-web -> shop-api.
+    let mut flows = read_fixture_flows("clean-flows.jsonl");
+    for f in &mut flows {
+        f.report.verdict = Some(crate::report::Verdict::Allowed);
+        f.report.violations.clear();
+    }
+    let dir = std::env::temp_dir().join(format!("segwatch-audit-strict-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let strict = dir.join("strict.yaml");
+    std::fs::write(
+        &strict,
+        "apiVersion: segwatch.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: strict}\nspec:\n  crossNamespace: {allow: []}\n",
+    )
+    .expect("write policy");
+    let lenient = audit_with(
+        flows.clone(),
+        "clean-inventory.json",
+        Some("policy.yaml"),
+        Mode::FlowLog,
+    );
+    assert_eq!(control(&lenient, "BSI APP.4.4.A7").verdict, Verdict::Pass);
+    let r = audit_with(
+        flows,
+        "clean-inventory.json",
+        Some(strict.to_str().expect("utf-8 path")),
+        Mode::Rejudge,
+    );
+    let a7 = control(&r, "BSI APP.4.4.A7");
+    assert_eq!(
+        a7.verdict,
+        Verdict::Fail,
+        "re-judged against the declared policy: {}",
+        a7.reason
+    );
+    assert_eq!((count(a7, "violating"), count(a7, "blocked")), (2, 1));
+    assert!(a7.evidence[0].flows[0]
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("strict"));
 }
 
 #[test]

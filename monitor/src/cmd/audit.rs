@@ -8,11 +8,13 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
-use crate::audit::judge::{FlowLogNetpol, FlowLogVerdicts};
+use crate::audit::judge::{FlowLogNetpol, FlowLogVerdicts, NetpolJudge, SegmentationJudge};
 use crate::audit::model::{InputFile, Inputs, JudgementSource, DEFAULT_EVIDENCE_CAP};
+use crate::audit::rejudge::{EngineJudge, PolicyJudge};
 use crate::audit::render::{self, Format};
 use crate::audit::{self, AuditInput, SourcedFlow};
 use crate::inventory::{self, Object};
+use crate::segpolicy::CompiledPolicy;
 
 /// Evidence for auditors: one verdict per control (PASS, FAIL, NOT
 /// VERIFIED) with its reason and the flows behind it, the observation
@@ -139,18 +141,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         flow_files.push(file);
     }
     let inv = inventory::load_paths(&args.inventory).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let declared =
-        crate::segpolicy::load_policy_paths(&args.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut warnings = inv.warnings.clone();
     let objects: Vec<Object> = inv.objects;
-    // Policies declared to the audit: --policy plus the inventory's own
-    // SegmentationPolicy objects (as `segwatch run` adds them too).
-    let mut policies = declared;
-    policies.extend(objects.iter().filter_map(|o| match o {
-        Object::SegmentationPolicy(p) => Some(p.clone()),
-        _ => None,
-    }));
-    policies.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let declared = audit::load_declared_policies(&args.policy, &objects)?;
 
     let inputs = Inputs {
         flows: flow_files,
@@ -158,23 +151,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         policy: hash_paths(&args.policy)?,
     };
 
-    let seg_log = FlowLogVerdicts;
-    let np_log = FlowLogNetpol;
-    if !args.policy.is_empty() {
-        warnings.push(
-            "re-judging flows against --policy needs the SegmentationPolicy evaluator, not available in this build; the flow log's verdicts are used".to_owned(),
-        );
-    }
+    // Segmentation verdicts: re-judged against the declared policy when
+    // there is one (the auditor's question), else the daemon's own.
+    let policy_judge;
+    let (segmentation, segmentation_source): (&dyn SegmentationJudge, _) =
+        if declared.raw.is_empty() {
+            (&FlowLogVerdicts, JudgementSource::FlowLog)
+        } else {
+            policy_judge = PolicyJudge::new(CompiledPolicy::union(&declared.compiled), &objects);
+            (&policy_judge, JudgementSource::Policy)
+        };
+    // NetworkPolicy verdicts: the engine over the inventory's policies when
+    // it has any, else the daemon's `netpol` field.
+    let engine_judge;
+    let has_netpols = objects
+        .iter()
+        .any(|o| matches!(o, Object::NetworkPolicy(_)));
+    let (netpol, netpol_source): (&dyn NetpolJudge, _) = if has_netpols {
+        let (judge, w) = EngineJudge::new(&objects);
+        warnings.extend(w);
+        engine_judge = judge;
+        (&engine_judge, JudgementSource::Engine)
+    } else {
+        (&FlowLogNetpol, JudgementSource::FlowLog)
+    };
     warnings.sort();
     warnings.dedup();
     let report = audit::build(AuditInput {
         flows,
         objects: &objects,
-        policies: &policies,
-        segmentation: &seg_log,
-        segmentation_source: JudgementSource::FlowLog,
-        netpol: &np_log,
-        netpol_source: JudgementSource::FlowLog,
+        policies: &declared.raw,
+        segmentation,
+        segmentation_source,
+        netpol,
+        netpol_source,
         inputs,
         generated_at,
         evidence_cap: args.max_evidence,
