@@ -7,6 +7,7 @@
 //!  cargo xtask demo  ─► setup ─► cargo build --release ─► the lab
 //! ```
 
+mod demo;
 mod setup;
 
 use anyhow::{bail, Context as _, Result};
@@ -32,6 +33,26 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Set up, build (release), then run the local lab: a small cluster of
+    /// network namespaces, segwatch watching it, allowed and forbidden
+    /// traffic, the violations and alerts. Removes everything afterwards.
+    Demo {
+        /// Leave the lab running (daemon, pods, listeners) to poke at by hand.
+        #[arg(long, conflicts_with = "clean")]
+        keep: bool,
+        /// Remove what a previous lab left behind, then exit.
+        #[arg(long)]
+        clean: bool,
+        /// Use this segwatch binary and skip set-up and build (development).
+        #[arg(long, value_name = "PATH")]
+        segwatch: Option<std::path::PathBuf>,
+    },
+    /// (internal) Keeps the listeners of a `demo --keep` lab running.
+    #[command(hide = true)]
+    LabServe {
+        #[arg(long, default_value = lab::DEFAULT_PREFIX)]
+        prefix: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -40,6 +61,12 @@ fn main() -> Result<()> {
     match cli.command {
         Task::Setup => setup::run(&root),
         Task::Test { args } => test(&root, &args),
+        Task::Demo {
+            keep,
+            clean,
+            segwatch,
+        } => demo::run(&root, keep, clean, segwatch),
+        Task::LabServe { prefix } => lab::keep_serving(&prefix),
     }
 }
 
