@@ -680,7 +680,7 @@ fn report_extra(
 ) -> Result<PathBuf, String> {
     match r {
         Ok(o) if o.status.success() => {
-            let summary = String::from_utf8_lossy(&o.stderr);
+            let summary = strip_ansi(&String::from_utf8_lossy(&o.stderr));
             for l in summary.lines().filter(|l| !l.trim().is_empty()).take(12) {
                 println!("  {}", st.dim(l));
             }
@@ -758,6 +758,25 @@ fn rel_str(s: &str) -> String {
 
 fn heading(st: Style, s: &str) {
     println!("\n{}", st.bold(&format!("── {s} ")));
+}
+
+/// Drops ANSI escape sequences (the tools colour their stderr on a terminal).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte (0x40..=0x7e)
+            for d in chars.by_ref() {
+                if ('\x40'..='\x7e').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn warn(st: Style, s: &str) {
