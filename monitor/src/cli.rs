@@ -27,6 +27,8 @@ pub enum Command {
     /// Evidence for auditors: controls with PASS/FAIL/NOT VERIFIED verdicts
     /// from flow logs and the inventory, as html, json or md.
     Audit(cmd::audit::Args),
+    /// Suggest least-privilege NetworkPolicies from observed flows and check them.
+    Suggest(cmd::suggest::Args),
 }
 
 /// Diagnostics go to stderr, never stdout (stdout may carry the flow log).
@@ -48,5 +50,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => cmd::run::run(args),
         Command::Crd(args) => cmd::crd::run(args),
         Command::Audit(args) => cmd::audit::run(args),
+        Command::Suggest(args) => cmd::suggest::run(args),
     }
 }

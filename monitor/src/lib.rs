@@ -25,3 +25,4 @@ pub mod metrics;
 pub mod netpol;
 pub mod report;
 pub mod segpolicy;
+pub mod suggest;

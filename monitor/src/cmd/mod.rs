@@ -4,3 +4,4 @@
 pub mod crd;
 pub mod audit;
 pub mod run;
+pub mod suggest;

@@ -1,0 +1,215 @@
+//! `segwatch suggest`: least-privilege NetworkPolicies from observed
+//! traffic, and the proof that they keep that traffic working.
+//!
+//! ```text
+//!  flow reports (--flows) ─┐                      ┌─► NetworkPolicy YAML/JSON (stdout / --out-dir)
+//!  metric samples ─────────┼─► observe::Observed ─┤
+//!   (--from-prometheus)    │    (conns, edges)    │   generate::generate
+//!  inventory ─► catalog::Catalog (workloads,      └─► replay: every observed connection against
+//!               labels, Services, nodes, DNS)          existing + suggested policies (netpol engine),
+//!                                                      over-permission: allowed but never seen
+//! ```
+//!
+//! Everything in here is pure: the command (`cmd/suggest.rs`) reads files
+//! and Prometheus, this module turns observations into objects and text.
+
+pub mod catalog;
+pub mod generate;
+pub mod labels;
+pub mod observe;
+
+use std::fmt;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+pub use catalog::Catalog;
+pub use generate::{generate, Aggregate, Options, Suggestion};
+pub use observe::{ObserveOptions, Observed, WorkloadSample};
+
+/// The protocols a NetworkPolicy port can name ("The protocol (TCP, UDP, or
+/// SCTP) which traffic must match", NetworkPolicyPort).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum L4 {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl L4 {
+    pub fn parse(s: &str) -> Option<L4> {
+        match s {
+            "TCP" => Some(L4::Tcp),
+            "UDP" => Some(L4::Udp),
+            "SCTP" => Some(L4::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4::Tcp => "TCP",
+            L4::Udp => "UDP",
+            L4::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for L4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A flow's protocol: one with ports, or any other by IANA number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    L4(L4),
+    Other(u8),
+}
+
+impl Proto {
+    /// The flow report's `protocol` (CONTRACT.md: `TCP|UDP|ICMP|ICMPv6|SCTP|<number>`).
+    pub fn parse(s: &str) -> Proto {
+        if let Some(l4) = L4::parse(s) {
+            return Proto::L4(l4);
+        }
+        match s {
+            "ICMP" => Proto::Other(1),
+            "ICMPv6" => Proto::Other(58),
+            // IANA numbers of the three, in case a producer writes numbers.
+            "6" => Proto::L4(L4::Tcp),
+            "17" => Proto::L4(L4::Udp),
+            "132" => Proto::L4(L4::Sctp),
+            n => Proto::Other(n.parse().unwrap_or(255)),
+        }
+    }
+
+    pub fn has_ports(self) -> bool {
+        matches!(self, Proto::L4(_))
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proto::L4(l) => write!(f, "{l}"),
+            Proto::Other(1) => f.write_str("ICMP"),
+            Proto::Other(58) => f.write_str("ICMPv6"),
+            Proto::Other(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `---`-separated YAML documents (what `kubectl apply -f` takes).
+    Yaml,
+    /// One `v1` `List` object.
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot serialise NetworkPolicy {namespace}/{name} as {format}: {message}")]
+    Serialize {
+        namespace: String,
+        name: String,
+        format: &'static str,
+        message: String,
+    },
+}
+
+/// Renders policies (already sorted) as one text.
+pub fn render(policies: &[NetworkPolicy], format: Format) -> Result<String, RenderError> {
+    let err = |p: &NetworkPolicy, format: &'static str, e: &dyn fmt::Display| RenderError::Serialize {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        format,
+        message: e.to_string(),
+    };
+    match format {
+        Format::Yaml => {
+            let mut out = String::new();
+            for p in policies {
+                out.push_str("---\n");
+                out.push_str(&serde_yaml_ng::to_string(p).map_err(|e| err(p, "YAML", &e))?);
+            }
+            Ok(out)
+        }
+        Format::Json => {
+            let items = policies
+                .iter()
+                .map(|p| serde_json::to_value(p).map_err(|e| err(p, "JSON", &e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            let mut s = serde_json::to_string_pretty(&list).expect("a JSON value serialises");
+            s.push('\n');
+            Ok(s)
+        }
+    }
+}
+
+/// The human summary for stderr: what the set allows, and what to look at.
+pub fn summary(s: &Suggestion, obs: &Observed, default_deny: bool) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let rules: usize = s.stats.iter().map(|p| p.ingress_rules + p.egress_rules).sum();
+    let flows: u64 = obs.conns.values().map(|e| e.flows).sum();
+    let _ = writeln!(
+        out,
+        "suggest: {} policies with {} rules in {} namespace(s), from {} observed connection(s) ({} flows, {} edges)",
+        s.policies.len(),
+        rules,
+        s.namespaces.len(),
+        obs.conns.len(),
+        flows,
+        obs.edges.len()
+    );
+    let mut per_ns: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    for p in &s.stats {
+        let e = per_ns.entry(&p.namespace).or_default();
+        e.0 += 1;
+        e.1 += p.ingress_rules;
+        e.2 += p.egress_rules;
+    }
+    for (ns, (n, i, e)) in &per_ns {
+        let _ = writeln!(
+            out,
+            "  {ns}: {n} policies, {i} ingress rule(s), {e} egress rule(s){}",
+            if default_deny { ", default-deny" } else { "" }
+        );
+    }
+    for w in &s.widened {
+        let _ = writeln!(
+            out,
+            "  {}: ipBlock {} allows {} address(es), {} observed",
+            w.policy,
+            w.cidr,
+            addresses(&w.cidr),
+            w.observed
+        );
+    }
+    if !s.quiet.is_empty() {
+        let what = if default_deny {
+            "isolated by the default-deny (nothing observed)"
+        } else {
+            "left unrestricted (nothing observed)"
+        };
+        let _ = writeln!(out, "{} workload(s) {what}:", s.quiet.len());
+        for w in &s.quiet {
+            let _ = writeln!(out, "  {w}");
+        }
+    }
+    for n in obs.notes.iter().map(|n| n.to_string()).chain(s.notes.iter().cloned()) {
+        let _ = writeln!(out, "note: {n}");
+    }
+    out
+}
+
+/// Number of addresses in a network, saturating at u128::MAX.
+fn addresses(net: &ipnet::IpNet) -> u128 {
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    1u128.checked_shl(host_bits).unwrap_or(u128::MAX)
+}
