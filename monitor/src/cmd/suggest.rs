@@ -70,8 +70,8 @@ pub enum OnOff {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let inventory = crate::inventory::load_paths(&args.inventory)
-        .context("cannot read --inventory")?;
+    let inventory =
+        crate::inventory::load_paths(&args.inventory).context("cannot read --inventory")?;
     let catalog = Catalog::build(&inventory.objects);
     let mut reports = Vec::new();
     for f in &args.flows {
@@ -118,9 +118,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let replay = suggest::replay(
+        &inventory.objects,
+        &catalog,
+        &observed,
+        &suggestion.policies,
+        &suggestion.namespaces,
+    );
     eprint!(
         "{}",
-        suggest::summary(&suggestion, &observed, args.default_deny == OnOff::On)
+        suggest::summary(
+            &suggestion,
+            &observed,
+            &replay,
+            args.default_deny == OnOff::On,
+            args.top
+        )
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(if replay.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -188,7 +188,11 @@ fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
 /// A selector made only of `matchLabels` (what the suggestion can copy
 /// into a podSelector); `None` with expressions.
 fn match_labels(sel: &LabelSelector) -> Option<Labels> {
-    if sel.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) {
+    if sel
+        .match_expressions
+        .as_ref()
+        .is_some_and(|e| !e.is_empty())
+    {
         return None;
     }
     sel.match_labels.clone()
@@ -239,10 +243,7 @@ fn workload_objects(objects: &[Object]) -> Vec<WorkloadObj<'_>> {
                     .and_then(match_labels),
                 j.spec.as_ref().map(|s| &s.template),
             ),
-            Object::CronJob(c) => (
-                None,
-                c.spec.job_template.spec.as_ref().map(|s| &s.template),
-            ),
+            Object::CronJob(c) => (None, c.spec.job_template.spec.as_ref().map(|s| &s.template)),
             Object::ReplicationController(r) => (
                 r.spec.as_ref().and_then(|s| s.selector.clone()),
                 r.spec.as_ref().and_then(|s| s.template.as_ref()),
@@ -504,7 +505,9 @@ impl Catalog {
             .filter(|(k, w)| {
                 k.namespace == svc.namespace
                     && !w.host_network
-                    && w.pod_labels.as_ref().is_some_and(|l| labels::selects(sel, l))
+                    && w.pod_labels
+                        .as_ref()
+                        .is_some_and(|l| labels::selects(sel, l))
             })
             .map(|(k, _)| k)
             .collect()
@@ -540,7 +543,11 @@ impl Catalog {
 /// Deployment controller names ReplicaSets `<deployment>-<pod-template-hash>`);
 /// a Job `<cronjob>-<digits>` belongs to a listed CronJob of that name (the
 /// CronJob controller names Jobs `<cronjob>-<scheduled time in minutes>`).
-fn infer_owner(direct: &WorkloadKey, pod_labels: &Labels, cronjobs: &[&WorkloadKey]) -> WorkloadKey {
+fn infer_owner(
+    direct: &WorkloadKey,
+    pod_labels: &Labels,
+    cronjobs: &[&WorkloadKey],
+) -> WorkloadKey {
     match direct.kind.as_str() {
         "ReplicaSet" => {
             if let Some(hash) = pod_labels.get("pod-template-hash") {

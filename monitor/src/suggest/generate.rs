@@ -177,7 +177,10 @@ pub fn generate(obs: &Observed, cat: &Catalog, opts: &Options) -> Suggestion {
             e.0.insert(port.clone());
             e.1.merge(ev);
             if *dst == PeerKey::Dns {
-                dns_clients.entry(w.namespace.clone()).or_default().merge(ev);
+                dns_clients
+                    .entry(w.namespace.clone())
+                    .or_default()
+                    .merge(ev);
                 all_dns.merge(ev);
             }
         }
@@ -206,7 +209,8 @@ pub fn generate(obs: &Observed, cat: &Catalog, opts: &Options) -> Suggestion {
         .cloned()
         .collect();
 
-    let mut workloads: BTreeSet<WorkloadKey> = ingress.keys().chain(egress.keys()).cloned().collect();
+    let mut workloads: BTreeSet<WorkloadKey> =
+        ingress.keys().chain(egress.keys()).cloned().collect();
     workloads.extend(dns_workloads.iter().cloned());
 
     // Policy names: `segwatch-<name>`, or `segwatch-<kind>-<name>` where two
@@ -374,10 +378,16 @@ pub fn generate(obs: &Observed, cat: &Catalog, opts: &Options) -> Suggestion {
         let mut ann = BTreeMap::new();
         ann.insert(format!("{EVIDENCE_PREFIX}workload"), w.workload());
         for (i, r) in in_rules.iter().enumerate() {
-            ann.insert(format!("{EVIDENCE_PREFIX}ingress-{i}"), r.evidence.describe());
+            ann.insert(
+                format!("{EVIDENCE_PREFIX}ingress-{i}"),
+                r.evidence.describe(),
+            );
         }
         for (i, r) in out_rules.iter().enumerate() {
-            ann.insert(format!("{EVIDENCE_PREFIX}egress-{i}"), r.evidence.describe());
+            ann.insert(
+                format!("{EVIDENCE_PREFIX}egress-{i}"),
+                r.evidence.describe(),
+            );
         }
         if !in_rules.is_empty() {
             types.push("Ingress".to_string());
@@ -390,7 +400,11 @@ pub fn generate(obs: &Observed, cat: &Catalog, opts: &Options) -> Suggestion {
             name: name.clone(),
             ingress_rules: in_rules.len(),
             egress_rules: out_rules.len(),
-            peers: in_rules.iter().chain(&out_rules).map(|r| r.peers.len()).sum(),
+            peers: in_rules
+                .iter()
+                .chain(&out_rules)
+                .map(|r| r.peers.len())
+                .sum(),
         });
         policies.push(policy(
             &w.namespace,
@@ -412,9 +426,7 @@ pub fn generate(obs: &Observed, cat: &Catalog, opts: &Options) -> Suggestion {
 
     // Workloads of these namespaces that nothing was seen of.
     for w in cat.workloads.keys() {
-        if scope.contains(&w.namespace)
-            && !workloads.contains(w)
-            && !cat.workloads[w].host_network
+        if scope.contains(&w.namespace) && !workloads.contains(w) && !cat.workloads[w].host_network
         {
             out.quiet.push(w.clone());
         }

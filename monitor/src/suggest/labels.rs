@@ -97,7 +97,11 @@ mod tests {
         ]);
         assert_eq!(
             stable(&pod),
-            map(&[("app", "web"), ("app.kubernetes.io/name", "web"), ("tier", "front")]),
+            map(&[
+                ("app", "web"),
+                ("app.kubernetes.io/name", "web"),
+                ("tier", "front")
+            ]),
             "only labels that survive rollouts and new runs may select pods"
         );
     }

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod generate;
 pub mod labels;
 pub mod observe;
+pub mod replay;
 
 use std::fmt;
 
@@ -25,6 +26,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 pub use catalog::Catalog;
 pub use generate::{generate, Aggregate, Options, Suggestion};
 pub use observe::{ObserveOptions, Observed, WorkloadSample};
+pub use replay::{replay, Replay};
 
 /// The protocols a NetworkPolicy port can name ("The protocol (TCP, UDP, or
 /// SCTP) which traffic must match", NetworkPolicyPort).
@@ -122,12 +124,13 @@ pub enum RenderError {
 
 /// Renders policies (already sorted) as one text.
 pub fn render(policies: &[NetworkPolicy], format: Format) -> Result<String, RenderError> {
-    let err = |p: &NetworkPolicy, format: &'static str, e: &dyn fmt::Display| RenderError::Serialize {
-        namespace: p.metadata.namespace.clone().unwrap_or_default(),
-        name: p.metadata.name.clone().unwrap_or_default(),
-        format,
-        message: e.to_string(),
-    };
+    let err =
+        |p: &NetworkPolicy, format: &'static str, e: &dyn fmt::Display| RenderError::Serialize {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            format,
+            message: e.to_string(),
+        };
     match format {
         Format::Yaml => {
             let mut out = String::new();
@@ -151,11 +154,21 @@ pub fn render(policies: &[NetworkPolicy], format: Format) -> Result<String, Rend
 }
 
 /// The human summary for stderr: what the set allows, and what to look at.
-pub fn summary(s: &Suggestion, obs: &Observed, default_deny: bool) -> String {
+pub fn summary(
+    s: &Suggestion,
+    obs: &Observed,
+    rp: &Replay,
+    default_deny: bool,
+    top: usize,
+) -> String {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
     let mut out = String::new();
-    let rules: usize = s.stats.iter().map(|p| p.ingress_rules + p.egress_rules).sum();
+    let rules: usize = s
+        .stats
+        .iter()
+        .map(|p| p.ingress_rules + p.egress_rules)
+        .sum();
     let flows: u64 = obs.conns.values().map(|e| e.flows).sum();
     let _ = writeln!(
         out,
@@ -202,8 +215,64 @@ pub fn summary(s: &Suggestion, obs: &Observed, default_deny: bool) -> String {
             let _ = writeln!(out, "  {w}");
         }
     }
-    for n in obs.notes.iter().map(|n| n.to_string()).chain(s.notes.iter().cloned()) {
+    for n in obs
+        .notes
+        .iter()
+        .map(|n| n.to_string())
+        .chain(s.notes.iter().cloned())
+    {
         let _ = writeln!(out, "note: {n}");
+    }
+    for w in &rp.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+
+    // The replay check.
+    let count = |f: &dyn Fn(&replay::Outcome) -> bool| -> (usize, u64) {
+        rp.results
+            .iter()
+            .filter(|r| f(&r.outcome))
+            .fold((0, 0), |(n, fl), r| (n + 1, fl + r.flows))
+    };
+    let (an, af) = count(&|o| matches!(o, replay::Outcome::Allowed));
+    let (dn, df) = count(&|o| matches!(o, replay::Outcome::Denied { .. }));
+    let (un, uf) = count(&|o| matches!(o, replay::Outcome::Unverifiable { .. }));
+    let _ = writeln!(
+        out,
+        "replay: {} of {} observed connection(s) allowed by existing + suggested policies ({af} flows); {dn} denied ({df} flows); {un} unverifiable ({uf} flows): {}",
+        an,
+        rp.results.len(),
+        if rp.passed() { "PASS" } else { "FAIL" }
+    );
+    for r in &rp.results {
+        match &r.outcome {
+            replay::Outcome::Denied { reason } => {
+                let _ = writeln!(out, "  DENIED {} ({} flows): {reason}", r.conn, r.flows);
+            }
+            replay::Outcome::Unverifiable { reason } => {
+                let _ = writeln!(
+                    out,
+                    "  UNVERIFIABLE {} ({} flows): {reason}",
+                    r.conn, r.flows
+                );
+            }
+            replay::Outcome::Allowed => {}
+        }
+    }
+
+    // Over-permission.
+    let total: u64 = rp.over.iter().map(|e| e.ports).sum();
+    let _ = writeln!(
+        out,
+        "over-permission: {} workload pair(s) with {total} (protocol, port) combination(s) allowed but never observed{}",
+        rp.over.len(),
+        if rp.over.is_empty() { "" } else { "; largest:" }
+    );
+    for e in rp.over.iter().take(top) {
+        let _ = writeln!(out, "  {e}");
+    }
+    if rp.over.len() > top {
+        let _ = writeln!(out, "  ... {} more (--top N)", rp.over.len() - top);
     }
     out
 }

@@ -66,7 +66,9 @@ impl fmt::Display for ConnEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConnEnd::Pod {
-                workload, pod: Some(p), ..
+                workload,
+                pod: Some(p),
+                ..
             } => write!(f, "{}/{p} ({})", workload.namespace, workload.workload()),
             ConnEnd::Pod { workload, .. } => write!(f, "{workload}"),
             ConnEnd::Service { namespace, name } => write!(f, "{namespace}/Service/{name}"),
@@ -158,8 +160,14 @@ pub enum PeerKey {
     Dns,
     Workload(WorkloadKey),
     /// Pods a Service selects whose workload the inventory does not list.
-    Selector { namespace: String, labels: Labels },
-    Address { ip: IpAddr, kind: AddrKind },
+    Selector {
+        namespace: String,
+        labels: Labels,
+    },
+    Address {
+        ip: IpAddr,
+        kind: AddrKind,
+    },
 }
 
 impl fmt::Display for PeerKey {
@@ -288,7 +296,10 @@ impl Observed {
                 Some((end, ended)) => *ended && r.start > *end,
             };
             let prev_end = open.get(&tuple).map(|(e, _)| *e);
-            open.insert(tuple, (max_opt(prev_end, Some(r.end)).unwrap_or(r.end), r.ended));
+            open.insert(
+                tuple,
+                (max_opt(prev_end, Some(r.end)).unwrap_or(r.end), r.ended),
+            );
 
             let src = obs.end_of(&r.src, cat, false);
             let dst = obs.end_of(&r.dst, cat, true);
@@ -296,7 +307,9 @@ impl Observed {
                 ignored += 1;
                 continue;
             };
-            if !matches!(src, ConnEnd::Pod { .. }) && !matches!(dst, ConnEnd::Pod { .. } | ConnEnd::Service { .. }) {
+            if !matches!(src, ConnEnd::Pod { .. })
+                && !matches!(dst, ConnEnd::Pod { .. } | ConnEnd::Service { .. })
+            {
                 // Node or outside traffic that no pod takes part in.
                 ignored += 1;
                 continue;
@@ -305,7 +318,11 @@ impl Observed {
             let conn = Conn {
                 src,
                 dst,
-                port: if protocol.has_ports() { r.dst.port } else { None },
+                port: if protocol.has_ports() {
+                    r.dst.port
+                } else {
+                    None
+                },
                 protocol,
             };
             let ev = Evidence {
@@ -454,9 +471,10 @@ impl Observed {
         };
         match kind {
             EndpointKind::Pod => {
-                let ns = ep.namespace.clone().or_else(|| {
-                    cat.pod_ip.get(&ep.ip).map(|w| w.namespace.clone())
-                })?;
+                let ns = ep
+                    .namespace
+                    .clone()
+                    .or_else(|| cat.pod_ip.get(&ep.ip).map(|w| w.namespace.clone()))?;
                 let workload = ep
                     .workload
                     .as_deref()
@@ -499,8 +517,11 @@ impl Observed {
 
     /// Turns connections into edges.
     fn resolve(&mut self, cat: &Catalog) {
-        let conns: Vec<(Conn, Evidence)> =
-            self.conns.iter().map(|(c, e)| (c.clone(), e.clone())).collect();
+        let conns: Vec<(Conn, Evidence)> = self
+            .conns
+            .iter()
+            .map(|(c, e)| (c.clone(), e.clone()))
+            .collect();
         for (conn, ev) in conns {
             match edges_of(&conn, cat) {
                 Ok(edges) => {
@@ -576,7 +597,10 @@ fn edges_of(conn: &Conn, cat: &Catalog) -> Result<Vec<Edge>, String> {
         ConnEnd::Pod { workload, .. } => vec![PeerKey::Workload(workload.clone())],
         ConnEnd::Addresses { ips, kind } => ips
             .iter()
-            .map(|ip| PeerKey::Address { ip: *ip, kind: *kind })
+            .map(|ip| PeerKey::Address {
+                ip: *ip,
+                kind: *kind,
+            })
             .collect(),
         ConnEnd::Service { .. } => {
             return Err("a Service address opened a connection".to_string());
@@ -593,7 +617,15 @@ fn edges_of(conn: &Conn, cat: &Catalog) -> Result<Vec<Edge>, String> {
         }
         ConnEnd::Addresses { ips, kind } => ips
             .iter()
-            .map(|ip| (PeerKey::Address { ip: *ip, kind: *kind }, port_key(conn.port)))
+            .map(|ip| {
+                (
+                    PeerKey::Address {
+                        ip: *ip,
+                        kind: *kind,
+                    },
+                    port_key(conn.port),
+                )
+            })
             .collect(),
         ConnEnd::Service { namespace, name } => {
             let svc = cat
@@ -601,9 +633,7 @@ fn edges_of(conn: &Conn, cat: &Catalog) -> Result<Vec<Edge>, String> {
                 .get(&(namespace.clone(), name.clone()))
                 .ok_or_else(|| format!("Service {namespace}/{name} is not in the inventory"))?;
             let selector = svc.selector.clone().ok_or_else(|| {
-                format!(
-                    "Service {namespace}/{name} has no selector; allow its endpoints by hand"
-                )
+                format!("Service {namespace}/{name} has no selector; allow its endpoints by hand")
             })?;
             // Policies see the connection after the Service's DNAT: to a
             // backing pod on the target port (NetworkPolicy applies to pod
@@ -619,8 +649,8 @@ fn edges_of(conn: &Conn, cat: &Catalog) -> Result<Vec<Edge>, String> {
                 },
                 _ => (None, None),
             };
-            let is_dns_service = svc.namespace == cat.dns.namespace
-                && labels::selects(&cat.dns.selector, &selector);
+            let is_dns_service =
+                svc.namespace == cat.dns.namespace && labels::selects(&cat.dns.selector, &selector);
             let backends = cat.backends(svc);
             let to_key = |w: Option<&WorkloadKey>| -> PortKey {
                 match (l4, &target) {
