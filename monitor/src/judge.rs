@@ -97,6 +97,15 @@ fn end<'a>(r: &Resolved<'a>) -> End<'a> {
     }
 }
 
+/// ICMPv6 link control: MLD (130-132, 143), router and neighbour discovery
+/// and redirects (133-137), per the IANA ICMPv6 type registry.
+fn is_link_control(report: &FlowReport) -> bool {
+    report.protocol == "ICMPv6"
+        && report
+            .icmp
+            .is_some_and(|i| matches!(i.icmp_type, 130..=137 | 143))
+}
+
 /// The NetworkPolicy protocol of a report's `protocol`.
 fn netpol_protocol(p: &str) -> Option<netpol::Protocol> {
     Some(match p {
@@ -119,6 +128,14 @@ impl ClusterIndex {
         fill(&mut report.dst, &dst);
         report.violations.clear();
         report.netpol = None;
+        if is_link_control(report) {
+            // Neighbour discovery and multicast listener messages keep the
+            // pod's IPv6 link working (RFC 4861, RFC 3810); they are not a
+            // connection between workloads and every CNI lets them through.
+            // Judging them would flag every IPv6 pod as reaching its node.
+            report.verdict = Some(Verdict::Allowed);
+            return;
+        }
         let decision = self.policy().evaluate(&FlowView {
             src: end(&src),
             dst: end(&dst),

@@ -49,6 +49,10 @@ pub struct Args {
     /// crashed run are removed at attach), or auto.
     #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
     pub attach_mode: crate::datapath::AttachMode,
+    /// Series of workloads gone longer than this are dropped from /metrics
+    /// (seconds).
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub metrics_ttl: u64,
     /// Capacity of the kernel flow table (entries per node).
     #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_FLOWS, value_name = "N")]
     pub max_flows: u32,
@@ -80,13 +84,77 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_flows: args.max_flows,
         attach_mode: args.attach_mode,
     };
+    let (index, ready) = build_index(
+        &args.inventory,
+        &args.policy,
+        cfg.node_name.clone(),
+        args.node_ip,
+    )?;
+    let judge = crate::judge::ClusterJudge::new(
+        index.clone(),
+        ready,
+        std::time::Duration::from_secs(args.metrics_ttl),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(crate::daemon::run(cfg, Box::new(crate::daemon::NoJudge)))?;
+    rt.spawn(refresh_host_addresses(index));
+    rt.block_on(crate::daemon::run(cfg, Box::new(judge)))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster index from `--inventory` and `--policy`; both are validated
+/// here, so a broken file stops the start with a one-line error.
+fn build_index(
+    inventory: &[PathBuf],
+    policy: &[PathBuf],
+    node_name: Option<String>,
+    node_ips: Vec<IpAddr>,
+) -> anyhow::Result<(crate::judge::SharedIndex, crate::judge::ReadyFlag)> {
+    use crate::index::{ClusterIndex, IndexConfig};
+    let static_policies = crate::segpolicy::load_policy_paths(policy)
+        .map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    let mut index = ClusterIndex::new(IndexConfig {
+        node_name: node_name.unwrap_or_default(),
+        node_ips,
+        static_policies,
+        pod_cidrs: Vec::new(),
+    });
+    match crate::index::host_addresses() {
+        Ok(addrs) => index.set_host_addresses(addrs),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the host's addresses; only Node objects and --node-ip count as the node")
+        }
+    }
+    let ready = crate::judge::ReadyFlag::default();
+    if inventory.is_empty() {
+        tracing::warn!("no --inventory: flows are attributed to this node's addresses only");
+    } else {
+        let inv = crate::inventory::load_paths(inventory)
+            .map_err(|e| anyhow::anyhow!("--inventory: {e}"))?;
+        for w in &inv.warnings {
+            tracing::info!("inventory: {w}");
+        }
+        index.reset(inv.objects);
+    }
+    index.refresh();
+    ready.set();
+    Ok((std::sync::Arc::new(std::sync::RwLock::new(index)), ready))
+}
+
+/// Veth gateway addresses come and go with pods: keep the node's own
+/// addresses current (they make `kind: node`).
+async fn refresh_host_addresses(index: crate::judge::SharedIndex) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if let Ok(addrs) = crate::index::host_addresses() {
+            let mut idx = index.write().unwrap_or_else(|e| e.into_inner());
+            idx.set_host_addresses(addrs);
+        }
+    }
 }
 
 fn hostname() -> Option<String> {

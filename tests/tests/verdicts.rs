@@ -1,0 +1,201 @@
+//! `segwatch run --inventory --policy` end to end: pods of three namespaces,
+//! a node address with a listening host port, the metadata address; allowed
+//! and forbidden TCP/UDP over IPv4 and IPv6; exact violation counts in
+//! /metrics and exact verdicts in the flow log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tests::*;
+
+const NODE_IP: &str = "10.99.0.1";
+const NODE_IP6: &str = "fd99::1";
+const METADATA: &str = "169.254.169.254";
+
+fn pod(ns: &str, name: &str, sa: &str, labels: Value, p: &Pod) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"serviceAccountName": sa, "nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+        "status": {"podIP": p.ip4.to_string(), "podIPs": [{"ip": p.ip4.to_string()}, {"ip": p.ip6.to_string()}]}
+    })
+}
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+}
+
+/// Sum of `segwatch_violations_total` samples of one kind.
+fn violations(metrics: &str, kind: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("segwatch_violations_total{") && l.contains(&format!("kind=\"{kind}\""))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[test]
+fn violations_are_counted_exactly_and_explained_in_the_flow_log() {
+    let topo = Topo::new(3, true);
+    let (web, api, db) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    topo.add_node_address(&format!("{NODE_IP}/32"));
+    topo.add_node_address(&format!("{NODE_IP6}/128"));
+    topo.add_node_address(&format!("{METADATA}/32"));
+    // Listeners: the API pod, the database pod, the node's sshd and the
+    // metadata service (in the node namespace).
+    for port in [8080, 9090] {
+        tcp_server(api, api.ip4, port, 100);
+        tcp_server(api, api.ip6, port, 100);
+    }
+    tcp_server(db, db.ip4, 5432, 10);
+    udp_sink(api, SocketAddr::new(api.ip4, 5353));
+    let node_ns = Netns {
+        name: topo.node.name.clone(),
+    };
+    let node_pod = Pod {
+        ns: node_ns,
+        host_if: String::new(),
+        ip4: NODE_IP.parse().unwrap(),
+        ip6: NODE_IP6.parse().unwrap(),
+        gw4: NODE_IP.parse().unwrap(),
+        gw6: NODE_IP6.parse().unwrap(),
+    };
+    tcp_server(&node_pod, node_pod.ip4, 22, 20);
+    tcp_server(&node_pod, METADATA.parse().unwrap(), 80, 300);
+
+    let dir = TempDir::new("verdicts");
+    let inventory = json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            namespace("shop"), namespace("api"), namespace("kube-system"),
+            pod("shop", "web-0", "web", json!({"app": "web"}), web),
+            pod("api", "api-0", "api", json!({"app": "api"}), api),
+            pod("shop", "db-0", "db", json!({"app": "db"}), db),
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+             "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}, {"type": "InternalIP", "address": NODE_IP6}]}}
+        ]
+    });
+    let inv_path = dir.0.join("inventory.json");
+    std::fs::write(&inv_path, serde_json::to_vec_pretty(&inventory).unwrap()).unwrap();
+    let policy_path = dir.0.join("policy.yaml");
+    std::fs::write(
+        &policy_path,
+        "apiVersion: segwatch.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: shop}\nspec:\n  crossNamespace:\n    allow:\n      - name: web-to-api\n        from: {namespace: shop}\n        to: {namespace: api, ports: [\"8080/TCP\", \"5353/UDP\"]}\n  withinNamespace:\n    - namespace: shop\n      allow:\n        - from: {podSelector: {matchLabels: {app: web}}}\n          to: {podSelector: {matchLabels: {app: db}}, ports: [\"5432/TCP\"]}\n",
+    )
+    .unwrap();
+    let inv = inv_path.to_str().unwrap();
+    let pol = policy_path.to_str().unwrap();
+    let mut args = vec![
+        "--idle-timeout",
+        "2",
+        "--sweep-interval-ms",
+        "200",
+        "--inventory",
+        inv,
+        "--policy",
+        pol,
+        "--node-name",
+        "n1",
+    ];
+    args.extend(["--node-ip", NODE_IP]);
+    let mut daemon = Daemon::start(&topo.node.name, &args);
+
+    // Allowed: web → api:8080 (v4, v6), web → api:5353/UDP, web → db:5432.
+    tcp_client(web, SocketAddr::new(api.ip4, 8080), 100);
+    tcp_client(web, SocketAddr::new(api.ip6, 8080), 100);
+    udp_send(web, SocketAddr::new(api.ip4, 5353), 2, 40);
+    tcp_client(web, SocketAddr::new(db.ip4, 5432), 100);
+    // Forbidden: web → api:9090 (v4, v6), api → db:5432 (cross-namespace),
+    // web → node sshd, web → metadata API.
+    tcp_client(web, SocketAddr::new(api.ip4, 9090), 100);
+    tcp_client(web, SocketAddr::new(api.ip6, 9090), 100);
+    tcp_client(api, SocketAddr::new(db.ip4, 5432), 100);
+    tcp_client(
+        web,
+        SocketAddr::new(IpAddr::V4(NODE_IP.parse().unwrap()), 22),
+        10,
+    );
+    tcp_client(web, SocketAddr::new(METADATA.parse().unwrap(), 80), 10);
+
+    let expect = [
+        ("cross_namespace", 3.0),
+        ("host_access", 1.0),
+        ("metadata_api", 1.0),
+        ("within_namespace", 0.0),
+    ];
+    let got = wait_for(Duration::from_secs(10), || {
+        let m = daemon.metrics();
+        expect
+            .iter()
+            .all(|(k, n)| violations(&m, k) == *n)
+            .then_some(m)
+    });
+    let m = daemon.metrics();
+    assert!(
+        got.is_some(),
+        "violations per kind must be exactly {expect:?}; /metrics:\n{}",
+        m.lines()
+            .filter(|l| l.starts_with("segwatch_violations_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        m.contains("dst_workload=\"node/n1\"") && m.contains("dst_workload=\"metadata-api\""),
+        "node and metadata destinations are labelled per the contract:\n{m}"
+    );
+    assert!(
+        !m.contains(&web.ip4.to_string()),
+        "no raw IPs in metric labels"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(daemon.stop(), 0);
+    let reports = daemon.reports();
+    let find_from = |src: &str, dst: &str, port: u64| -> &Value {
+        reports
+            .iter()
+            .find(|r| r["src"]["ip"] == src && r["dst"]["ip"] == dst && r["dst"]["port"] == port)
+            .unwrap_or_else(|| panic!("no report {src} -> {dst}:{port}: {reports:#?}"))
+    };
+    let (w4, w6) = (web.ip4.to_string(), web.ip6.to_string());
+    let find = |dst: &str, port: u64| {
+        if dst.contains(':') {
+            find_from(&w6, dst, port)
+        } else {
+            find_from(&w4, dst, port)
+        }
+    };
+    let ok = find(&api.ip4.to_string(), 8080);
+    assert_eq!(ok["verdict"], "allowed");
+    assert_eq!(ok["src"]["namespace"], "shop");
+    assert_eq!(ok["src"]["pod"], "web-0");
+    assert_eq!(ok["src"]["service_account"], "web");
+    assert_eq!(ok["dst"]["kind"], "pod");
+    let bad = find(&api.ip6.to_string(), 9090);
+    assert_eq!(bad["verdict"], "violation");
+    assert_eq!(bad["violations"][0]["kind"], "cross_namespace");
+    assert!(
+        bad["violations"][0]["reason"].as_str().unwrap_or("").len() > 10,
+        "a reason a human can act on"
+    );
+    let ssh = find(NODE_IP, 22);
+    assert_eq!(ssh["dst"]["kind"], "node");
+    assert_eq!(ssh["violations"][0]["kind"], "host_access");
+    assert!(ssh["dst"].get("pod").is_none(), "no pod field for a node");
+    let md = find(METADATA, 80);
+    assert_eq!(md["dst"]["kind"], "metadata");
+    assert_eq!(md["violations"][0]["kind"], "metadata_api");
+    let within = find(&db.ip4.to_string(), 5432);
+    assert_eq!(within["src"]["namespace"], "shop");
+    assert_eq!(
+        within["verdict"], "allowed",
+        "web → db:5432 is whitelisted inside shop"
+    );
+    let cross = find_from(&api.ip4.to_string(), &db.ip4.to_string(), 5432);
+    assert_eq!(
+        cross["violations"][0]["kind"], "cross_namespace",
+        "api → shop is not whitelisted"
+    );
+}
