@@ -720,30 +720,43 @@ fn clusterrole_is_read_only_and_never_grants_secrets() {
             "the agent must not be able to read {forbidden}"
         );
     }
-    // CONTRACT "Inventory files": the kinds the index reads.
-    let contract: BTreeSet<(String, String)> = [
-        ("", "namespaces"),
-        ("", "pods"),
-        ("", "services"),
-        ("", "serviceaccounts"),
-        ("", "nodes"),
-        ("", "replicationcontrollers"),
-        ("networking.k8s.io", "networkpolicies"),
-        ("segwatch.dev", "segmentationpolicies"),
-        ("apps", "deployments"),
-        ("apps", "replicasets"),
-        ("apps", "statefulsets"),
-        ("apps", "daemonsets"),
-        ("batch", "jobs"),
-        ("batch", "cronjobs"),
-    ]
-    .iter()
-    .map(|(g, r)| (g.to_string(), r.to_string()))
-    .collect();
-    assert_eq!(
-        grants, contract,
-        "the ClusterRole must grant exactly the contract's kinds"
+}
+
+/// What a role lacks and what it grants beyond `watched`.
+type RoleDiff = (Vec<(String, String)>, Vec<(String, String)>);
+
+fn role_diff(grants: &BTreeSet<(String, String)>, watched: &[(&str, &str)]) -> RoleDiff {
+    let watched: BTreeSet<(String, String)> = watched
+        .iter()
+        .map(|(g, r)| (g.to_string(), r.to_string()))
+        .collect();
+    (
+        watched.difference(grants).cloned().collect(),
+        grants.difference(&watched).cloned().collect(),
+    )
+}
+
+#[test]
+fn clusterrole_grants_exactly_what_the_index_watches() {
+    let objects = kustomize(&deploy());
+    let grants = granted(&find(&objects, "ClusterRole").value);
+    let (missing, extra) = role_diff(&grants, segwatch::index::WATCHED_RESOURCES);
+    assert!(
+        missing.is_empty(),
+        "the daemon watches {missing:?} (segwatch::index::WATCHED_RESOURCES) but \
+         deploy/base/clusterrole.yaml does not grant get/list/watch on them: its watchers would fail with 403"
     );
+    assert!(
+        extra.is_empty(),
+        "deploy/base/clusterrole.yaml grants {extra:?}, which the daemon never watches: least privilege says drop them"
+    );
+    // The comparison itself must see both directions.
+    let mut more = grants.clone();
+    more.insert(("".into(), "endpoints".into()));
+    more.remove(&("".into(), "pods".into()));
+    let (missing, extra) = role_diff(&more, segwatch::index::WATCHED_RESOURCES);
+    assert_eq!(missing, [("".to_string(), "pods".to_string())]);
+    assert_eq!(extra, [("".to_string(), "endpoints".to_string())]);
 }
 
 // ------------------------------------------------- alerts and Prometheus
