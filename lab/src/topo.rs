@@ -150,6 +150,33 @@ pub fn build(world: &World, mut progress: impl FnMut(&str)) -> Result<()> {
         )?;
         cmd_in(&node, &["ip", "route", "add", &a4, "dev", p.host_if])?;
         cmd_in(&node, &["ip", "-6", "route", "add", &a6, "dev", p.host_if])?;
+        // Static neighbour entries on both ends, as Cilium installs them:
+        // no ARP and, above all, no ICMPv6 neighbour discovery on the pod
+        // links, so every flow on them is traffic someone opened.
+        let host_mac = mac(&node, p.host_if)?;
+        let pod_mac = mac(&ns, "eth0")?;
+        for (netns, addr, lladdr, dev) in [
+            (&ns, node4.as_str(), host_mac.as_str(), "eth0"),
+            (&ns, gw6.as_str(), host_mac.as_str(), "eth0"),
+            (&node, &p.ip4.to_string(), pod_mac.as_str(), p.host_if),
+            (&node, &p.ip6.to_string(), pod_mac.as_str(), p.host_if),
+        ] {
+            cmd_in(
+                netns,
+                &[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    lladdr,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+        }
     }
     progress(&format!(
         "{} pods in {} namespaces, each wired to the node by a veth pair (IPv4 + IPv6)",
@@ -167,6 +194,12 @@ pub fn build(world: &World, mut progress: impl FnMut(&str)) -> Result<()> {
         world.services.len()
     ));
     Ok(())
+}
+
+/// The MAC address of `dev` in `ns`.
+fn mac(ns: &str, dev: &str) -> Result<String> {
+    let out = cmd_in(ns, &["cat", &format!("/sys/class/net/{dev}/address")])?;
+    Ok(out.trim().to_string())
 }
 
 /// Deletes every namespace of the lab (their links and nft tables go with

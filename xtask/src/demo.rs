@@ -70,7 +70,13 @@ pub fn run(root: &Path, keep: bool, clean: bool, segwatch: Option<PathBuf>) -> R
         },
         clean_hint: "cargo xtask demo --clean".to_string(),
     })
-    .context("the lab failed (everything it built has been removed)")?;
+    .with_context(|| {
+        if lab::sys::interrupted() {
+            "interrupted: everything the lab built has been removed"
+        } else {
+            "the lab failed (everything it built has been removed)"
+        }
+    })?;
     println!(
         "\n  lab done in {:.0} s: {} flow reports, {} alerts; outputs in {}",
         started.elapsed().as_secs_f64(),
