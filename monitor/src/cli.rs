@@ -29,6 +29,8 @@ pub enum Command {
     Audit(cmd::audit::Args),
     /// Suggest least-privilege NetworkPolicies from observed flows and check them.
     Suggest(cmd::suggest::Args),
+    /// Kubernetes NetworkPolicy semantics on an inventory: `eval` queries, `matrix` listing.
+    Netpol(cmd::netpol::Args),
 }
 
 /// Diagnostics go to stderr, never stdout (stdout may carry the flow log).
@@ -51,5 +53,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Crd(args) => cmd::crd::run(args),
         Command::Audit(args) => cmd::audit::run(args),
         Command::Suggest(args) => cmd::suggest::run(args),
+        Command::Netpol(args) => cmd::netpol::run(args),
     }
 }

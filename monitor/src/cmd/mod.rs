@@ -3,5 +3,6 @@
 
 pub mod crd;
 pub mod audit;
+pub mod netpol;
 pub mod run;
 pub mod suggest;

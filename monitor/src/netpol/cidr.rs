@@ -133,19 +133,50 @@ impl fmt::Display for IpRange {
     }
 }
 
+impl IpBlock {
+    /// The block as sorted, disjoint, inclusive address intervals: the
+    /// cidr with the excepts cut out (touching excepts leave no gap).
+    pub fn intervals(&self) -> Vec<(u128, u128)> {
+        let (lo, hi) = net_bounds(&self.cidr);
+        let mut ex: Vec<(u128, u128)> = self.except.iter().map(net_bounds).collect();
+        ex.sort_unstable();
+        let mut out = Vec::new();
+        // First address neither emitted nor excluded yet; None past the end.
+        let mut next = Some(lo);
+        for (elo, ehi) in ex {
+            let Some(c) = next else { break };
+            if ehi < c {
+                continue;
+            }
+            if elo > c {
+                out.push((c, elo - 1));
+            }
+            next = (ehi < hi).then(|| ehi + 1);
+        }
+        if let Some(c) = next {
+            out.push((c, hi));
+        }
+        out
+    }
+}
+
 /// Cuts the address space of one family into the coarsest ranges such that
-/// each given network (cidr or except) is a union of whole ranges. Every
-/// address then behaves the same as the first one of its range for every
-/// ipBlock built from these networks.
-pub fn disjoint_ranges(v4: bool, nets: &[IpNet]) -> Vec<IpRange> {
+/// each given block is a union of whole ranges: the cut points are the
+/// starts and ends of the blocks' intervals. Every address then behaves the
+/// same as the first one of its range for every rule built from these
+/// blocks (as np-guard/netpol-analyzer splits its external peers).
+pub fn disjoint_ranges(v4: bool, blocks: &[IpBlock]) -> Vec<IpRange> {
     let all = if v4 { IpRange::V4_ALL } else { IpRange::V6_ALL };
-    // Cut points: the first address of each network and the one after its last.
     let mut cuts: Vec<u128> = vec![all.lo];
-    for n in nets.iter().filter(|n| matches!(n, IpNet::V4(_)) == v4) {
-        let (lo, hi) = net_bounds(n);
-        cuts.push(lo);
-        if hi < all.hi {
-            cuts.push(hi + 1);
+    for b in blocks
+        .iter()
+        .filter(|b| matches!(b.cidr, IpNet::V4(_)) == v4)
+    {
+        for (lo, hi) in b.intervals() {
+            cuts.push(lo);
+            if hi < all.hi {
+                cuts.push(hi + 1);
+            }
         }
     }
     cuts.sort_unstable();
@@ -214,11 +245,12 @@ mod tests {
 
     #[test]
     fn ranges_cut_at_boundaries() {
-        let nets: Vec<IpNet> = vec![
-            "10.0.0.0/8".parse().unwrap(),
-            "10.1.0.0/16".parse().unwrap(),
+        let blocks = [
+            IpBlock::parse("10.0.0.0/8", &["10.1.0.0/16".into()]).unwrap(),
+            // Touching excepts leave one hole: 20.0.0.0-20.255.255.255.
+            IpBlock::parse("0.0.0.0/0", &["20.0.0.0/9".into(), "20.128.0.0/9".into()]).unwrap(),
         ];
-        let r: Vec<String> = disjoint_ranges(true, &nets)
+        let r: Vec<String> = disjoint_ranges(true, &blocks)
             .iter()
             .map(|r| r.to_string())
             .collect();
@@ -229,17 +261,30 @@ mod tests {
                 "10.0.0.0-10.0.255.255",
                 "10.1.0.0-10.1.255.255",
                 "10.2.0.0-10.255.255.255",
-                "11.0.0.0-255.255.255.255"
+                "11.0.0.0-19.255.255.255",
+                "20.0.0.0-20.255.255.255",
+                "21.0.0.0-255.255.255.255"
             ]
         );
         assert_eq!(
             disjoint_ranges(true, &[]).len(),
             1,
-            "no networks: the whole space"
+            "no blocks: the whole space"
         );
         assert_eq!(
-            disjoint_ranges(true, &["0.0.0.0/0".parse().unwrap()]),
+            disjoint_ranges(true, &[IpBlock::parse("0.0.0.0/0", &[]).unwrap()]),
             vec![IpRange::V4_ALL]
+        );
+        assert_eq!(
+            disjoint_ranges(false, &blocks),
+            vec![IpRange::V6_ALL],
+            "IPv4 blocks do not cut IPv6"
+        );
+        let v6 = [IpBlock::parse("::/0", &["ffff::/16".into()]).unwrap()];
+        assert_eq!(
+            disjoint_ranges(false, &v6).len(),
+            2,
+            "an except at the very end of the space"
         );
     }
 
@@ -279,8 +324,7 @@ mod tests {
         /// every disjoint range, and a range is never half in a block.
         #[test]
         fn ranges_are_uniform_for_blocks(blocks in prop::collection::vec(arb_block(), 1..4), probes in prop::collection::vec(any::<u32>(), 16)) {
-            let nets: Vec<IpNet> = blocks.iter().flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied())).collect();
-            let ranges = disjoint_ranges(true, &nets);
+            let ranges = disjoint_ranges(true, &blocks);
             prop_assert_eq!(ranges.first().unwrap().lo, 0);
             prop_assert_eq!(ranges.last().unwrap().hi, u32::MAX as u128);
             for w in ranges.windows(2) {

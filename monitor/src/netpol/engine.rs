@@ -35,7 +35,7 @@
 //! - A named port resolves on the destination pod (for egress too); towards
 //!   an external address it matches nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -435,21 +435,28 @@ impl Engine {
         self.namespaces.get(ns)
     }
 
-    /// Every CIDR and except of every ipBlock, for cutting the address
-    /// space into uniformly treated ranges.
-    pub fn ip_block_nets(&self) -> Vec<ipnet::IpNet> {
-        let mut out = BTreeSet::new();
+    /// The ipBlocks of ingress rules (`egress == false`) or of egress
+    /// rules, for cutting the address space into ranges that every rule of
+    /// that direction treats alike.
+    pub fn ip_blocks(&self, egress: bool) -> Vec<IpBlock> {
+        let mut out: Vec<IpBlock> = Vec::new();
         for p in &self.policies {
-            for r in p.spec.ingress.iter().chain(&p.spec.egress) {
+            let rules = if egress {
+                &p.spec.egress
+            } else {
+                &p.spec.ingress
+            };
+            for r in rules {
                 for peer in r.peers.iter().flatten() {
                     if let PeerSpec::IpBlock(b) = peer {
-                        out.insert(b.cidr);
-                        out.extend(b.except.iter().copied());
+                        if !out.contains(b) {
+                            out.push(b.clone());
+                        }
                     }
                 }
             }
         }
-        out.into_iter().collect()
+        out
     }
 
     fn resolve(&self, p: Peer) -> Peer {

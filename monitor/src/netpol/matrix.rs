@@ -14,10 +14,11 @@
 //!   its pods (they agree unless replicas carry different labels).
 //! - Traffic inside a group (a pod to itself, replicas to each other) is
 //!   not listed; external-to-external is not listed.
-//! - Addresses outside the cluster are cut at every cidr/except boundary of
-//!   every ipBlock into ranges `first-last[External]` that every rule treats
-//!   alike; IPv4 always, IPv6 only when some ipBlock is IPv6. Adjacent
-//!   ranges are not merged.
+//! - Addresses outside the cluster are cut into ranges `first-last[External]`
+//!   at every cidr/except boundary of the ipBlocks of one direction
+//!   (destinations at those of egress rules, sources at those of ingress
+//!   rules), so every rule treats a range alike; IPv4 always, IPv6 only when
+//!   some ipBlock of that direction is IPv6. Adjacent ranges are not merged.
 //! - Connections: `All Connections`, or per protocol (SCTP, TCP, UDP) the
 //!   sorted ports with touching ports merged into ranges, e.g.
 //!   `TCP 8000-8010,UDP 53`.
@@ -44,12 +45,13 @@ impl std::fmt::Display for Line {
     }
 }
 
-/// The external ranges of the listing.
-pub fn external_ranges(engine: &Engine) -> Vec<IpRange> {
-    let nets = engine.ip_block_nets();
-    let mut out = disjoint_ranges(true, &nets);
-    if nets.iter().any(|n| matches!(n, ipnet::IpNet::V6(_))) {
-        out.extend(disjoint_ranges(false, &nets));
+/// The external ranges of the listing: destinations (`egress`) are cut at
+/// the ipBlocks of egress rules, sources at those of ingress rules.
+pub fn external_ranges(engine: &Engine, egress: bool) -> Vec<IpRange> {
+    let blocks = engine.ip_blocks(egress);
+    let mut out = disjoint_ranges(true, &blocks);
+    if blocks.iter().any(|b| matches!(b.cidr, ipnet::IpNet::V6(_))) {
+        out.extend(disjoint_ranges(false, &blocks));
     }
     out
 }
@@ -63,7 +65,8 @@ pub fn connectivity(engine: &Engine) -> Vec<Line> {
             .or_default()
             .push(EndpointId(i as u32));
     }
-    let ranges = external_ranges(engine);
+    let dst_ranges = external_ranges(engine, true);
+    let src_ranges = external_ranges(engine, false);
     let union = |pairs: &mut dyn Iterator<Item = (ConnSide<'_>, ConnSide<'_>)>| {
         let mut acc = ConnSet::empty();
         for (a, b) in pairs {
@@ -92,7 +95,7 @@ pub fn connectivity(engine: &Engine) -> Vec<Line> {
                 });
             }
         }
-        for r in &ranges {
+        for r in &dst_ranges {
             let out = union(
                 &mut m1
                     .iter()
@@ -105,6 +108,8 @@ pub fn connectivity(engine: &Engine) -> Vec<Line> {
                     conns: out,
                 });
             }
+        }
+        for r in &src_ranges {
             let inb = union(
                 &mut m1
                     .iter()

@@ -122,3 +122,28 @@ template_owner!(
         .and_then(|s| s.selector.as_ref())
         .map(Selector::from_match_labels)
 );
+
+impl<'a> Objects<'a> {
+    /// The objects of an inventory (or a cluster index snapshot) that
+    /// NetworkPolicy semantics look at; other kinds are ignored.
+    pub fn from_inventory(objects: &'a [crate::inventory::Object]) -> Objects<'a> {
+        use crate::inventory::Object as O;
+        let mut out = Objects::default();
+        for o in objects {
+            match o {
+                O::Namespace(n) => out.namespaces.push(n),
+                O::Pod(p) => out.pods.push(p),
+                O::NetworkPolicy(p) => out.policies.push(p),
+                O::Deployment(w) => out.workloads.push(w.workload_ref()),
+                O::ReplicaSet(w) => out.workloads.push(w.workload_ref()),
+                O::StatefulSet(w) => out.workloads.push(w.workload_ref()),
+                O::DaemonSet(w) => out.workloads.push(w.workload_ref()),
+                O::Job(w) => out.workloads.push(w.workload_ref()),
+                O::CronJob(w) => out.workloads.push(w.workload_ref()),
+                O::ReplicationController(w) => out.workloads.push(w.workload_ref()),
+                O::Service(_) | O::ServiceAccount(_) | O::Node(_) | O::SegmentationPolicy(_) => {}
+            }
+        }
+        out
+    }
+}

@@ -304,10 +304,12 @@ impl ConnSet {
 
 /// The conformance suite's notation: `All Connections`, `No Connections`, or
 /// per protocol in alphabetical order `PROTO ports` joined by commas, e.g.
-/// `SCTP 7070,TCP 8080-8081,UDP 9090`.
+/// `SCTP 7070,TCP 8080-8081,UDP 9090`. The notation knows only the three
+/// port protocols: every port of TCP, UDP and SCTP is `All Connections`
+/// even when portless protocols (ICMP) are not allowed.
 impl fmt::Display for ConnSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_all() {
+        if self.tcp.is_all() && self.udp.is_all() && self.sctp.is_all() {
             return f.write_str("All Connections");
         }
         if self.is_empty() {
@@ -325,10 +327,7 @@ impl fmt::Display for ConnSet {
             first = false;
             write!(f, "{p} {set}")?;
         }
-        if self.other {
-            if !first {
-                f.write_str(",")?;
-            }
+        if self.other && first {
             f.write_str("other protocols")?;
         }
         Ok(())

@@ -1,0 +1,263 @@
+//! `segwatch netpol eval|matrix`: Kubernetes NetworkPolicy semantics on an
+//! inventory, without a cluster.
+//!
+//! ```text
+//!  --inventory PATH... ─► inventory::load_paths ─► netpol::Engine::build
+//!  eval:   query lines (JSON) ─► Engine::evaluate ─► answer lines (JSON)
+//!  matrix: netpol::matrix::connectivity ─► listing lines
+//! ```
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::inventory;
+use crate::netpol::{matrix, Decision, Direction, Engine, Objects, Peer, Protocol, Query};
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: NetpolCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetpolCommand {
+    /// Answer "would the NetworkPolicies allow this connection?" per query line.
+    ///
+    /// Each input line is a JSON object:
+    ///   {"src":"ns/name"|"<ip>","dst":"ns/name"|"<ip>","port":8080,"protocol":"TCP"}
+    /// `name` is a Pod, or a workload (Deployment, ...) standing for its pods;
+    /// an IP that is a pod's address means that pod, any other is external.
+    /// `protocol` defaults to TCP (TCP, UDP, SCTP, ICMP, ICMPv6 or a number);
+    /// `port` is required for TCP, UDP and SCTP.
+    ///
+    /// Each answer line echoes the query and adds
+    ///   "allowed":bool,
+    ///   "egress":{"isolated":bool,"allowed_by":["ns/policy",...]},
+    ///   "ingress":{"isolated":bool,"allowed_by":[...]}
+    /// (`egress` is the source's, `ingress` the destination's).
+    ///
+    /// A bad query line is reported on stderr as one line naming the line
+    /// number and the field; evaluation goes on with the next line, and the
+    /// exit status is 1 if any line was bad.
+    ///
+    /// Example:
+    ///   echo '{"src":"shop/web","dst":"shop/db","port":5432}' |
+    ///     segwatch netpol eval --inventory cluster.yaml
+    #[command(verbatim_doc_comment)]
+    Eval(EvalArgs),
+
+    /// Print every allowed connection of the inventory, one line per pair.
+    ///
+    /// Format (the np-guard/netpol-analyzer `connlist` text notation):
+    ///   src[Kind] => dst[Kind] : All Connections | TCP 8080,UDP 53 | TCP 8000-8010
+    /// Pods are shown by their controller (`ns/name[ReplicaSet]`), pods
+    /// without one as `ns/pod[Pod]`, addresses outside the cluster as ranges
+    /// `a.b.c.d-e.f.g.h[External]` cut at every ipBlock boundary. Lines are
+    /// sorted; pairs with no connection and traffic within a workload are
+    /// not listed.
+    #[command(verbatim_doc_comment)]
+    Matrix(MatrixArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct EvalArgs {
+    /// Inventory file or directory (repeatable): Namespaces, Pods,
+    /// workloads, NetworkPolicies.
+    #[arg(long, value_name = "PATH", required = true)]
+    pub inventory: Vec<PathBuf>,
+    /// Query lines to read; `-` (the default) is stdin.
+    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    pub queries: String,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct MatrixArgs {
+    /// Inventory file or directory (repeatable).
+    #[arg(long, value_name = "PATH", required = true)]
+    pub inventory: Vec<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    match args.command {
+        NetpolCommand::Eval(a) => eval(a),
+        NetpolCommand::Matrix(a) => matrix_cmd(a),
+    }
+}
+
+/// Loads the inventory and builds the engine; warnings go to stderr.
+fn load(paths: &[PathBuf]) -> Result<(Vec<inventory::Object>, Vec<String>)> {
+    let inv = inventory::load_paths(paths).context("loading --inventory")?;
+    Ok((inv.objects, inv.warnings))
+}
+
+fn build(objects: &[inventory::Object]) -> Engine {
+    let (engine, warnings) = Engine::build(&Objects::from_inventory(objects));
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    engine
+}
+
+fn matrix_cmd(a: MatrixArgs) -> Result<ExitCode> {
+    let (objects, _) = load(&a.inventory)?;
+    let engine = build(&objects);
+    let lines = matrix::connectivity(&engine);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    out.write_all(matrix::render(&lines).as_bytes())
+        .context("writing to stdout")?;
+    out.flush().context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    let (objects, _) = load(&a.inventory)?;
+    let engine = build(&objects);
+    let (name, reader): (String, Box<dyn BufRead>) = if a.queries == "-" {
+        (
+            "stdin".to_string(),
+            Box::new(BufReader::new(io::stdin().lock())),
+        )
+    } else {
+        let f = File::open(&a.queries)
+            .with_context(|| format!("cannot open --queries {}", a.queries))?;
+        (a.queries.clone(), Box::new(BufReader::new(f)))
+    };
+    let mut out = io::stdout().lock();
+    let mut bad = 0usize;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {name}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match answer(&engine, &line) {
+            Ok(v) => {
+                serde_json::to_writer(&mut out, &v).context("writing to stdout")?;
+                out.write_all(b"\n").context("writing to stdout")?;
+                out.flush().context("writing to stdout")?;
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!("segwatch: netpol eval: {name}: line {}: {e}", i + 1);
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!("segwatch: netpol eval: {bad} query line(s) were invalid");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why a query line cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("not a JSON object: {0}")]
+    Syntax(String),
+    #[error("field {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+fn field_err(field: &'static str, reason: impl Into<String>) -> QueryError {
+    QueryError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn peer(engine: &Engine, field: &'static str, v: Option<&Value>) -> Result<Peer, QueryError> {
+    let s = match v {
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => return Err(field_err(field, format!("expected a string, got {other}"))),
+        None => return Err(field_err(field, "missing")),
+    };
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Peer::Ip(ip));
+    }
+    let Some((ns, name)) = s
+        .split_once('/')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+    else {
+        return Err(field_err(
+            field,
+            format!("{s:?} is neither an IP address nor namespace/name"),
+        ));
+    };
+    engine
+        .endpoint_by_name(ns, name)
+        .map(Peer::Endpoint)
+        .ok_or_else(|| field_err(field, format!("no pod or workload {s:?} in the inventory")))
+}
+
+/// Parses one query line and answers it: the query's fields plus the verdict.
+pub fn answer(engine: &Engine, line: &str) -> Result<Value, QueryError> {
+    let v: Value = serde_json::from_str(line).map_err(|e| QueryError::Syntax(e.to_string()))?;
+    let Value::Object(mut map) = v else {
+        return Err(QueryError::Syntax(
+            "expected an object like {\"src\":..,\"dst\":..,\"port\":..}".into(),
+        ));
+    };
+    let protocol = match map.get("protocol") {
+        None | Some(Value::Null) => Protocol::Tcp,
+        Some(Value::String(s)) => s
+            .parse::<Protocol>()
+            .map_err(|e| field_err("protocol", e.to_string()))?,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .map(|n| {
+                n.to_string()
+                    .parse::<Protocol>()
+                    .unwrap_or(Protocol::Other(n as u8))
+            })
+            .ok_or_else(|| field_err("protocol", format!("{n} is not a protocol number")))?,
+        Some(other) => {
+            return Err(field_err(
+                "protocol",
+                format!("expected a string, got {other}"),
+            ))
+        }
+    };
+    let has_ports = !matches!(protocol, Protocol::Other(_));
+    let port = match map.get("port") {
+        None | Some(Value::Null) if has_ports => {
+            return Err(field_err(
+                "port",
+                format!("missing (required for {protocol})"),
+            ))
+        }
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|&p| p >= 1 || !has_ports)
+            .ok_or_else(|| field_err("port", format!("{n} is not a port number (1-65535)")))?,
+        Some(other) => return Err(field_err("port", format!("expected a number, got {other}"))),
+    };
+    let src = peer(engine, "src", map.get("src"))?;
+    let dst = peer(engine, "dst", map.get("dst"))?;
+    let d = engine.evaluate(&Query {
+        src,
+        dst,
+        protocol,
+        port,
+    });
+    add_decision(&mut map, &d);
+    Ok(Value::Object(map))
+}
+
+fn direction_json(d: &Direction) -> Value {
+    json!({"isolated": d.isolated, "allowed_by": d.allowed_by.iter().map(|s| &**s).collect::<Vec<_>>()})
+}
+
+fn add_decision(map: &mut Map<String, Value>, d: &Decision) {
+    map.insert("allowed".into(), Value::Bool(d.allowed));
+    map.insert("egress".into(), direction_json(&d.egress));
+    map.insert("ingress".into(), direction_json(&d.ingress));
+}
