@@ -214,7 +214,7 @@ pub fn answer(engine: &Engine, line: &str) -> Result<Value, QueryError> {
             .map(|n| {
                 n.to_string()
                     .parse::<Protocol>()
-                    .unwrap_or(Protocol::Other(n as u8))
+                    .unwrap_or(Protocol::Other(n))
             })
             .ok_or_else(|| field_err("protocol", format!("{n} is not a protocol number")))?,
         Some(other) => {
