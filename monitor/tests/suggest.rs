@@ -790,3 +790,96 @@ fn nca_confirms_the_set_permits_every_observed_connection() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Policies without their evidence annotations (what differs between flow
+/// logs, with timestamps, and metrics, with a window).
+fn specs(policies: &[NetworkPolicy]) -> Vec<NetworkPolicy> {
+    policies
+        .iter()
+        .cloned()
+        .map(|mut p| {
+            p.metadata.annotations = None;
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn metric_edges_give_the_same_policies_as_the_flows() {
+    use segwatch::report::{EndpointKind, FlowReport};
+    use segwatch::suggest::{self, Catalog, ObserveOptions, Observed, Options, WorkloadSample};
+    let inv = segwatch::inventory::load_paths(&[fixture("inventory.yaml")]).unwrap();
+    let cat = Catalog::build(&inv.objects);
+    // Pod and Service traffic only: the metric names no outside address.
+    let reports: Vec<FlowReport> = segwatch::report::read_flow_log(&fixture("flows.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.src.kind == Some(EndpointKind::Pod)
+                && matches!(r.dst.kind, Some(EndpointKind::Pod | EndpointKind::Service))
+                && r.tcp
+                    .as_ref()
+                    .is_none_or(|t| t.flags.contains(&"ACK".to_string()))
+        })
+        .collect();
+    assert!(
+        reports.len() >= 10,
+        "the fixture has pod and Service traffic"
+    );
+    // What the daemon exports for them (judge.rs: workload_label).
+    let mut samples: BTreeMap<[String; 6], f64> = BTreeMap::new();
+    for r in &reports {
+        let dst_w = match r.dst.kind {
+            Some(EndpointKind::Service) => {
+                format!(
+                    "Service/{}",
+                    r.dst.service.as_deref().unwrap().split_once('/').unwrap().1
+                )
+            }
+            _ => r.dst.workload.clone().unwrap(),
+        };
+        let key = [
+            r.src.namespace.clone().unwrap(),
+            r.src.workload.clone().unwrap(),
+            r.dst.namespace.clone().unwrap(),
+            dst_w,
+            r.dst.port.map(|p| p.to_string()).unwrap_or_default(),
+            r.protocol.clone(),
+        ];
+        *samples.entry(key).or_default() += 1.0;
+    }
+    let samples: Vec<WorkloadSample> = samples
+        .into_iter()
+        .map(|(k, v)| WorkloadSample {
+            src_namespace: k[0].clone(),
+            src_workload: k[1].clone(),
+            dst_namespace: k[2].clone(),
+            dst_workload: k[3].clone(),
+            dst_port: k[4].clone(),
+            protocol: k[5].clone(),
+            flows: v,
+        })
+        .collect();
+    let t = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+    for opts in [
+        Options::default(),
+        Options {
+            default_deny: false,
+            aggregate: None,
+        },
+    ] {
+        let from_flows = suggest::generate(
+            &Observed::from_flows(&reports, &cat, ObserveOptions::default()),
+            &cat,
+            &opts,
+        );
+        let from_metric =
+            suggest::generate(&Observed::from_samples(&samples, (t, t), &cat), &cat, &opts);
+        assert!(from_flows.policies.len() >= 4, "{:?}", from_flows.stats);
+        assert_eq!(
+            specs(&from_metric.policies),
+            specs(&from_flows.policies),
+            "the same traffic as metric edges must give the same policies ({opts:?})"
+        );
+    }
+}

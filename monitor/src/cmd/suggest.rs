@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::suggest::{self, Aggregate, Catalog, Format, ObserveOptions, Observed, Options};
+use crate::suggest::{
+    self, prometheus, Aggregate, Catalog, Format, ObserveOptions, Observed, Options, WorkloadSample,
+};
 
 /// Suggest least-privilege NetworkPolicies from observed traffic, and check
 /// them against it.
@@ -31,8 +33,29 @@ use crate::suggest::{self, Aggregate, Catalog, Format, ObserveOptions, Observed,
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Flow log files written by `segwatch run` (repeatable; any number of nodes).
-    #[arg(long = "flows", value_name = "FILE", required = true)]
+    #[arg(
+        long = "flows",
+        value_name = "FILE",
+        required_unless_present = "from_prometheus"
+    )]
     pub flows: Vec<PathBuf>,
+    /// Read workload edges (`segwatch_workload_flows_total`) from this
+    /// Prometheus (base URL, `http://`), for a whole cluster. Outside
+    /// addresses are not in the metric: use --flows for those ipBlocks.
+    #[arg(long, value_name = "URL")]
+    pub from_prometheus: Option<String>,
+    /// The window to read from Prometheus, a PromQL duration.
+    #[arg(
+        long,
+        default_value = "24h",
+        value_name = "DURATION",
+        requires = "from_prometheus"
+    )]
+    pub window: String,
+    /// End of the Prometheus window (RFC 3339); default: now. Fix it to get
+    /// the same output from the same data.
+    #[arg(long, value_name = "TIME", requires = "from_prometheus")]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// Cluster objects: files or directories (repeatable). The workloads'
     /// labels, Services and existing NetworkPolicies come from here.
     #[arg(long = "inventory", value_name = "PATH", required = true)]
@@ -77,13 +100,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for f in &args.flows {
         reports.extend(crate::report::read_flow_log(f)?);
     }
-    let observed = Observed::from_flows(
+    let mut observed = Observed::from_flows(
         &reports,
         &catalog,
         ObserveOptions {
             include_unanswered: args.include_unanswered,
         },
     );
+    if let Some(url) = &args.from_prometheus {
+        let window = prometheus::parse_window(&args.window)?;
+        let at = args.at.unwrap_or_else(chrono::Utc::now);
+        let samples =
+            read_prometheus(url, window, at).with_context(|| format!("--from-prometheus {url}"))?;
+        tracing::info!(edges = samples.len(), "read workload edges from Prometheus");
+        let start = at - chrono::Duration::seconds(i64::try_from(window).unwrap_or(i64::MAX));
+        observed.merge(Observed::from_samples(&samples, (start, at), &catalog));
+    }
     let opts = Options {
         default_deny: args.default_deny == OnOff::On,
         aggregate: args.aggregate_cidrs,
@@ -140,4 +172,67 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// Runs the two queries of `suggest::prometheus` against `/api/v1/query`.
+///
+/// The HTTP client is hyper's (client, http1) through hyper-util's pooled
+/// client: both are already in the build through kube, so this adds no
+/// crate, and a blocking client (ureq) would add its own TLS and HTTP
+/// stacks for two GET requests. Plain `http://` only: Prometheus inside a
+/// cluster serves plain HTTP (or is reached with `kubectl port-forward`).
+fn read_prometheus(
+    base: &str,
+    window_secs: u64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<WorkloadSample>> {
+    use http_body_util::BodyExt as _;
+    let base_uri: hyper::Uri = base.parse().context("not a URL")?;
+    match base_uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => anyhow::bail!(
+            "scheme {other}: only http:// is supported (use kubectl port-forward for an https-only Prometheus)"
+        ),
+        None => anyhow::bail!("expected an http:// URL"),
+    }
+    let prefix = base.trim_end_matches('/');
+    let time = at.timestamp_millis() as f64 / 1000.0;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    let mut answers = Vec::new();
+    for q in prometheus::queries(window_secs) {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", &q)
+            .append_pair("time", &format!("{time:.3}"))
+            .finish();
+        let uri: hyper::Uri = format!("{prefix}/api/v1/query?{query}")
+            .parse()
+            .context("cannot build the query URL")?;
+        let body = rt.block_on(async {
+            let resp = tokio::time::timeout(std::time::Duration::from_secs(60), client.get(uri))
+                .await
+                .context("no answer within 60 s")?
+                .context("request failed")?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .context("cannot read the answer")?
+                .to_bytes();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            // Prometheus answers errors with 400/422/503 and a JSON body
+            // saying why; anything else without JSON is reported by status.
+            if !status.is_success() && !text.trim_start().starts_with('{') {
+                anyhow::bail!("HTTP {status}: {}", text.lines().next().unwrap_or(""));
+            }
+            anyhow::Ok(text)
+        })?;
+        answers.push(prometheus::parse_answer(&body).with_context(|| format!("query {q}"))?);
+    }
+    Ok(prometheus::samples(&answers[0], &answers[1]))
 }

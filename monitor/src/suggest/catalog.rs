@@ -572,10 +572,15 @@ fn infer_owner(
                         .and_then(|r| r.strip_prefix('-'))
                         .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
             })
-            .map_or_else(
-                || direct.clone(),
-                |c| WorkloadKey::new(&c.namespace, "CronJob", &c.name),
-            ),
+            .map(|c| WorkloadKey::new(&c.namespace, "CronJob", &c.name))
+            .or_else(|| {
+                // Not listed either: the scheduled minute is a Unix minute
+                // count (8+ digits today), as the daemon's index reads it.
+                let (base, minute) = direct.name.rsplit_once('-')?;
+                (minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| WorkloadKey::new(&direct.namespace, "CronJob", base))
+            })
+            .unwrap_or_else(|| direct.clone()),
         _ => direct.clone(),
     }
 }

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod generate;
 pub mod labels;
 pub mod observe;
+pub mod prometheus;
 pub mod replay;
 
 use std::fmt;

@@ -364,10 +364,12 @@ impl Observed {
     ) -> Observed {
         let mut obs = Observed::default();
         for s in samples {
-            let flows = s.flows.round();
-            if flows.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            if s.flows.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
+            // increase() extrapolates to the window's edges (2.4 flows);
+            // any positive value means the edge was used.
+            let flows = s.flows.round().max(1.0);
             let src = match WorkloadKey::parse(&s.src_namespace, &s.src_workload) {
                 Some(w) if !is_outside_label(&s.src_workload) => pod_end(w),
                 _ => match outside_end(&s.src_workload, cat) {
@@ -422,7 +424,6 @@ impl Observed {
                 None
             };
             let ev = Evidence {
-                // Rounded: increase() extrapolates to the window's edges.
                 flows: flows as u64,
                 first: None,
                 last: None,
@@ -440,6 +441,26 @@ impl Observed {
         }
         obs.resolve(cat);
         obs
+    }
+
+    /// Adds another set of observations (flow logs and metrics together).
+    pub fn merge(&mut self, other: Observed) {
+        for (k, v) in other.conns {
+            self.conns.entry(k).or_default().merge(&v);
+        }
+        for (k, v) in other.unanswered {
+            self.unanswered.entry(k).or_default().merge(&v);
+        }
+        for (k, v) in other.edges {
+            self.edges.entry(k).or_default().merge(&v);
+        }
+        for (k, v) in other.flow_labels {
+            self.flow_labels
+                .entry(k)
+                .and_modify(|acc| acc.retain(|k2, v2| v.get(k2) == Some(v2)))
+                .or_insert(v);
+        }
+        self.notes.extend(other.notes);
     }
 
     /// One end of a flow report, attributed by the report or, where it
@@ -582,7 +603,11 @@ fn outside_end(w: &str, cat: &Catalog) -> Result<ConnEnd, String> {
             "the metric carries no address for outside peers; suggest from --flows to get ipBlocks"
                 .to_string(),
         ),
-        "" => Err("unattributed (empty workload label)".to_string()),
+        "" | "unknown" => Err("the daemon could not attribute this end".to_string()),
+        "bare-pod" => Err(
+            "a pod without controller: the metric does not name it (pod names are unbounded); suggest from --flows"
+                .to_string(),
+        ),
         other => Err(format!("unknown workload label value {other:?}")),
     }
 }
