@@ -67,6 +67,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.max_flows == 0 {
         anyhow::bail!("--max-flows must be at least 1");
     }
+    // Flags first: a bad one is the only line the user sees.
+    for name in args.interfaces.iter().filter(|p| !crate::datapath::links::is_glob(p)) {
+        if crate::datapath::links::ifindex(name).is_none() {
+            anyhow::bail!("--interface {name}: unknown interface");
+        }
+    }
     let node_name = args.node_name.clone().or_else(hostname);
     let cfg = crate::daemon::Config {
         interfaces: args.interfaces,
