@@ -107,7 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.spawn(refresh_host_addresses(index));
-    rt.block_on(crate::daemon::run(cfg, Box::new(judge)))?;
+    rt.block_on(crate::daemon::run(cfg, Box::new(judge), crate::metrics::Metrics::new()))?;
     Ok(ExitCode::SUCCESS)
 }
 

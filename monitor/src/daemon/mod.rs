@@ -377,8 +377,9 @@ async fn read_events(
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(cfg: Config, judge: Box<dyn Judge>) -> Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT. `metrics` is shared with the
+/// cluster sources (their error counters live in the same registry).
+pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result<()> {
     let selector = Selector::new(cfg.interfaces.clone());
     for name in selector.literal_names() {
         if links::ifindex(name).is_none() {
@@ -389,7 +390,6 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>) -> Result<()> {
     log.flush().ok();
     let mut dp = Datapath::load(cfg.max_flows, cfg.attach_mode)?;
     tracing::info!(mode = ?dp.mode(), max_flows = dp.max_flows(), "programs loaded");
-    let metrics = Metrics::new();
     metrics.flow_table_capacity.set(i64::from(dp.max_flows()));
     let health = Arc::new(http::Health::default());
     let server = http::serve(cfg.metrics_addr, metrics.clone(), health.clone())
