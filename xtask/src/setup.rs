@@ -33,6 +33,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "promtool for the alert rules, Prometheus for suggest",
     ),
     ("python3-venv", "venv for the Python checkers"),
+    (
+        "chromium",
+        "headless rendering check of the audit HTML report",
+    ),
 ];
 
 /// Python tools, installed into target/tools/venv.

@@ -159,7 +159,7 @@ pub fn party(ep: &crate::report::Endpoint) -> Party {
             Some(n) => format!("node/{n}"),
             None => format!("node {}", ep.ip),
         },
-        Some(EndpointKind::Metadata) => format!("metadata API {}", ep.ip),
+        Some(EndpointKind::Metadata) => "metadata API".to_owned(),
         _ => ep.ip.to_string(),
     };
     Party {

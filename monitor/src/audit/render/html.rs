@@ -83,7 +83,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td .minor{display:block;color:var(--muted);font-size:11.5px}
 .mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:11.5px;word-break:break-all}
 .state{display:inline-block;padding:0 6px;border-radius:4px;font-size:11.5px;font-weight:600}
-.state.reached{background:#fdecea;color:#8a1c1c}.state.stopped{background:#fff4d6;color:#7a5300}
+.state.reached{background:#fdecea;color:#8a1c1c}.state.stopped{background:#fff4d6;color:#7a5300}.state.plain{background:#eef2f7;color:#374151}
+table.ev{table-layout:fixed}table.ev td{overflow-wrap:anywhere}
+.nw{white-space:nowrap}
 .more{color:var(--muted);font-size:12px;margin:4px 0 0}
 .matrix{overflow:auto;background:#fff;border:1px solid var(--line);border-radius:10px;padding:14px}
 .note{color:var(--muted);font-size:12.5px}
@@ -138,8 +140,8 @@ fn matrix_svg(r: &AuditReport) -> String {
     }
     const CHAR: f64 = 7.0;
     const MAXLBL: usize = 30;
-    const CW: f64 = 52.0;
-    const CH: f64 = 34.0;
+    const CW: f64 = 64.0;
+    const CH: f64 = 40.0;
     let lbl_len = |v: &[String]| {
         v.iter()
             .map(|s| s.chars().count().min(MAXLBL))
@@ -151,9 +153,10 @@ fn matrix_svg(r: &AuditReport) -> String {
     let top = (lbl_len(&m.destinations) as f64 * CHAR * 0.72 + 40.0).max(70.0);
     let grid_w = m.destinations.len() as f64 * CW;
     let grid_h = m.sources.len() as f64 * CH;
-    let legend_h = 64.0;
-    let width = left + grid_w + 150.0;
-    let height = top + grid_h + legend_h;
+    // The legend stands to the right of the grid.
+    let legend_x = left + grid_w + 40.0;
+    let width = legend_x + 330.0;
+    let height = (top + grid_h + 16.0).max(top + 150.0);
     let edges: BTreeMap<(&str, &str), &Edge> = m
         .edges
         .iter()
@@ -171,7 +174,8 @@ fn matrix_svg(r: &AuditReport) -> String {
     );
     let _ = write!(
         s,
-        r##"<text x="8" y="{:.0}" font-size="12" fill="#6b7280">from (opening side) ↓</text>"##,
+        r##"<text x="{:.0}" y="{:.0}" font-size="12" text-anchor="end" fill="#6b7280">from (opening side) ↓</text>"##,
+        left - 10.0,
         top - 8.0
     );
     for (j, d) in m.destinations.iter().enumerate() {
@@ -179,7 +183,7 @@ fn matrix_svg(r: &AuditReport) -> String {
         let y = top - 8.0;
         let _ = write!(
             s,
-            r##"<text x="{x:.1}" y="{y:.1}" font-size="12" fill="#1f2937" transform="rotate(-45 {x:.1} {y:.1})"><title>{}</title>{}</text>"##,
+            r##"<text x="{x:.1}" y="{y:.1}" font-size="13" fill="#1f2937" transform="rotate(-45 {x:.1} {y:.1})"><title>{}</title>{}</text>"##,
             esc(d),
             esc(&short(d, MAXLBL))
         );
@@ -195,7 +199,7 @@ fn matrix_svg(r: &AuditReport) -> String {
         }
         let _ = write!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end" fill="#1f2937"><title>{}</title>{}</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" font-size="13" text-anchor="end" fill="#1f2937"><title>{}</title>{}</text>"##,
             left - 10.0,
             y + CH / 2.0 + 4.0,
             esc(src),
@@ -219,7 +223,7 @@ fn matrix_svg(r: &AuditReport) -> String {
                     );
                     let _ = write!(
                         s,
-                        r##"<g><title>{}</title><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="5" fill="{}"{}/><text x="{:.1}" y="{:.1}" font-size="12" font-weight="700" text-anchor="middle" fill="#fff">{}</text></g>"##,
+                        r##"<g><title>{}</title><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="5" fill="{}"{}/><text x="{:.1}" y="{:.1}" font-size="14" font-weight="700" text-anchor="middle" fill="#fff">{}</text></g>"##,
                         esc(&tip),
                         x + 3.0,
                         y + 3.0,
@@ -254,31 +258,41 @@ fn matrix_svg(r: &AuditReport) -> String {
             }
         }
     }
-    // Legend.
-    let ly = top + grid_h + 26.0;
-    let mut lx = 8.0;
+    // Legend, with how many cells of each class.
+    let mut ly = top + 6.0;
+    let _ = write!(
+        s,
+        r##"<text x="{legend_x:.1}" y="{ly:.1}" font-size="13" font-weight="700" fill="#1f2937">Legend</text>"##
+    );
+    ly += 14.0;
     for c in [
         EdgeClass::Violating,
         EdgeClass::Blocked,
         EdgeClass::Allowed,
         EdgeClass::Unjudged,
     ] {
-        let label = class_label(c);
+        let cells = m.edges.iter().filter(|e| e.class == c).count();
         let _ = write!(
             s,
-            r##"<rect x="{lx:.1}" y="{:.1}" width="16" height="16" rx="3" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="12" fill="#374151">{}</text>"##,
-            ly - 12.0,
+            r##"<rect x="{legend_x:.1}" y="{ly:.1}" width="18" height="18" rx="4" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="12.5" fill="#374151">{} ({cells})</text>"##,
             class_colour(c),
-            lx + 22.0,
-            ly + 1.0,
-            esc(label)
+            legend_x + 26.0,
+            ly + 13.5,
+            esc(class_label(c))
         );
-        lx += 22.0 + label.chars().count() as f64 * 6.4 + 26.0;
+        ly += 26.0;
     }
     let _ = write!(
         s,
-        r##"<text x="8" y="{:.1}" font-size="11.5" fill="#6b7280">Number = flow reports. Outlined cells: inside one namespace. Hover a cell for ports and bytes.</text>"##,
-        ly + 24.0
+        r##"<rect x="{legend_x:.1}" y="{ly:.1}" width="18" height="18" rx="4" fill="#f1f2f4" stroke="#111827" stroke-width="2"/><text x="{:.1}" y="{:.1}" font-size="12.5" fill="#374151">outlined: inside one namespace</text>"##,
+        legend_x + 26.0,
+        ly + 13.5
+    );
+    ly += 34.0;
+    let _ = write!(
+        s,
+        r##"<text x="{legend_x:.1}" y="{ly:.1}" font-size="11.5" fill="#6b7280">Number in a cell = flow reports.</text><text x="{legend_x:.1}" y="{:.1}" font-size="11.5" fill="#6b7280">Hover a cell for ports and bytes.</text>"##,
+        ly + 16.0
     );
     s.push_str("</svg>");
     s
@@ -305,10 +319,14 @@ fn party_cell(p: &Party) -> String {
     )
 }
 
-fn state_cell(state: &str) -> String {
-    let class = match state {
-        "established" | "closed" | "answered" => "reached",
-        _ => "stopped",
+/// The state pill: red when a forbidden flow got through, amber when it
+/// was stopped, neutral for allowed traffic.
+fn state_cell(state: &str, forbidden: bool) -> String {
+    let reached = matches!(state, "established" | "closed" | "answered");
+    let class = match (forbidden, reached) {
+        (true, true) => "reached",
+        (true, false) => "stopped",
+        (false, _) => "plain",
     };
     format!(r#"<span class="state {class}">{}</span>"#, esc(state))
 }
@@ -327,9 +345,10 @@ fn flow_table(g: &EvidenceGroup) -> String {
             String::new()
         }
     );
-    s.push_str("<table><thead><tr><th>Time (UTC)</th><th>Source</th><th>Destination</th><th>Port</th><th>State</th><th>Bytes sent / received</th><th>Rule and reason</th><th>Observed</th></tr></thead><tbody>");
+    s.push_str(r#"<table class="ev"><colgroup><col style="width:150px"><col style="width:19%"><col style="width:19%"><col style="width:84px"><col style="width:92px"><col style="width:110px"><col><col style="width:150px"></colgroup><thead><tr><th>Time (UTC)</th><th>Source</th><th>Destination</th><th>Port</th><th>State</th><th>Bytes sent / recv</th><th>Rule and reason</th><th>Observed by, at</th></tr></thead><tbody>"#);
+    let forbidden = g.name != "allowed" && g.name != "unjudged";
     for f in &g.flows {
-        s.push_str(&flow_row(f));
+        s.push_str(&flow_row(f, forbidden));
     }
     s.push_str("</tbody></table>");
     if (g.flows.len() as u64) < g.total {
@@ -342,7 +361,25 @@ fn flow_table(g: &EvidenceGroup) -> String {
     s
 }
 
-fn flow_row(f: &FlowEvidence) -> String {
+/// `2026-01-01 00:00:10` and the end, only its time of day when on the
+/// same date.
+fn span(f: &FlowEvidence) -> (String, String) {
+    let start = f.start.format("%Y-%m-%d %H:%M:%S").to_string();
+    let end = if f.end.date_naive() == f.start.date_naive() {
+        f.end.format("%H:%M:%S").to_string()
+    } else {
+        f.end.format("%Y-%m-%d %H:%M:%S").to_string()
+    };
+    (start, end)
+}
+
+/// `file:line` without the directories (the full path is in the tooltip
+/// and the JSON).
+fn short_source(src: &str) -> &str {
+    src.rsplit('/').next().unwrap_or(src)
+}
+
+fn flow_row(f: &FlowEvidence, forbidden: bool) -> String {
     let port = match f.port {
         Some(p) => format!("{p}/{}", esc(&f.protocol)),
         None => esc(&f.protocol),
@@ -358,18 +395,19 @@ fn flow_row(f: &FlowEvidence) -> String {
         (None, None) => String::new(),
     };
     format!(
-        r#"<tr><td class="mono">{}<span class="minor">to {}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="num">{} / {}</td><td>{}</td><td>{}<span class="minor mono">{}</span></td></tr>"#,
-        esc(&time(&f.start)),
-        esc(&time(&f.end)),
+        r#"<tr><td class="mono nw">{}<span class="minor">to {}</span></td><td>{}</td><td>{}</td><td class="nw">{}</td><td>{}</td><td class="num">{} / {}</td><td>{}</td><td>{}<span class="minor mono" title="{}">{}</span></td></tr>"#,
+        esc(&span(f).0),
+        esc(&span(f).1),
         party_cell(&f.src),
         party_cell(&f.dst),
         port,
-        state_cell(&f.state),
+        state_cell(&f.state, forbidden),
         esc(&human_bytes(f.bytes_sent)),
         esc(&human_bytes(f.bytes_received)),
         rule,
         f.observer.as_deref().map(esc).unwrap_or_default(),
-        esc(&f.source)
+        esc(&f.source),
+        esc(short_source(&f.source))
     )
 }
 
@@ -532,10 +570,10 @@ pub fn render(r: &AuditReport) -> String {
         for w in &r.window.observers {
             let _ = write!(
                 s,
-                r#"<tr><td><b>{}</b></td><td class="mono">{}</td><td class="mono">{}</td><td class="num">{}</td></tr>"#,
+                r#"<tr><td><b>{}</b></td><td class="mono nw">{}</td><td class="mono nw">{}</td><td class="num">{}</td></tr>"#,
                 esc(&w.node),
-                esc(&time(&w.first)),
-                esc(&time(&w.last)),
+                esc(&w.first.format("%Y-%m-%d %H:%M:%S").to_string()),
+                esc(&w.last.format("%Y-%m-%d %H:%M:%S").to_string()),
                 w.flow_reports
             );
         }
