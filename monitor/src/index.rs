@@ -160,6 +160,8 @@ pub struct ClusterIndex {
     live_workloads: HashMap<(String, String), usize>,
     netpol: Arc<crate::netpol::Engine>,
     netpol_dirty: bool,
+    /// Bumped with every change the NetworkPolicy engine depends on.
+    netpol_changes: u64,
     generation: u64,
     /// Invalid objects seen (SegmentationPolicies that do not compile).
     pub warnings: Vec<String>,
@@ -247,13 +249,13 @@ impl ClusterIndex {
                     self.ns_labels.insert(name.clone(), labels);
                     self.recompute_namespace(&name);
                 }
-                self.netpol_dirty = true;
+                self.mark_netpol();
             }
             Object::Pod(p) => {
                 let key = key_of(&p.metadata);
                 self.pods.insert(key.clone(), p);
                 self.recompute_pod(&key);
-                self.netpol_dirty = true;
+                self.mark_netpol();
             }
             Object::Service(s) => {
                 let key = key_of(&s.metadata);
@@ -270,7 +272,7 @@ impl ClusterIndex {
             }
             Object::NetworkPolicy(np) => {
                 self.netpols.insert(key_of(&np.metadata), np);
-                self.netpol_dirty = true;
+                self.mark_netpol();
             }
             Object::SegmentationPolicy(sp) => {
                 let name = sp.metadata.name.clone().unwrap_or_default();
@@ -301,7 +303,7 @@ impl ClusterIndex {
                     // update of a ReplicaSet changes nothing here.
                     self.recompute_namespace_pods(&ns);
                 }
-                self.netpol_dirty = true;
+                self.mark_netpol();
             }
         }
     }
@@ -316,12 +318,12 @@ impl ClusterIndex {
                 if self.ns_labels.remove(name).is_some() {
                     self.recompute_namespace(name);
                 }
-                self.netpol_dirty = true;
+                self.mark_netpol();
             }
             ObjectKind::Pod => {
                 self.pods.remove(&key);
                 self.recompute_pod(&key);
-                self.netpol_dirty = true;
+                self.mark_netpol();
             }
             ObjectKind::Service => {
                 self.services.remove(&key);
@@ -336,7 +338,7 @@ impl ClusterIndex {
             }
             ObjectKind::NetworkPolicy => {
                 self.netpols.remove(&key);
-                self.netpol_dirty = true;
+                self.mark_netpol();
             }
             ObjectKind::SegmentationPolicy => {
                 self.segpolicies.remove(name);
@@ -348,7 +350,7 @@ impl ClusterIndex {
                 if self.workload_owner.remove(&wkey).is_some() {
                     self.recompute_namespace_pods(&key.0);
                 }
-                self.netpol_dirty = true;
+                self.mark_netpol();
             }
         }
     }
@@ -362,6 +364,7 @@ impl ClusterIndex {
             cfg,
             host_addrs: host,
             generation: self.generation + 1,
+            netpol_changes: self.netpol_changes,
             ..Default::default()
         };
         // Order matters only for cost: namespaces, policies and workloads
@@ -378,7 +381,7 @@ impl ClusterIndex {
             self.apply(o);
         }
         self.rebuild_nodes();
-        self.netpol_dirty = true;
+        self.mark_netpol();
         self.refresh();
     }
 
@@ -439,14 +442,26 @@ impl ClusterIndex {
         }
     }
 
-    /// Does the deferred, expensive work: rebuilds the NetworkPolicy engine
-    /// if anything it depends on changed. The sources call it after each
-    /// batch of changes (at most every second or so).
+    fn mark_netpol(&mut self) {
+        self.netpol_dirty = true;
+        self.netpol_changes += 1;
+    }
+
+    /// Does the deferred, expensive work in place: rebuilds the
+    /// NetworkPolicy engine if anything it depends on changed. (The daemon
+    /// uses [`ClusterIndex::build_netpol`] under a read lock and
+    /// [`ClusterIndex::install_netpol`] instead, so judging goes on.)
     pub fn refresh(&mut self) {
         if !self.netpol_dirty {
             return;
         }
-        self.netpol_dirty = false;
+        let (changes, engine) = self.build_netpol();
+        self.install_netpol(engine, changes);
+    }
+
+    /// Builds the NetworkPolicy engine from the current objects; returns
+    /// the change count it reflects.
+    pub fn build_netpol(&self) -> (u64, crate::netpol::Engine) {
         let objects = crate::netpol::Objects {
             namespaces: self.namespaces.values().collect(),
             pods: self.pods.values().collect(),
@@ -457,7 +472,14 @@ impl ClusterIndex {
         for w in warnings {
             tracing::info!("NetworkPolicy: {w}");
         }
+        (self.netpol_changes, engine)
+    }
+
+    /// Installs an engine from [`ClusterIndex::build_netpol`]; still dirty if
+    /// something changed since it was built.
+    pub fn install_netpol(&mut self, engine: crate::netpol::Engine, built_at: u64) {
         self.netpol = Arc::new(engine);
+        self.netpol_dirty = self.netpol_changes != built_at;
     }
 
     /// Is a NetworkPolicy engine rebuild pending?

@@ -613,10 +613,25 @@ fn de<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
     })
 }
 
-/// Turns a JSON value into the typed object of `kind`; the error names the
-/// field path.
-pub fn typed_object(kind: ObjectKind, value: Value) -> Result<Object, String> {
-    typed(kind, value).map_err(|e| e.to_string())
+/// Turns one API object (JSON, as a watcher delivers it) into the typed
+/// object of `kind`, namespace defaulted; the error names the field path.
+pub fn object_from_value(kind: ObjectKind, value: Value) -> Result<Object, String> {
+    let mut value = value;
+    if let Value::Object(map) = &mut value {
+        if kind == ObjectKind::SegmentationPolicy {
+            map.insert(
+                "apiVersion".into(),
+                Value::String("segwatch.dev/v1alpha1".into()),
+            );
+            map.insert("kind".into(), Value::String("SegmentationPolicy".into()));
+        } else {
+            map.remove("apiVersion");
+            map.remove("kind");
+        }
+    }
+    let mut obj = typed(kind, value).map_err(|e| e.to_string())?;
+    obj.normalize_namespace();
+    Ok(obj)
 }
 
 fn typed(kind: ObjectKind, v: Value) -> Result<Object, FieldError> {

@@ -25,4 +25,5 @@ pub mod metrics;
 pub mod netpol;
 pub mod report;
 pub mod segpolicy;
+pub mod sources;
 pub mod suggest;

@@ -1,0 +1,435 @@
+//! The edges that feed the cluster index: inventory files (polled for
+//! changes) or kube-rs watchers, plus the host's own addresses. Both drive
+//! the same `ClusterIndex` methods the tests call.
+//!
+//! ```text
+//!  --inventory files ──poll mtimes──► load_paths ──► reset(all)      ┐
+//!  API server ──watcher per kind──► Init.. InitDone ─► reset_kind    ├─► SharedIndex
+//!                                  Apply / Delete   ─► apply/delete  │     ▲
+//!  getifaddrs every few seconds ───► set_host_addresses             ┘     │
+//!  maintenance tick ──► build_netpol (read lock) ─► install_netpol (write lock)
+//! ```
+//!
+//! A broken inventory file keeps the last good state, counts
+//! `segwatch_inventory_errors_total{source="inventory"}` and logs one line
+//! per change of the files. An API object that does not fit its type is
+//! logged with its namespace/name, counted (`source="kube"`) and skipped;
+//! it never ends a watch.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt as _;
+
+use crate::index::{host_addresses, ClusterIndex, IndexConfig};
+use crate::inventory::{self, ObjectKind};
+use crate::judge::{ReadyFlag, SharedIndex};
+use crate::metrics::Metrics;
+
+/// What the daemon passes in.
+pub struct SourcesConfig {
+    /// `--inventory`; empty: watch the API server.
+    pub inventory: Vec<PathBuf>,
+    pub index: IndexConfig,
+    pub metrics: Metrics,
+    /// How often inventory files are checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// Loads `--policy` files and builds the index config; errors name the file,
+/// document and field (the daemon exits with them).
+pub fn index_config(
+    node_name: String,
+    node_ips: Vec<std::net::IpAddr>,
+    policy: &[PathBuf],
+) -> anyhow::Result<IndexConfig> {
+    let static_policies = if policy.is_empty() {
+        Vec::new()
+    } else {
+        crate::segpolicy::load_policy_paths(policy).context("--policy")?
+    };
+    Ok(IndexConfig {
+        node_name,
+        node_ips,
+        static_policies,
+        pod_cidrs: Vec::new(),
+    })
+}
+
+/// Starts the sources. Returns once the inventory is loaded (an unreadable
+/// or unparsable inventory is an error) or the API client is configured;
+/// the [`ReadyFlag`] is set when the watchers' first lists are in.
+pub async fn spawn_sources(cfg: SourcesConfig) -> anyhow::Result<(SharedIndex, ReadyFlag)> {
+    let mut index = ClusterIndex::new(cfg.index);
+    match host_addresses() {
+        Ok(a) => index.set_host_addresses(a),
+        Err(e) => tracing::warn!(error = %e, "cannot read the host's addresses"),
+    }
+    let ready = ReadyFlag::default();
+    let shared: SharedIndex = Arc::new(RwLock::new(index));
+    if cfg.inventory.is_empty() {
+        let client = kube::Client::try_default().await.context(
+            "no --inventory given and no Kubernetes API access (in-cluster config or KUBECONFIG)",
+        )?;
+        spawn_watchers(client, shared.clone(), ready.clone(), cfg.metrics.clone());
+    } else {
+        let inv = inventory::load_paths(&cfg.inventory).context("--inventory")?;
+        let fp = fingerprint(&cfg.inventory);
+        tracing::info!(
+            objects = inv.objects.len(),
+            skipped = inv.warnings.len(),
+            "inventory loaded"
+        );
+        write(&shared).reset(inv.objects);
+        ready.set();
+        tokio::spawn(poll_inventory(
+            cfg.inventory,
+            fp,
+            cfg.poll_interval,
+            shared.clone(),
+            cfg.metrics.clone(),
+        ));
+    }
+    tokio::spawn(maintain(shared.clone()));
+    Ok((shared, ready))
+}
+
+fn write(index: &SharedIndex) -> std::sync::RwLockWriteGuard<'_, ClusterIndex> {
+    index.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read(index: &SharedIndex) -> std::sync::RwLockReadGuard<'_, ClusterIndex> {
+    index.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Names, sizes and mtimes of every inventory file: a change in any of
+/// them (or a file appearing in a directory) triggers a reload.
+type Fingerprint = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+
+fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+    let files = inventory::expand_paths(paths).unwrap_or_else(|_| paths.to_vec());
+    files
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (f, meta)
+        })
+        .collect()
+}
+
+async fn poll_inventory(
+    paths: Vec<PathBuf>,
+    mut last: Fingerprint,
+    every: Duration,
+    index: SharedIndex,
+    metrics: Metrics,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = fingerprint(&paths);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match inventory::load_paths(&paths) {
+            Ok(inv) => {
+                tracing::info!(
+                    objects = inv.objects.len(),
+                    skipped = inv.warnings.len(),
+                    "inventory changed, reloaded"
+                );
+                write(&index).reset(inv.objects);
+            }
+            Err(e) => {
+                metrics
+                    .inventory_errors
+                    .with_label_values(&["inventory"])
+                    .inc();
+                tracing::error!("inventory not reloaded, keeping the last good state: {e}");
+            }
+        }
+    }
+}
+
+/// Deferred work: the NetworkPolicy engine rebuild (at most once a second,
+/// built under a read lock so judging goes on) and the host's addresses
+/// (veth gateway addresses come and go with pods).
+async fn maintain(index: SharedIndex) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        if n % 5 == 0 {
+            if let Ok(a) = host_addresses() {
+                write(&index).set_host_addresses(a);
+            }
+        }
+        if !read(&index).needs_refresh() {
+            continue;
+        }
+        let idx = index.clone();
+        let built = tokio::task::spawn_blocking(move || read(&idx).build_netpol()).await;
+        match built {
+            Ok((at, engine)) => write(&index).install_netpol(engine, at),
+            Err(e) => tracing::error!(error = %e, "NetworkPolicy engine rebuild failed"),
+        }
+    }
+}
+
+/// (kind, group, version, plural) of every watched resource; the RBAC
+/// list is [`crate::index::WATCHED_RESOURCES`].
+const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
+    (ObjectKind::Namespace, "", "v1", "namespaces"),
+    (ObjectKind::Pod, "", "v1", "pods"),
+    (ObjectKind::Service, "", "v1", "services"),
+    (ObjectKind::ServiceAccount, "", "v1", "serviceaccounts"),
+    (ObjectKind::Node, "", "v1", "nodes"),
+    (
+        ObjectKind::ReplicationController,
+        "",
+        "v1",
+        "replicationcontrollers",
+    ),
+    (
+        ObjectKind::NetworkPolicy,
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+    ),
+    (ObjectKind::Deployment, "apps", "v1", "deployments"),
+    (ObjectKind::ReplicaSet, "apps", "v1", "replicasets"),
+    (ObjectKind::StatefulSet, "apps", "v1", "statefulsets"),
+    (ObjectKind::DaemonSet, "apps", "v1", "daemonsets"),
+    (ObjectKind::Job, "batch", "v1", "jobs"),
+    (ObjectKind::CronJob, "batch", "v1", "cronjobs"),
+    (
+        ObjectKind::SegmentationPolicy,
+        "segwatch.dev",
+        "v1alpha1",
+        "segmentationpolicies",
+    ),
+];
+
+fn spawn_watchers(client: kube::Client, index: SharedIndex, ready: ReadyFlag, metrics: Metrics) {
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(WATCHES.len()));
+    for &(kind, group, version, plural) in WATCHES {
+        let ar = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: if group.is_empty() {
+                version.into()
+            } else {
+                format!("{group}/{version}")
+            },
+            kind: kind.as_str().into(),
+            plural: plural.into(),
+        };
+        let api = kube::Api::<DynamicObject>::all_with(client.clone(), &ar);
+        tokio::spawn(watch_kind(
+            kind,
+            api,
+            index.clone(),
+            ready.clone(),
+            pending.clone(),
+            metrics.clone(),
+        ));
+    }
+}
+
+async fn watch_kind(
+    kind: ObjectKind,
+    api: kube::Api<DynamicObject>,
+    index: SharedIndex,
+    ready: ReadyFlag,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    metrics: Metrics,
+) {
+    use std::sync::atomic::Ordering;
+    let mut synced = false;
+    let mark_synced = |synced: &mut bool| {
+        if !*synced {
+            *synced = true;
+            if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                tracing::info!("cluster index synced");
+                ready.set();
+            }
+        }
+    };
+    let mut buffer = Vec::new();
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => buffer.clear(),
+            Ok(watcher::Event::InitApply(o)) => {
+                if let Some(obj) = convert(kind, o, &metrics) {
+                    buffer.push(obj);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                write(&index).reset_kind(kind, std::mem::take(&mut buffer));
+                mark_synced(&mut synced);
+            }
+            Ok(watcher::Event::Apply(o)) => {
+                if let Some(obj) = convert(kind, o, &metrics) {
+                    write(&index).apply(obj);
+                }
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                write(&index).delete(kind, o.metadata.namespace.as_deref(), &name);
+            }
+            Err(e) => {
+                metrics.inventory_errors.with_label_values(&["kube"]).inc();
+                tracing::warn!(kind = %kind, error = %e, "watch failed, retrying");
+                // Without the CRD installed, SegmentationPolicies cannot be
+                // listed: the other kinds still make a usable index, so this
+                // one does not hold readiness back (it keeps retrying).
+                if kind == ObjectKind::SegmentationPolicy {
+                    mark_synced(&mut synced);
+                }
+            }
+        }
+    }
+}
+
+fn convert(kind: ObjectKind, o: DynamicObject, metrics: &Metrics) -> Option<inventory::Object> {
+    let ns = o.metadata.namespace.clone().unwrap_or_default();
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let value = match serde_json::to_value(&o) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(kind = %kind, namespace = %ns, name = %name, error = %e, "object skipped");
+            return None;
+        }
+    };
+    match inventory::object_from_value(kind, value) {
+        Ok(obj) => Some(obj),
+        Err(e) => {
+            metrics.inventory_errors.with_label_values(&["kube"]).inc();
+            tracing::info!(kind = %kind, namespace = %ns, name = %name, "invalid object skipped: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watches_match_the_rbac_list() {
+        let watched: Vec<(&str, &str)> = WATCHES.iter().map(|(_, g, _, p)| (*g, *p)).collect();
+        assert_eq!(
+            watched,
+            crate::index::WATCHED_RESOURCES,
+            "RBAC and watchers must list the same resources"
+        );
+    }
+
+    #[test]
+    fn watcher_objects_convert_and_invalid_ones_are_skipped() {
+        let m = Metrics::new();
+        let good: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "a"},
+            "status": {"podIPs": [{"ip": "10.0.0.1"}]}
+        }))
+        .expect("dynamic object");
+        let obj = convert(ObjectKind::Pod, good, &m).expect("a valid pod converts");
+        assert_eq!(obj.describe(), "Pod a/p");
+        let bad: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "q", "namespace": "a"},
+            "spec": {"containers": "not-a-list"}
+        }))
+        .expect("dynamic object");
+        assert!(
+            convert(ObjectKind::Pod, bad, &m).is_none(),
+            "an invalid pod is skipped"
+        );
+        assert!(m
+            .render()
+            .contains("segwatch_inventory_errors_total{source=\"kube\"} 1"));
+        let sp: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "segwatch.dev/v1alpha1", "kind": "SegmentationPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"hostAccess": {"allow": [{"ports": ["22/TCP"]}]}}
+        }))
+        .expect("dynamic object");
+        let obj = convert(ObjectKind::SegmentationPolicy, sp, &m).expect("a policy converts");
+        assert_eq!(obj.describe(), "SegmentationPolicy p");
+    }
+
+    #[tokio::test]
+    async fn inventory_reload_keeps_last_good_state_and_counts_errors() {
+        let dir = std::env::temp_dir().join(format!("segwatch-src-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("cluster.yaml");
+        let pod = |name: &str, ip: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: a}}\nstatus: {{podIPs: [{{ip: {ip}}}]}}\n")
+        };
+        std::fs::write(&f, pod("one", "10.0.0.1")).expect("write");
+        let metrics = Metrics::new();
+        let (index, ready) = spawn_sources(SourcesConfig {
+            inventory: vec![dir.clone()],
+            index: IndexConfig::default(),
+            metrics: metrics.clone(),
+            poll_interval: Duration::from_millis(20),
+        })
+        .await
+        .expect("inventory loads");
+        assert!(ready.is_set(), "ready after the inventory is loaded");
+        let is_pod = |ip: &str, name: &str| matches!(read(&index).resolve(ip.parse().expect("ip")), crate::index::Resolved::Pod(p) if p.name == name);
+        assert!(is_pod("10.0.0.1", "one"));
+        // Same size, different content: the mtime must tell. Wait past the
+        // file system's timestamp granularity first.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(&f, pod("two", "10.0.0.2")).expect("write");
+        let mut reloaded = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if is_pod("10.0.0.2", "two") {
+                reloaded = true;
+                break;
+            }
+        }
+        assert!(reloaded, "a changed file is re-read");
+        assert!(!is_pod("10.0.0.1", "one"), "and replaces the old state");
+        std::fs::write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n").expect("write");
+        let mut counted = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if metrics
+                .render()
+                .contains("segwatch_inventory_errors_total{source=\"inventory\"} 1")
+            {
+                counted = true;
+                break;
+            }
+        }
+        assert!(
+            counted,
+            "a broken file is counted once:\n{}",
+            metrics.render()
+        );
+        assert!(
+            is_pod("10.0.0.2", "two"),
+            "a broken file keeps the last good state"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
