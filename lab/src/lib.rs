@@ -475,6 +475,28 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         println!("  {} {m}", st.yellow("unexpected:"));
     }
 
+    heading(st, "Metrics");
+    let samples = show::parse_metrics(&metrics);
+    let flows_total: f64 = samples
+        .iter()
+        .filter(|x| x.name == "segwatch_flows_total")
+        .map(|x| x.value)
+        .sum();
+    let lost: f64 = samples
+        .iter()
+        .filter(|x| x.name == "segwatch_events_lost_total")
+        .map(|x| x.value)
+        .sum();
+    println!(
+        "  segwatch_flows_total {flows_total}, segwatch_events_lost_total {lost}; the violation series:"
+    );
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("segwatch_violations_total{"))
+    {
+        println!("  {}", st.dim(line));
+    }
+
     heading(st, "Alerts");
     let mut alerts = Vec::new();
     match &opts.rules {

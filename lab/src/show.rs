@@ -132,7 +132,18 @@ pub fn rows(world: &World, reports: &[Value], done: &[Done]) -> Vec<Row> {
             .iter()
             .find(|r| s(&r["dst"], "ip") != s(&first["dst"], "ip"))
         {
-            to = format!("{to} → {}", endpoint(&backend["dst"]));
+            // The backend pod, without repeating the Service's namespace.
+            let svc_ns = s(&first["dst"], "service")
+                .split_once('/')
+                .map(|(ns, _)| ns.to_string())
+                .unwrap_or_default();
+            let pod = &backend["dst"];
+            let name = if s(pod, "kind") == "pod" && s(pod, "namespace") == svc_ns {
+                s(pod, "pod").to_string()
+            } else {
+                endpoint(pod)
+            };
+            to = format!("{to} → {name}");
         }
         let mut all_kinds: Vec<String> = rs.iter().flat_map(|r| kinds(r)).collect();
         all_kinds.sort();
