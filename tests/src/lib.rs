@@ -260,21 +260,24 @@ impl Topo {
     }
 }
 
-/// The segwatch binary built by cargo for this test run.
+/// The segwatch binary cargo built next to the running executable: tests
+/// run from `target/<profile>/deps/`, the benchmark binary from
+/// `target/<profile>/`; the daemon sits in `target/<profile>/` either way.
 pub fn segwatch_bin() -> PathBuf {
-    // tests/ is a workspace member; the binary sits in the same target dir.
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..");
-    let bin = dir.join("segwatch");
-    assert!(
-        bin.exists(),
-        "{} missing: build the workspace first (`cargo build --workspace`; `cargo xtask test` does)",
-        bin.display()
-    );
-    bin
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [Some(dir), dir.parent()];
+    let found = candidates
+        .iter()
+        .flatten()
+        .map(|d| d.join("segwatch"))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "segwatch missing next to {}: build the workspace first (`cargo build`; `cargo xtask test` does)",
+            exe.display()
+        )
+    })
 }
 
 /// A `segwatch run` process inside a namespace, killed on drop.

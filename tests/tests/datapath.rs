@@ -345,3 +345,72 @@ fn bad_flags_and_unknown_interfaces_fail_with_one_line() {
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[test]
+fn a_named_program_attaches_after_ours_and_runs_on_every_packet() {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    use monitor_common::PROG_NOOP;
+    use segwatch::datapath::{Datapath, DatapathError};
+
+    let topo = Topo::new(2, true);
+    let (p0, p1) = (&topo.pods[0], &topo.pods[1]);
+    udp_sink(p1, SocketAddr::new(p1.ip4, 5000));
+    let node = topo.node.path();
+    let iface = p0.host_if.clone();
+    // The kernel's run-time statistics stay on while the fd lives; they are
+    // how the benchmark reads the floor. Another test running at the same
+    // time only sees its programs counted too.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let kernel = std::thread::spawn(move || {
+        enter(&node);
+        let mut dp = Datapath::load(1024, segwatch::datapath::AttachMode::Auto).expect("load");
+        assert!(
+            matches!(
+                dp.attach_program("no_such_prog", &iface),
+                Err(DatapathError::UnknownProgram { .. })
+            ),
+            "an unknown program name is an error"
+        );
+        dp.attach(&iface).expect("attach ours");
+        dp.attach_program(PROG_NOOP, &iface)
+            .expect("attach the no-op");
+        let names = |t: TcAttachType| -> Vec<(String, u64)> {
+            SchedClassifier::query_tcx(&iface, t)
+                .expect("query tcx")
+                .1
+                .iter()
+                .map(|p| (p.name_as_str().unwrap_or("?").to_string(), p.run_count()))
+                .collect()
+        };
+        let before = names(TcAttachType::Ingress);
+        assert_eq!(before.len(), 2, "ours and the no-op on ingress: {before:?}");
+        assert!(
+            before[0].0.starts_with("segwatch_ingres") && before[1].0 == PROG_NOOP,
+            "ours stays first, the no-op runs after it: {before:?}"
+        );
+        assert_eq!(names(TcAttachType::Egress).len(), 2, "both on egress too");
+        tx.send(()).expect("attached");
+        done_rx.recv().expect("traffic sent");
+        let after = names(TcAttachType::Ingress);
+        let runs = after[1].1 - before[1].1;
+        assert!(
+            runs >= 200,
+            "the no-op must have run on each of the 200 datagrams (kernel run_cnt {runs})"
+        );
+        dp.detach(&iface);
+        let left: Vec<_> = [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .flat_map(names)
+            .collect();
+        assert!(left.is_empty(), "detach removes the no-op too: {left:?}");
+    });
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        kernel.join().expect("the attach checks must hold");
+        panic!("the kernel thread neither attached nor failed");
+    }
+    udp_send(p0, SocketAddr::new(p1.ip4, 5000), 200, 64);
+    done_tx.send(()).expect("kernel thread");
+    kernel.join().expect("the no-op attach checks must hold");
+}

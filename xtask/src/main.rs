@@ -5,6 +5,8 @@
 //!  cargo xtask setup ─► apt packages, pinned nightly + rust-src, bpf-linker, Python tools
 //!  cargo xtask test  ─► setup ─► cargo build ─► cargo test --workspace ─► offline checks
 //!  cargo xtask demo  ─► setup ─► cargo build --release ─► the lab
+//!  cargo xtask bench ─► setup ─► cargo build --release ─► target/release/segwatch-bench
+//!                        ─► target/bench/results.json + results.md
 //! ```
 
 mod demo;
@@ -53,6 +55,18 @@ enum Task {
         #[arg(long, default_value = lab::DEFAULT_PREFIX)]
         prefix: String,
     },
+    /// Set up, build in release mode, then measure what segwatch costs on
+    /// this machine (about 10 minutes; --quick: about one). Writes
+    /// target/bench/results.json and target/bench/results.md. Fails only
+    /// when something cannot be measured, never because a target is missed.
+    Bench {
+        /// About one minute: fewer and shorter repetitions.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for segwatch-bench (e.g. `--only tcp`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -67,6 +81,7 @@ fn main() -> Result<()> {
             segwatch,
         } => demo::run(&root, keep, clean, segwatch),
         Task::LabServe { prefix } => lab::keep_serving(&prefix),
+        Task::Bench { quick, args } => bench(&root, quick, &args),
     }
 }
 
@@ -117,6 +132,32 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     run(&mut cmd)?;
     step("all tests passed");
     Ok(())
+}
+
+fn bench(root: &Path, quick: bool, args: &[String]) -> Result<()> {
+    setup::run(root)?;
+    require_root("the benchmark creates network namespaces and loads BPF programs")?;
+    step("building segwatch and the benchmark (release)");
+    // Default members only: the kernel crate is built by monitor/build.rs.
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release"]))?;
+    step("measuring (results in target/bench/)");
+    let mut cmd = Command::new(root.join("target/release/segwatch-bench"));
+    cmd.current_dir(root)
+        .arg("--out")
+        .arg(root.join("target/bench"))
+        .arg("--command")
+        .arg(if quick {
+            "cargo xtask bench --quick"
+        } else {
+            "cargo xtask bench"
+        });
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.args(args);
+    run(&mut cmd)
 }
 
 fn require_root(why: &str) -> Result<()> {

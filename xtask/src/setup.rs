@@ -29,6 +29,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("iperf3", "throughput benchmark"),
     (
+        "softflowd",
+        "the benchmark's peer: a libpcap NetFlow probe on the same traffic",
+    ),
+    (
         "prometheus",
         "promtool for the alert rules, Prometheus for suggest",
     ),

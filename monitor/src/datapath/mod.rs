@@ -46,6 +46,8 @@ pub enum DatapathError {
     },
     #[error("unknown interface {name}")]
     UnknownInterface { name: String },
+    #[error("no program named {name} in the object")]
+    UnknownProgram { name: String },
     #[error("cannot attach to {ifname} ({direction})")]
     Attach {
         ifname: String,
@@ -118,6 +120,9 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     mode: Mode,
     attached: BTreeMap<String, links::Attachment>,
+    /// Programs attached by [`Datapath::attach_program`] (benchmarks: the
+    /// no-op floor next to ours), per interface.
+    extra: BTreeMap<String, links::Attachment>,
     max_flows: u32,
 }
 
@@ -169,6 +174,7 @@ impl Datapath {
             events: Some(events),
             mode,
             attached: BTreeMap::new(),
+            extra: BTreeMap::new(),
             max_flows,
         })
     }
@@ -255,12 +261,83 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches one named program ([`PROG_INGRESS`], [`PROG_EGRESS`] or
+    /// `segwatch_noop`) to ingress and egress of `ifname`, after whatever is
+    /// attached there already. Benchmarks put the no-op program next to ours
+    /// this way, so the kernel's run-time statistics give the floor under the
+    /// same traffic. [`Datapath::detach`] removes it with the rest.
+    pub fn attach_program(&mut self, program: &str, ifname: &str) -> Result<(), DatapathError> {
+        let name: &'static str = match program {
+            PROG_INGRESS => PROG_INGRESS,
+            PROG_EGRESS => PROG_EGRESS,
+            monitor_common::PROG_NOOP => monitor_common::PROG_NOOP,
+            other => {
+                return Err(DatapathError::UnknownProgram {
+                    name: other.to_string(),
+                })
+            }
+        };
+        if self.extra.contains_key(ifname) {
+            return Ok(());
+        }
+        if links::ifindex(ifname).is_none() {
+            return Err(DatapathError::UnknownInterface {
+                name: ifname.to_string(),
+            });
+        }
+        if self.mode == Mode::Clsact {
+            let _ = tc::qdisc_add_clsact(ifname);
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Map { name })?;
+        if name == monitor_common::PROG_NOOP {
+            // Loaded lazily (see `test_run`); "already loaded" is fine.
+            let _ = prog.load();
+        }
+        let mut ids = Vec::with_capacity(2);
+        for (direction, attach_type) in [
+            ("ingress", TcAttachType::Ingress),
+            ("egress", TcAttachType::Egress),
+        ] {
+            let options = match self.mode {
+                Mode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::last()),
+                Mode::Clsact => TcAttachOptions::Netlink(Default::default()),
+            };
+            match prog.attach_with_options(ifname, attach_type, options) {
+                Ok(id) => ids.push((name, id)),
+                Err(source) => {
+                    for (_, id) in ids {
+                        let _ = prog.detach(id);
+                    }
+                    return Err(DatapathError::Attach {
+                        ifname: ifname.to_string(),
+                        direction,
+                        source,
+                    });
+                }
+            }
+        }
+        self.extra
+            .insert(ifname.to_string(), links::Attachment { ids });
+        Ok(())
+    }
+
     /// Detaches from `ifname`. When the interface is already gone the kernel
     /// has dropped the attachment; we only forget it.
     pub fn detach(&mut self, ifname: &str) {
+        if let Some(att) = self.extra.remove(ifname) {
+            self.release(ifname, att);
+        }
         let Some(att) = self.attached.remove(ifname) else {
             return;
         };
+        self.release(ifname, att);
+    }
+
+    fn release(&mut self, ifname: &str, att: links::Attachment) {
         let gone = links::ifindex(ifname).is_none();
         for (name, id) in att.ids {
             let Some(p) = self.ebpf.program_mut(name) else {
@@ -280,7 +357,12 @@ impl Datapath {
 
     /// Detaches from every interface.
     pub fn detach_all(&mut self) {
-        let names: Vec<String> = self.attached.keys().cloned().collect();
+        let names: Vec<String> = self
+            .attached
+            .keys()
+            .chain(self.extra.keys())
+            .cloned()
+            .collect();
         for n in names {
             self.detach(&n);
         }
