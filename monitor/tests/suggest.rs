@@ -110,6 +110,10 @@ fn fixture_replays_clean_and_summarises() {
         stderr.contains("never answered") && stderr.contains("TCP/22"),
         "the unanswered SYN to db:22 is listed, not allowed:\n{stderr}"
     );
+    assert!(
+        stderr.contains("ignored 2 flow report(s) of neighbour discovery"),
+        "IPv6 neighbour discovery is link signalling, not a peer to allow:\n{stderr}"
+    );
     let policies = parse_yaml(&yaml);
     let names: Vec<String> = policies
         .iter()
@@ -641,7 +645,8 @@ fn permits_config(flows: &str) -> String {
         BTreeMap::new();
     for line in flows.lines() {
         let f: Value = serde_json::from_str(line).unwrap();
-        if f["tcp"]["state"] == "attempted" {
+        if f["tcp"]["state"] == "attempted" || f["protocol"] == "ICMPv6" {
+            // Unanswered, and neighbour discovery: not traffic to allow.
             continue;
         }
         let proto = f["protocol"].as_str().unwrap().to_string();
@@ -882,4 +887,26 @@ fn metric_edges_give_the_same_policies_as_the_flows() {
             "the same traffic as metric edges must give the same policies ({opts:?})"
         );
     }
+}
+
+#[test]
+fn nothing_observed_is_an_error_not_an_empty_pass() {
+    let dir = tmpdir("empty");
+    let flows = dir.join("flows.jsonl");
+    std::fs::write(&flows, "\n").unwrap();
+    let out = segwatch(&[
+        "suggest",
+        "--flows",
+        flows.to_str().unwrap(),
+        "--inventory",
+        fixture("inventory.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing observed between pods"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -116,6 +116,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let start = at - chrono::Duration::seconds(i64::try_from(window).unwrap_or(i64::MAX));
         observed.merge(Observed::from_samples(&samples, (start, at), &catalog));
     }
+    if observed.conns.is_empty() {
+        // No evidence, no suggestion: an empty set with a passing replay
+        // would read as "nothing needs to be allowed".
+        for n in &observed.notes {
+            eprintln!("note: {n}");
+        }
+        anyhow::bail!(
+            "nothing observed between pods to suggest from ({} flow report(s){})",
+            reports.len(),
+            if args.from_prometheus.is_some() {
+                ", and no workload edge in the Prometheus window"
+            } else {
+                ""
+            }
+        );
+    }
     let opts = Options {
         default_deny: args.default_deny == OnOff::On,
         aggregate: args.aggregate_cidrs,
@@ -232,6 +248,7 @@ fn read_prometheus(
             }
             anyhow::Ok(text)
         })?;
+        tracing::debug!(query = %q, answer = %body, "Prometheus answer");
         answers.push(prometheus::parse_answer(&body).with_context(|| format!("query {q}"))?);
     }
     Ok(prometheus::samples(&answers[0], &answers[1]))

@@ -283,7 +283,12 @@ impl Observed {
         type Tuple = (IpAddr, Option<u16>, IpAddr, Option<u16>, String);
         let mut open: HashMap<Tuple, (DateTime<Utc>, bool)> = HashMap::new();
         let mut ignored = 0u64;
+        let mut link_local = 0u64;
         for r in order {
+            if is_link_signalling(r, cat) {
+                link_local += 1;
+                continue;
+            }
             let tuple = (
                 r.src.ip,
                 r.src.port,
@@ -352,6 +357,12 @@ impl Observed {
                 count: ignored,
             });
         }
+        if link_local > 0 {
+            obs.notes.insert(Note::Ignored {
+                what: LINK_SIGNALLING.to_string(),
+                count: link_local,
+            });
+        }
         obs.resolve(cat);
         obs
     }
@@ -363,6 +374,7 @@ impl Observed {
         cat: &Catalog,
     ) -> Observed {
         let mut obs = Observed::default();
+        let mut nd: Option<u64> = None;
         for s in samples {
             if s.flows.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 continue;
@@ -418,6 +430,15 @@ impl Observed {
                 },
             };
             let protocol = Proto::parse(&s.protocol);
+            // ICMPv6 between a pod and its node or the outside is neighbour
+            // discovery in all likelihood; the metric has no ICMP type to
+            // tell it from ping (the flow log does).
+            if protocol == Proto::Other(58)
+                && (is_outside_label(&s.src_workload) || is_outside_label(&s.dst_workload))
+            {
+                *nd.get_or_insert(0) += 1;
+                continue;
+            }
             let port = if protocol.has_ports() {
                 s.dst_port.parse::<u16>().ok().filter(|p| *p != 0)
             } else {
@@ -438,6 +459,12 @@ impl Observed {
                 })
                 .or_default()
                 .merge(&ev);
+        }
+        if let Some(count) = nd {
+            obs.notes.insert(Note::Ignored {
+                what: "metric edge(s) of ICMPv6 between pods and node or outside (taken for neighbour discovery)".to_string(),
+                count,
+            });
         }
         obs.resolve(cat);
         obs
@@ -564,6 +591,30 @@ impl Observed {
                 flows: ev.flows.max(1),
             });
         }
+    }
+}
+
+const LINK_SIGNALLING: &str = "flow report(s) of neighbour discovery, link-local or multicast traffic (network plugins let it through whatever the NetworkPolicy; a policy cannot name it)";
+
+/// Traffic on the link itself rather than to a peer: IPv6 neighbour
+/// discovery and multicast listener messages (RFC 4861 types 133-137,
+/// RFC 2710/3810 types 130-132 and 143), and anything to multicast,
+/// broadcast or link-local addresses (the metadata API excepted, which
+/// lives at a link-local address on purpose).
+fn is_link_signalling(r: &FlowReport, cat: &Catalog) -> bool {
+    if r.protocol == "ICMPv6"
+        && r.icmp
+            .is_some_and(|i| matches!(i.icmp_type, 130..=137 | 143))
+    {
+        return true;
+    }
+    let ip = r.dst.ip;
+    if cat.metadata_addresses.contains(&ip) {
+        return false;
+    }
+    match ip {
+        IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_multicast() || v6.is_unicast_link_local() || v6.is_unspecified(),
     }
 }
 
