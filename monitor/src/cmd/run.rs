@@ -90,64 +90,56 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_flows: args.max_flows,
         attach_mode: args.attach_mode,
     };
-    let (index, ready) = build_index(
-        &args.inventory,
-        &args.policy,
-        cfg.node_name.clone(),
+    let metrics = crate::metrics::Metrics::new();
+    let index_cfg = crate::sources::index_config(
+        cfg.node_name.clone().unwrap_or_default(),
         args.node_ip,
+        &args.policy,
     )?;
-    let judge = crate::judge::ClusterJudge::new(
-        index.clone(),
-        ready,
-        std::time::Duration::from_secs(args.metrics_ttl),
-    );
+    let ttl = std::time::Duration::from_secs(args.metrics_ttl);
+    let inventory = args.inventory;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.spawn(refresh_host_addresses(index));
-    rt.block_on(crate::daemon::run(cfg, Box::new(judge), crate::metrics::Metrics::new()))?;
+    rt.block_on(async move {
+        let (index, ready) = if inventory.is_empty() && kube::Config::infer().await.is_err() {
+            // A plain Linux host (or a test): still useful, with honest
+            // attribution: the node's own addresses, metadata, external.
+            tracing::warn!(
+                "no --inventory and no Kubernetes API access (in-cluster config or KUBECONFIG): \
+                 flows are attributed to this node's addresses only"
+            );
+            node_only(index_cfg)
+        } else {
+            crate::sources::spawn_sources(crate::sources::SourcesConfig {
+                inventory,
+                index: index_cfg,
+                metrics: metrics.clone(),
+                poll_interval: std::time::Duration::from_secs(2),
+            })
+            .await?
+        };
+        let judge = crate::judge::ClusterJudge::new(index, ready, ttl);
+        crate::daemon::run(cfg, Box::new(judge), metrics).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The cluster index from `--inventory` and `--policy`; both are validated
-/// here, so a broken file stops the start with a one-line error.
-fn build_index(
-    inventory: &[PathBuf],
-    policy: &[PathBuf],
-    node_name: Option<String>,
-    node_ips: Vec<IpAddr>,
-) -> anyhow::Result<(crate::judge::SharedIndex, crate::judge::ReadyFlag)> {
-    use crate::index::{ClusterIndex, IndexConfig};
-    let static_policies = crate::segpolicy::load_policy_paths(policy)
-        .map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
-    let mut index = ClusterIndex::new(IndexConfig {
-        node_name: node_name.unwrap_or_default(),
-        node_ips,
-        static_policies,
-        pod_cidrs: Vec::new(),
-    });
-    match crate::index::host_addresses() {
-        Ok(addrs) => index.set_host_addresses(addrs),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the host's addresses; only Node objects and --node-ip count as the node")
-        }
-    }
-    let ready = crate::judge::ReadyFlag::default();
-    if inventory.is_empty() {
-        tracing::warn!("no --inventory: flows are attributed to this node's addresses only");
-    } else {
-        let inv = crate::inventory::load_paths(inventory)
-            .map_err(|e| anyhow::anyhow!("--inventory: {e}"))?;
-        for w in &inv.warnings {
-            tracing::info!("inventory: {w}");
-        }
-        index.reset(inv.objects);
+/// An index without cluster objects: the node's addresses (kept current:
+/// veth gateways come and go), `--node-ip`, `--policy`.
+fn node_only(cfg: crate::index::IndexConfig) -> (crate::judge::SharedIndex, crate::judge::ReadyFlag) {
+    let mut index = crate::index::ClusterIndex::new(cfg);
+    if let Ok(addrs) = crate::index::host_addresses() {
+        index.set_host_addresses(addrs);
     }
     index.refresh();
+    let shared = std::sync::Arc::new(std::sync::RwLock::new(index));
+    tokio::spawn(refresh_host_addresses(shared.clone()));
+    let ready = crate::judge::ReadyFlag::default();
     ready.set();
-    Ok((std::sync::Arc::new(std::sync::RwLock::new(index)), ready))
+    (shared, ready)
 }
 
 /// Veth gateway addresses come and go with pods: keep the node's own
