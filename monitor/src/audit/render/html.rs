@@ -62,7 +62,9 @@ h2{font-size:19px;margin:34px 0 12px;padding-bottom:6px;border-bottom:2px solid 
 h3{font-size:15px;margin:0}
 h4{font-size:13px;margin:18px 0 6px;color:#374151}
 .card{background:#fff;border:1px solid var(--line);border-radius:10px;padding:16px 18px;margin:0 0 14px;box-shadow:0 1px 2px rgba(0,0,0,.03)}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(290px,1fr));gap:14px}
+.grid{display:grid;grid-template-columns:1.45fr 1fr 1fr;gap:14px}
+@media (max-width:1100px){.grid{grid-template-columns:1fr}}
+.grid .card{overflow:auto}
 .kv{display:grid;grid-template-columns:max-content 1fr;gap:3px 14px;font-size:13px}
 .kv dt{color:var(--muted)}.kv dd{margin:0}
 .badge{display:inline-block;min-width:104px;text-align:center;padding:3px 9px;border-radius:999px;font-size:11.5px;font-weight:700;letter-spacing:.05em;color:#fff;white-space:nowrap}
@@ -82,7 +84,7 @@ th{background:#f3f4f6;font-weight:650;color:#374151;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td .minor{display:block;color:var(--muted);font-size:11.5px}
 .mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:11.5px;word-break:break-all}
-.state{display:inline-block;padding:0 6px;border-radius:4px;font-size:11.5px;font-weight:600}
+.state{display:inline-block;white-space:nowrap;padding:0 6px;border-radius:4px;font-size:11.5px;font-weight:600}
 .state.reached{background:#fdecea;color:#8a1c1c}.state.stopped{background:#fff4d6;color:#7a5300}.state.plain{background:#eef2f7;color:#374151}
 table.ev{table-layout:fixed}table.ev td{overflow-wrap:anywhere}
 .nw{white-space:nowrap}
@@ -148,7 +150,8 @@ fn matrix_svg(r: &AuditReport) -> String {
             .max()
             .unwrap_or(4)
     };
-    let left = (lbl_len(&m.sources) as f64 * CHAR + 28.0).max(90.0);
+    // Wide enough for the row labels and the "from" axis title.
+    let left = (lbl_len(&m.sources) as f64 * CHAR + 28.0).max(150.0);
     // Column labels at -45°: their height is about their length / sqrt(2).
     let top = (lbl_len(&m.destinations) as f64 * CHAR * 0.72 + 40.0).max(70.0);
     let grid_w = m.destinations.len() as f64 * CW;
@@ -345,7 +348,7 @@ fn flow_table(g: &EvidenceGroup) -> String {
             String::new()
         }
     );
-    s.push_str(r#"<table class="ev"><colgroup><col style="width:150px"><col style="width:19%"><col style="width:19%"><col style="width:84px"><col style="width:92px"><col style="width:110px"><col><col style="width:150px"></colgroup><thead><tr><th>Time (UTC)</th><th>Source</th><th>Destination</th><th>Port</th><th>State</th><th>Bytes sent / recv</th><th>Rule and reason</th><th>Observed by, at</th></tr></thead><tbody>"#);
+    s.push_str(r#"<table class="ev"><colgroup><col style="width:140px"><col style="width:17%"><col style="width:17%"><col style="width:80px"><col style="width:104px"><col style="width:104px"><col><col style="width:140px"></colgroup><thead><tr><th>Time (UTC)</th><th>Source</th><th>Destination</th><th>Port</th><th>State</th><th>Bytes sent / recv</th><th>Rule and reason</th><th>Observed by, at</th></tr></thead><tbody>"#);
     let forbidden = g.name != "allowed" && g.name != "unjudged";
     for f in &g.flows {
         s.push_str(&flow_row(f, forbidden));
