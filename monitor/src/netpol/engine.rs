@@ -550,6 +550,36 @@ impl Engine {
         }
     }
 
+    /// Every connection (ports per protocol) the policies allow from `src`
+    /// to `dst`. An address that is a pod's stands for that pod; two
+    /// external addresses are not governed by any policy (all allowed).
+    pub fn connections(&self, src: Peer, dst: Peer) -> ConnSet {
+        let one = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => IpRange {
+                v4: true,
+                lo: u32::from(a) as u128,
+                hi: u32::from(a) as u128,
+            },
+            IpAddr::V6(a) => IpRange {
+                v4: false,
+                lo: u128::from(a),
+                hi: u128::from(a),
+            },
+        };
+        match (self.resolve(src), self.resolve(dst)) {
+            (Peer::Endpoint(a), Peer::Endpoint(b)) => {
+                self.conns(ConnSide::Endpoint(a), ConnSide::Endpoint(b))
+            }
+            (Peer::Endpoint(a), Peer::Ip(ip)) => {
+                self.conns(ConnSide::Endpoint(a), ConnSide::Range(&one(ip)))
+            }
+            (Peer::Ip(ip), Peer::Endpoint(b)) => {
+                self.conns(ConnSide::Range(&one(ip)), ConnSide::Endpoint(b))
+            }
+            _ => ConnSet::all(),
+        }
+    }
+
     /// Every connection the policies allow from one endpoint to another, or
     /// between an endpoint and an external range (exactly one side external).
     pub(crate) fn conns<'a>(&'a self, src: ConnSide<'a>, dst: ConnSide<'a>) -> ConnSet {

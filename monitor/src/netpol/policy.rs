@@ -172,7 +172,8 @@ impl TryFrom<&NetworkPolicy> for PolicySpec {
         // egress rules; policies that contain an egress section are assumed
         // to affect egress, and all policies (whether or not they contain an
         // ingress section) are assumed to affect ingress." The defaulting
-        // checks `len(spec.Egress) > 0`, so `egress: []` does not count.
+        // (pkg/apis/networking/v1/defaults.go, SetDefaults_NetworkPolicy)
+        // checks `len(spec.Egress) != 0`, so `egress: []` does not count.
         let types = match spec.policy_types.as_deref() {
             Some(list) if !list.is_empty() => {
                 let mut t = PolicyTypes {
