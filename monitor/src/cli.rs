@@ -34,10 +34,12 @@ pub enum Command {
 }
 
 /// Diagnostics go to stderr, never stdout (stdout may carry the flow log).
-pub fn init_tracing(filter: Option<&str>) {
+/// A `--log-level` that is not a valid filter is a bad flag, not a warning.
+pub fn init_tracing(filter: Option<&str>) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
-        Some(f) => EnvFilter::new(f),
+        Some(f) => EnvFilter::try_new(f)
+            .map_err(|e| anyhow::anyhow!("--log-level `{f}`: not a log filter: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     tracing_subscriber::fmt()
@@ -45,6 +47,46 @@ pub fn init_tracing(filter: Option<&str>) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    Ok(())
+}
+
+/// A command-line error as one line (CONTRACT: "exits non-zero with a
+/// one-line reason on bad flags"). clap renders several lines (the error,
+/// a tip, the usage, a pointer to --help); this keeps the error and its
+/// details, drops the usage, and joins the rest. `--help` and `--version`
+/// are not errors and print as clap prints them.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut line = String::new();
+    for part in text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part.strip_prefix("error: ").unwrap_or(part));
+    }
+    eprintln!("segwatch: {line}");
+    // clap's own exit status for usage errors.
+    ExitCode::from(2)
+}
+
+/// `text` on one line: a message that quotes user input (a YAML key, a
+/// file name) may carry line breaks, which would split the error line.
+pub fn one_line(text: &str) -> String {
+    text.replace("\r\n", "\\n").replace(['\n', '\r'], "\\n")
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

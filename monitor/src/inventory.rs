@@ -364,6 +364,19 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Inventory, InventoryError> {
     })
 }
 
+/// Like [`parse_str`] in the strict mode of [`load_paths_strict`] (one
+/// file's text; `file` only names it in messages).
+pub fn parse_str_strict(file: &Path, text: &str) -> Result<StrictInventory, InventoryError> {
+    let mut loaded = Loaded::default();
+    parse_into(file, text, Mode::Strict, &mut loaded)?;
+    let (origins, objects) = loaded.objects.into_iter().unzip();
+    Ok(StrictInventory {
+        objects,
+        origins,
+        warnings: loaded.warnings,
+    })
+}
+
 /// The files named by `paths`: a file as given, a directory's `.yaml`,
 /// `.yml` and `.json` files (not recursive), sorted by name so that the
 /// object order, and so every "last one wins" decision, is deterministic.

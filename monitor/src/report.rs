@@ -245,21 +245,82 @@ pub fn read_flow_log(path: &std::path::Path) -> anyhow::Result<Vec<FlowReport>> 
     use anyhow::Context as _;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read flow log {}", path.display()))?;
+    parse_flow_log(path, &text)
+}
+
+/// [`read_flow_log`] on text already read (`path` only names it in
+/// messages); the fuzz target `flow_log` drives this.
+pub fn parse_flow_log(path: &std::path::Path, text: &str) -> anyhow::Result<Vec<FlowReport>> {
+    use anyhow::Context as _;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let report: FlowReport = serde_json::from_str(line)
+        let report = parse_line(line)
             .with_context(|| format!("{}:{}: not a flow report", path.display(), i + 1))?;
         out.push(report);
     }
     Ok(out)
 }
 
+/// One JSON line; the error names the field path (`at \`src.ip\`: ...`)
+/// so the user knows what in the line is wrong.
+fn parse_line(line: &str) -> anyhow::Result<FlowReport> {
+    let mut de = serde_json::Deserializer::from_str(line);
+    let report: FlowReport = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path.is_empty() || path == "." {
+            anyhow::anyhow!("{}", e.inner())
+        } else {
+            anyhow::anyhow!("at `{path}`: {}", e.inner())
+        }
+    })?;
+    // Like serde_json::from_str: nothing but whitespace may follow.
+    de.end()?;
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_line_names_file_line_and_field() {
+        let good = r#"{"time":"2026-01-01T00:00:02Z","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:01Z","interface":"veth1","protocol":"UDP","ip_version":4,"src":{"ip":"10.1.0.5","port":1,"kind":"pod"},"dst":{"ip":"10.2.0.7","port":53,"kind":"pod"},"packets":{"sent":1,"received":0},"bytes":{"sent":28,"received":0},"verdict":"allowed"}"#;
+        let p = std::path::Path::new("flows.jsonl");
+        assert_eq!(
+            parse_flow_log(p, &format!("{good}\n\n{good}\n"))
+                .expect("two good lines")
+                .len(),
+            2
+        );
+        let bad_ip = good.replace("10.2.0.7", "10.2.0.700");
+        let err = format!(
+            "{:#}",
+            parse_flow_log(p, &format!("{good}\n{bad_ip}\n")).expect_err("bad IP")
+        );
+        assert!(
+            err.starts_with("flows.jsonl:2: not a flow report: at `dst.ip`:"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse_flow_log(p, &format!("{good} x")).expect_err("trailing")
+        );
+        assert!(
+            err.starts_with("flows.jsonl:1: not a flow report: trailing characters"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse_flow_log(p, &good[..good.len() - 9]).expect_err("truncated")
+        );
+        assert!(
+            err.contains("flows.jsonl:1: not a flow report: EOF while parsing"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn contract_example_round_trips() {

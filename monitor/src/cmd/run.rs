@@ -67,6 +67,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.max_flows == 0 {
         anyhow::bail!("--max-flows must be at least 1");
     }
+    // 0 would end or re-report every flow at every sweep: a typo, not a
+    // setting.
+    if args.idle_timeout == 0 {
+        anyhow::bail!("--idle-timeout must be at least 1 (seconds)");
+    }
+    if args.active_timeout == 0 {
+        anyhow::bail!("--active-timeout must be at least 1 (seconds)");
+    }
     // Flags first: a bad one is the only line the user sees.
     for name in args.interfaces.iter().filter(|p| !crate::datapath::links::is_glob(p)) {
         if crate::datapath::links::ifindex(name).is_none() {

@@ -31,6 +31,25 @@ use crate::inventory::{self, InventoryError, Object};
 /// would turn violations into silence.
 pub fn load_policy_paths(paths: &[PathBuf]) -> Result<Vec<Arc<CompiledDoc>>, InventoryError> {
     let inv = inventory::load_paths_strict(paths)?;
+    compile_documents(inv, paths.first().cloned().unwrap_or_default())
+}
+
+/// [`load_policy_paths`] for one file's text (`file` only names it in
+/// messages); the fuzz target `segpolicy` drives this.
+pub fn parse_policy_str(
+    file: &std::path::Path,
+    text: &str,
+) -> Result<Vec<Arc<CompiledDoc>>, InventoryError> {
+    let inv = inventory::parse_str_strict(file, text)?;
+    compile_documents(inv, file.to_path_buf())
+}
+
+/// Every document must be a valid SegmentationPolicy; `first` names the
+/// file in the message about unknown kinds.
+fn compile_documents(
+    inv: inventory::StrictInventory,
+    first: PathBuf,
+) -> Result<Vec<Arc<CompiledDoc>>, InventoryError> {
     let mut out = Vec::new();
     for (obj, origin) in inv.objects.into_iter().zip(inv.origins) {
         match obj {
@@ -56,7 +75,7 @@ pub fn load_policy_paths(paths: &[PathBuf]) -> Result<Vec<Arc<CompiledDoc>>, Inv
         // Unknown kinds in a policy file are errors too.
         return Err(InventoryError::Invalid {
             origin: inventory::Origin {
-                file: paths.first().cloned().unwrap_or_default(),
+                file: first,
                 document: 0,
                 item: None,
             },
