@@ -122,8 +122,11 @@ impl Files {
         let inv_dir = f.dir.0.join("inv");
         std::fs::create_dir_all(&inv_dir).expect("inv dir");
         std::fs::write(inv_dir.join("a-good.yaml"), INVENTORY).expect("write");
-        std::fs::write(inv_dir.join("b-broken.yaml"), "kind: Pod\nmetadata: {name: [}\n")
-            .expect("write");
+        std::fs::write(
+            inv_dir.join("b-broken.yaml"),
+            "kind: Pod\nmetadata: {name: [}\n",
+        )
+        .expect("write");
         f
     }
 
@@ -182,7 +185,11 @@ fn strip_ansi(s: &str) -> String {
 
 /// Runs `segwatch` (inside `netns` when given) and returns exit code, stdout
 /// and stderr; a process still running after 60 s fails the case.
-fn run_segwatch(netns: Option<&str>, args: &[String], stdin: &str) -> (Option<i32>, String, String) {
+fn run_segwatch(
+    netns: Option<&str>,
+    args: &[String],
+    stdin: &str,
+) -> (Option<i32>, String, String) {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -282,27 +289,57 @@ fn every_offline_subcommand_rejects_bad_input_with_one_line() {
         // suggest: flow logs and inventories.
         case(
             "suggest: truncated flow log line",
-            &["suggest", "--flows", &p("flows-trunc.jsonl"), "--inventory", &inv],
+            &[
+                "suggest",
+                "--flows",
+                &p("flows-trunc.jsonl"),
+                "--inventory",
+                &inv,
+            ],
             &["flows-trunc.jsonl:2:", "EOF while parsing"],
         ),
         case(
             "suggest: a line that is not JSON",
-            &["suggest", "--flows", &p("flows-nonjson.jsonl"), "--inventory", &inv],
+            &[
+                "suggest",
+                "--flows",
+                &p("flows-nonjson.jsonl"),
+                "--inventory",
+                &inv,
+            ],
             &["flows-nonjson.jsonl:4:", "not a flow report"],
         ),
         case(
             "suggest: a bad field in a flow report",
-            &["suggest", "--flows", &p("flows-field.jsonl"), "--inventory", &inv],
+            &[
+                "suggest",
+                "--flows",
+                &p("flows-field.jsonl"),
+                "--inventory",
+                &inv,
+            ],
             &["flows-field.jsonl:1:", "dst.ip"],
         ),
         case(
             "suggest: a negative counter",
-            &["suggest", "--flows", &p("flows-type.jsonl"), "--inventory", &inv],
+            &[
+                "suggest",
+                "--flows",
+                &p("flows-type.jsonl"),
+                "--inventory",
+                &inv,
+            ],
             &["flows-type.jsonl:1:", "packets.sent"],
         ),
         case(
             "suggest: a binary flow log",
-            &["suggest", "--flows", &p("flows-binary.jsonl"), "--inventory", &inv],
+            &[
+                "suggest",
+                "--flows",
+                &p("flows-binary.jsonl"),
+                "--inventory",
+                &inv,
+            ],
             &["flows-binary.jsonl"],
         ),
         case(
@@ -322,22 +359,50 @@ fn every_offline_subcommand_rejects_bad_input_with_one_line() {
         ),
         case(
             "suggest: truncated JSON inventory",
-            &["suggest", "--flows", &flows, "--inventory", &p("inventory-trunc.json")],
+            &[
+                "suggest",
+                "--flows",
+                &flows,
+                "--inventory",
+                &p("inventory-trunc.json"),
+            ],
             &["inventory-trunc.json", "document 1", "line 1", "JSON"],
         ),
         case(
             "suggest: binary inventory",
-            &["suggest", "--flows", &flows, "--inventory", &p("inventory-binary.yaml")],
+            &[
+                "suggest",
+                "--flows",
+                &flows,
+                "--inventory",
+                &p("inventory-binary.yaml"),
+            ],
             &["inventory-binary.yaml", "document 1"],
         ),
         case(
             "suggest: unknown output format",
-            &["suggest", "--flows", &flows, "--inventory", &inv, "-o", "xml"],
+            &[
+                "suggest",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv,
+                "-o",
+                "xml",
+            ],
             &["'xml'", "--output"],
         ),
         case(
             "suggest: bad --aggregate-cidrs",
-            &["suggest", "--flows", &flows, "--inventory", &inv, "--aggregate-cidrs", "v4=99"],
+            &[
+                "suggest",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv,
+                "--aggregate-cidrs",
+                "v4=99",
+            ],
             &["--aggregate-cidrs", "99"],
         ),
         case(
@@ -348,52 +413,149 @@ fn every_offline_subcommand_rejects_bad_input_with_one_line() {
         // audit: the same files, plus its own flags.
         case(
             "audit: truncated flow log line",
-            &["audit", "--flows", &p("flows-trunc.jsonl"), "--inventory", &inv, "--format", "md"],
+            &[
+                "audit",
+                "--flows",
+                &p("flows-trunc.jsonl"),
+                "--inventory",
+                &inv,
+                "--format",
+                "md",
+            ],
             &["flows-trunc.jsonl:2:"],
         ),
         case(
             "audit: a bad field in a flow report",
-            &["audit", "--flows", &p("flows-field.jsonl"), "--inventory", &inv, "--format", "json"],
+            &[
+                "audit",
+                "--flows",
+                &p("flows-field.jsonl"),
+                "--inventory",
+                &inv,
+                "--format",
+                "json",
+            ],
             &["flows-field.jsonl:1:", "dst.ip"],
         ),
         case(
             "audit: missing flow log",
-            &["audit", "--flows", &missing, "--inventory", &inv, "--format", "md"],
+            &[
+                "audit",
+                "--flows",
+                &missing,
+                "--inventory",
+                &inv,
+                "--format",
+                "md",
+            ],
             &["does-not-exist.jsonl"],
         ),
         case(
             "audit: inventory directory with a broken file",
-            &["audit", "--flows", &flows, "--inventory", &inv_dir, "--format", "md"],
+            &[
+                "audit",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv_dir,
+                "--format",
+                "md",
+            ],
             &["b-broken.yaml", "document 1"],
         ),
         case(
             "audit: invalid policy port",
-            &["audit", "--flows", &flows, "--inventory", &inv, "--policy", &p("policy-port.yaml"), "--format", "md"],
-            &["policy-port.yaml", "document 1", "spec.crossNamespace.allow[0].to.ports[0]", "XTP"],
+            &[
+                "audit",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv,
+                "--policy",
+                &p("policy-port.yaml"),
+                "--format",
+                "md",
+            ],
+            &[
+                "policy-port.yaml",
+                "document 1",
+                "spec.crossNamespace.allow[0].to.ports[0]",
+                "XTP",
+            ],
         ),
         case(
             "audit: policy that is a ConfigMap",
-            &["audit", "--flows", &flows, "--inventory", &inv, "--policy", &p("policy-kind.yaml"), "--format", "md"],
+            &[
+                "audit",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv,
+                "--policy",
+                &p("policy-kind.yaml"),
+                "--format",
+                "md",
+            ],
             &["policy-kind.yaml", "ConfigMap"],
         ),
         case(
             "audit: unknown format",
-            &["audit", "--flows", &flows, "--inventory", &inv, "--format", "pdf"],
+            &[
+                "audit",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv,
+                "--format",
+                "pdf",
+            ],
             &["--format", "pdf"],
         ),
         case(
             "audit: bad --generated-at",
-            &["audit", "--flows", &flows, "--inventory", &inv, "--format", "md", "--generated-at", "yesterday"],
+            &[
+                "audit",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv,
+                "--format",
+                "md",
+                "--generated-at",
+                "yesterday",
+            ],
             &["--generated-at", "yesterday"],
         ),
         case(
             "audit: bad --max-evidence",
-            &["audit", "--flows", &flows, "--inventory", &inv, "--format", "md", "--max-evidence", "many"],
+            &[
+                "audit",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv,
+                "--format",
+                "md",
+                "--max-evidence",
+                "many",
+            ],
             &["--max-evidence", "many"],
         ),
         case(
             "audit: unwritable -o",
-            &["audit", "--flows", &flows, "--inventory", &inv, "--policy", &pol, "--format", "md", "-o", "/nonexistent-dir/report.md"],
+            &[
+                "audit",
+                "--flows",
+                &flows,
+                "--inventory",
+                &inv,
+                "--policy",
+                &pol,
+                "--format",
+                "md",
+                "-o",
+                "/nonexistent-dir/report.md",
+            ],
             &["/nonexistent-dir/report.md"],
         ),
         // netpol: files and flags (query lines: their own test below).
@@ -404,7 +566,14 @@ fn every_offline_subcommand_rejects_bad_input_with_one_line() {
         ),
         case(
             "netpol eval: broken inventory",
-            &["netpol", "eval", "--inventory", &p("inventory-syntax.yaml"), "--queries", &p("queries-none.jsonl")],
+            &[
+                "netpol",
+                "eval",
+                "--inventory",
+                &p("inventory-syntax.yaml"),
+                "--queries",
+                &p("queries-none.jsonl"),
+            ],
             &["inventory-syntax.yaml", "document 1", "line 4"],
         ),
         case(
@@ -445,9 +614,18 @@ fn segwatch_run_rejects_bad_files_and_flags_with_one_line() {
         drop(l);
     });
     let busy = format!("127.0.0.1:{}", rx.recv().expect("port"));
-    let base = ["run", "--flow-log", "/dev/null", "--metrics-addr", "127.0.0.1:0"];
+    // A flow log and metrics address unless the case gives its own (clap
+    // rejects a repeated flag before looking at its value).
     let run = |name: &'static str, extra: &[&str], expect: &[&str]| {
-        let mut args: Vec<&str> = base.to_vec();
+        let mut args: Vec<&str> = vec!["run"];
+        for (flag, value) in [
+            ("--flow-log", "/dev/null"),
+            ("--metrics-addr", "127.0.0.1:0"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
         args.extend_from_slice(extra);
         case(name, &args, expect)
     };
@@ -455,7 +633,12 @@ fn segwatch_run_rejects_bad_files_and_flags_with_one_line() {
         run(
             "--policy: invalid port",
             &["--policy", &p("policy-port.yaml")],
-            &["--policy", "policy-port.yaml", "document 1", "spec.crossNamespace.allow[0].to.ports[0]"],
+            &[
+                "--policy",
+                "policy-port.yaml",
+                "document 1",
+                "spec.crossNamespace.allow[0].to.ports[0]",
+            ],
         ),
         run(
             "--policy: unknown field in the second document",
@@ -465,7 +648,11 @@ fn segwatch_run_rejects_bad_files_and_flags_with_one_line() {
         run(
             "--policy: bad CIDR",
             &["--policy", &p("policy-cidr.yaml")],
-            &["policy-cidr.yaml", "document 1", "spec.external.allow[0].to.cidr"],
+            &[
+                "policy-cidr.yaml",
+                "document 1",
+                "spec.external.allow[0].to.cidr",
+            ],
         ),
         run(
             "--policy: a field name with a line break",
@@ -490,7 +677,12 @@ fn segwatch_run_rejects_bad_files_and_flags_with_one_line() {
         run(
             "--inventory: YAML syntax",
             &["--inventory", &p("inventory-syntax.yaml")],
-            &["--inventory", "inventory-syntax.yaml", "document 1", "line 4"],
+            &[
+                "--inventory",
+                "inventory-syntax.yaml",
+                "document 1",
+                "line 4",
+            ],
         ),
         run(
             "--inventory: truncated JSON",
@@ -508,9 +700,21 @@ fn segwatch_run_rejects_bad_files_and_flags_with_one_line() {
             &["--inventory", "nope"],
         ),
         run("--max-flows 0", &["--max-flows", "0"], &["--max-flows"]),
-        run("--max-flows too big", &["--max-flows", "99999999999"], &["--max-flows"]),
-        run("--idle-timeout 0", &["--idle-timeout", "0"], &["--idle-timeout"]),
-        run("--active-timeout 0", &["--active-timeout", "0"], &["--active-timeout"]),
+        run(
+            "--max-flows too big",
+            &["--max-flows", "99999999999"],
+            &["--max-flows"],
+        ),
+        run(
+            "--idle-timeout 0",
+            &["--idle-timeout", "0"],
+            &["--idle-timeout"],
+        ),
+        run(
+            "--active-timeout 0",
+            &["--active-timeout", "0"],
+            &["--active-timeout"],
+        ),
         run(
             "--sweep-interval-ms 0",
             &["--sweep-interval-ms", "0"],
@@ -526,8 +730,16 @@ fn segwatch_run_rejects_bad_files_and_flags_with_one_line() {
             &["--metrics-addr", &busy, "--interface", "lo"],
             &["--metrics-addr", &busy, "in use"],
         ),
-        run("--node-ip not an IP", &["--node-ip", "node1"], &["--node-ip", "node1"]),
-        run("--attach-mode unknown", &["--attach-mode", "xdp"], &["--attach-mode", "xdp"]),
+        run(
+            "--node-ip not an IP",
+            &["--node-ip", "node1"],
+            &["--node-ip", "node1"],
+        ),
+        run(
+            "--attach-mode unknown",
+            &["--attach-mode", "xdp"],
+            &["--attach-mode", "xdp"],
+        ),
         run(
             "--interface unknown",
             &["--interface", "swnosuch0"],
@@ -535,7 +747,12 @@ fn segwatch_run_rejects_bad_files_and_flags_with_one_line() {
         ),
         run(
             "--flow-log in a missing directory",
-            &["--interface", "lo", "--flow-log", "/nonexistent-dir/flows.jsonl"],
+            &[
+                "--interface",
+                "lo",
+                "--flow-log",
+                "/nonexistent-dir/flows.jsonl",
+            ],
             &["--flow-log", "/nonexistent-dir/flows.jsonl"],
         ),
         run("unknown flag", &["--frobnicate"], &["--frobnicate"]),
@@ -573,7 +790,11 @@ fn netpol_eval_names_line_and_field_of_each_bad_query() {
         .map(|s| s.to_string())
         .collect();
     let (code, stdout, stderr) = run_segwatch(None, &args, &input);
-    assert_eq!(code, Some(1), "bad query lines make exit status 1: {stderr}");
+    assert_eq!(
+        code,
+        Some(1),
+        "bad query lines make exit status 1: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     let lines = error_lines(&stderr);
     assert_eq!(
@@ -587,10 +808,18 @@ fn netpol_eval_names_line_and_field_of_each_bad_query() {
             assert!(line.contains(part), "`{line}` must name `{part}`");
         }
     }
-    assert!(lines[7].contains("7 query line(s) were invalid"), "{}", lines[7]);
+    assert!(
+        lines[7].contains("7 query line(s) were invalid"),
+        "{}",
+        lines[7]
+    );
     // The good line after the bad ones is still answered.
     let answers: Vec<&str> = stdout.lines().collect();
-    assert_eq!(answers.len(), 1, "exactly the good query answered: {stdout}");
+    assert_eq!(
+        answers.len(),
+        1,
+        "exactly the good query answered: {stdout}"
+    );
     let v: serde_json::Value = serde_json::from_str(answers[0]).expect("answer is JSON");
     assert_eq!(v["allowed"], true, "web may reach db on pg: {v}");
 }

@@ -4,6 +4,8 @@
 //! ```text
 //!  cargo xtask setup ─► apt packages, pinned nightly + rust-src, bpf-linker, Python tools
 //!  cargo xtask test  ─► setup ─► cargo build ─► cargo test --workspace ─► offline checks
+//!  cargo xtask fuzz  ─► setup ─► every cargo-fuzz target in fuzz/ for 25 s
+//!  cargo xtask soak  ─► setup ─► cargo build --release ─► target/release/segwatch-soak
 //!  cargo xtask demo  ─► setup ─► cargo build --release ─► the lab
 //!  cargo xtask bench ─► setup ─► cargo build --release ─► target/release/segwatch-bench
 //!                        ─► target/bench/results.json + results.md
@@ -67,6 +69,22 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build in release mode, then run `segwatch run` under mixed
+    /// traffic and pod churn (not part of `test`): samples RSS, flow-table
+    /// occupancy, losses and attachments, and says whether memory and
+    /// occupancy stayed flat. Writes target/soak/results.json and results.md.
+    /// Set up, then run every cargo-fuzz target in fuzz/ for a bounded
+    /// time each; fails on a crash (the input stays in fuzz/artifacts/).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        seconds: u32,
+    },
+    Soak {
+        /// How long traffic runs.
+        #[arg(long, default_value_t = 10.0, value_name = "N")]
+        minutes: f64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -82,6 +100,11 @@ fn main() -> Result<()> {
         } => demo::run(&root, keep, clean, segwatch),
         Task::LabServe { prefix } => lab::keep_serving(&prefix),
         Task::Bench { quick, args } => bench(&root, quick, &args),
+        Task::Soak { minutes } => soak(&root, minutes),
+        Task::Fuzz { seconds } => {
+            setup::run(&root)?;
+            fuzz(&root, seconds)
+        }
     }
 }
 
@@ -134,6 +157,127 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The cargo-fuzz targets in fuzz/ and where their seeds come from.
+const FUZZ_TARGETS: &[(&str, &[&str])] = &[
+    (
+        "segpolicy",
+        &[
+            "deploy/examples",
+            "monitor/tests/fixtures/audit/policy.yaml",
+        ],
+    ),
+    (
+        "inventory",
+        &[
+            "monitor/tests/fixtures/audit",
+            "monitor/tests/fixtures/suggest/inventory.yaml",
+            "monitor/tests/fixtures/netpol-analyzer/cases",
+            "deploy/examples",
+        ],
+    ),
+    (
+        "flow_log",
+        &[
+            "monitor/tests/fixtures/audit",
+            "monitor/tests/fixtures/suggest",
+        ],
+    ),
+    ("netpol_query", &["fuzz/seeds/netpol_query"]),
+];
+/// Seconds each target runs by default.
+const FUZZ_SECONDS: u32 = 25;
+/// Longest input; seeds above it are left out (YAML cut in the middle only
+/// tests the syntax error path, which short inputs reach anyway).
+const FUZZ_MAX_LEN: u64 = 16 * 1024;
+
+/// Runs every fuzz target for a bounded time (`cargo xtask fuzz`); a crash, a panic or an input
+/// that takes more than 10 s fails the run, the input is kept in
+/// fuzz/artifacts/<target>/ for a regression test.
+///
+/// The lib embeds the kernel object, so monitor/build.rs builds it under
+/// cargo-fuzz too: aya-build hands its nested cargo CARGO_ENCODED_RUSTFLAGS
+/// (which wins over the RUSTFLAGS cargo-fuzz sets), so no sanitizer or
+/// coverage flag reaches the bpfel build.
+fn fuzz(root: &Path, seconds: u32) -> Result<()> {
+    let nightly = format!("+{}", setup::NIGHTLY);
+    // The same flags for build and run, or `run` builds again.
+    let flags = ["--codegen-units", "16"];
+    step(&format!(
+        "fuzz: building {} targets (cargo-fuzz, {}, AddressSanitizer)",
+        FUZZ_TARGETS.len(),
+        setup::NIGHTLY
+    ));
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args([nightly.as_str(), "fuzz", "build"])
+        .args(flags))?;
+    for (target, seed_paths) in FUZZ_TARGETS {
+        let seeds = root.join("target/fuzz-seeds").join(target);
+        let n = collect_seeds(root, seed_paths, &seeds)?;
+        let corpus = root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)
+            .with_context(|| format!("cannot create {}", corpus.display()))?;
+        step(&format!(
+            "fuzz: {target} for {seconds} s ({n} seeds from {}; corpus kept in fuzz/corpus/{target})",
+            seed_paths.join(", ")
+        ));
+        run(Command::new("cargo")
+            .current_dir(root)
+            .args([nightly.as_str(), "fuzz", "run"])
+            .args(flags)
+            .arg(target)
+            .arg(&corpus)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-max_len={FUZZ_MAX_LEN}"))
+            .arg("-timeout=10")
+            .arg("-print_final_stats=1"))
+        .with_context(|| {
+            format!("fuzz target {target} failed: the input is in fuzz/artifacts/{target}/; reproduce with `cargo {nightly} fuzz run {target} <file>`")
+        })?;
+    }
+    Ok(())
+}
+
+/// Copies the fixture files under `paths` (files or directories,
+/// recursively) of at most FUZZ_MAX_LEN bytes into `dest`, and each line
+/// of a JSON-lines file as a seed of its own. Returns how many.
+fn collect_seeds(root: &Path, paths: &[&str], dest: &Path) -> Result<usize> {
+    let _ = std::fs::remove_dir_all(dest);
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut files = Vec::new();
+    let mut todo: Vec<PathBuf> = paths.iter().map(|p| root.join(p)).collect();
+    while let Some(p) = todo.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).with_context(|| format!("reading {}", p.display()))? {
+                todo.push(e?.path());
+            }
+        } else if p.is_file() {
+            files.push(p);
+        }
+    }
+    let mut n = 0;
+    for f in files {
+        let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        let mut put = |bytes: &[u8]| -> Result<()> {
+            if !bytes.is_empty() && bytes.len() as u64 <= FUZZ_MAX_LEN {
+                n += 1;
+                std::fs::write(dest.join(format!("seed-{n}")), bytes)
+                    .with_context(|| format!("writing seeds to {}", dest.display()))?;
+            }
+            Ok(())
+        };
+        put(&text)?;
+        if f.extension().is_some_and(|e| e == "jsonl") {
+            for line in text.split(|&b| b == b'\n') {
+                put(line)?;
+            }
+        }
+    }
+    Ok(n)
+}
+
 fn bench(root: &Path, quick: bool, args: &[String]) -> Result<()> {
     setup::run(root)?;
     require_root("the benchmark creates network namespaces and loads BPF programs")?;
@@ -158,6 +302,26 @@ fn bench(root: &Path, quick: bool, args: &[String]) -> Result<()> {
     }
     cmd.args(args);
     run(&mut cmd)
+}
+
+fn soak(root: &Path, minutes: f64) -> Result<()> {
+    setup::run(root)?;
+    require_root("the soak creates network namespaces and loads BPF programs")?;
+    step("building segwatch and the soak driver (release)");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release"]))?;
+    step(&format!(
+        "soak: {minutes} min of traffic and churn (results in target/soak/)"
+    ));
+    run(Command::new(root.join("target/release/segwatch-soak"))
+        .current_dir(root)
+        .arg("--minutes")
+        .arg(minutes.to_string())
+        .arg("--out")
+        .arg(root.join("target/soak"))
+        .arg("--command")
+        .arg(format!("cargo xtask soak --minutes {minutes}")))
 }
 
 fn require_root(why: &str) -> Result<()> {

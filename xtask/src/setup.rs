@@ -53,8 +53,24 @@ pub fn run(root: &Path) -> Result<()> {
     apt(root)?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     venv(root)?;
     Ok(())
+}
+
+/// cargo-fuzz runs the parser fuzz targets in `cargo xtask test`.
+fn cargo_fuzz() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        step("cargo-fuzz: present");
+        return Ok(());
+    }
+    step("installing cargo-fuzz (runs the fuzz targets in fuzz/)");
+    run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

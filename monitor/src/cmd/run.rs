@@ -76,7 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--active-timeout must be at least 1 (seconds)");
     }
     // Flags first: a bad one is the only line the user sees.
-    for name in args.interfaces.iter().filter(|p| !crate::datapath::links::is_glob(p)) {
+    for name in args
+        .interfaces
+        .iter()
+        .filter(|p| !crate::datapath::links::is_glob(p))
+    {
         if crate::datapath::links::ifindex(name).is_none() {
             anyhow::bail!("--interface {name}: unknown interface");
         }
