@@ -167,8 +167,9 @@ fn metrics_and_flow_log_carry_no_payload_secret_address_or_pod_name() {
         .ns
         .run(move || {
             for dst in [s4, s6] {
-                let mut s = TcpStream::connect_timeout(&SocketAddr::new(dst, 8443), Duration::from_secs(5))
-                    .expect("connect");
+                let mut s =
+                    TcpStream::connect_timeout(&SocketAddr::new(dst, 8443), Duration::from_secs(5))
+                        .expect("connect");
                 s.write_all(marker.repeat(30).as_bytes()).expect("send");
                 s.shutdown(std::net::Shutdown::Write).expect("shutdown");
                 let mut back = Vec::new();
@@ -231,7 +232,9 @@ fn metrics_and_flow_log_carry_no_payload_secret_address_or_pod_name() {
         }
         for name in [client_pod, server_pod, server_rs] {
             if v.contains(name) {
-                problems.push(format!("/metrics label {k}=\"{v}\" names pod or ReplicaSet {name}"));
+                problems.push(format!(
+                    "/metrics label {k}=\"{v}\" names pod or ReplicaSet {name}"
+                ));
             }
         }
     }
