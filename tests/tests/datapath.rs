@@ -232,8 +232,12 @@ fn a_burst_of_ten_thousand_connections_is_reported_or_counted_lost() {
     assert_eq!(daemon.stop(), 0);
     let reports = daemon.reports();
     let n = reports.iter().filter(|r| r["dst"]["port"] == 7000).count();
-    let reported: std::collections::BTreeSet<u16> =
-        reports.iter().filter(|r| r["dst"]["port"] == 7000).filter_map(|r| r["src"]["port"].as_u64()).map(|p| p as u16).collect();
+    let reported: std::collections::BTreeSet<u16> = reports
+        .iter()
+        .filter(|r| r["dst"]["port"] == 7000)
+        .filter_map(|r| r["src"]["port"].as_u64())
+        .map(|p| p as u16)
+        .collect();
     let lost: f64 = ["ringbuf_full", "flow_map_full", "event_queue_full"]
         .iter()
         .map(|s| {

@@ -141,7 +141,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// An index without cluster objects: the node's addresses (kept current:
 /// veth gateways come and go), `--node-ip`, `--policy`.
-fn node_only(cfg: crate::index::IndexConfig) -> (crate::judge::SharedIndex, crate::judge::ReadyFlag) {
+fn node_only(
+    cfg: crate::index::IndexConfig,
+) -> (crate::judge::SharedIndex, crate::judge::ReadyFlag) {
     let mut index = crate::index::ClusterIndex::new(cfg);
     if let Ok(addrs) = crate::index::host_addresses() {
         index.set_host_addresses(addrs);
