@@ -317,7 +317,8 @@ mod tests {
             parse_flow_log(p, &good[..good.len() - 9]).expect_err("truncated")
         );
         assert!(
-            err.starts_with("flows.jsonl:1: not a flow report: ") && err.contains("EOF while parsing"),
+            err.starts_with("flows.jsonl:1: not a flow report: ")
+                && err.contains("EOF while parsing"),
             "{err}"
         );
     }

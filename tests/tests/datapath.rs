@@ -247,6 +247,11 @@ fn a_burst_of_ten_thousand_connections_is_reported_or_counted_lost() {
             )
         })
         .sum();
+    assert_eq!(
+        reported.len(),
+        n,
+        "one report per connection: no tuple may be reported twice"
+    );
     if lost == 0.0 {
         assert_eq!(
             n, N,

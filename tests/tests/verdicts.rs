@@ -51,7 +51,10 @@ fn violations_are_counted_exactly_and_explained_in_the_flow_log() {
         tcp_server(api, api.ip6, port, 100);
     }
     tcp_server(db, db.ip4, 5432, 10);
+    tcp_server(web, web.ip4, 8080, 10);
     udp_sink(api, SocketAddr::new(api.ip4, 5353));
+    udp_sink(api, SocketAddr::new(api.ip4, 5400));
+    udp_sink(api, SocketAddr::new(api.ip6, 5400));
     let node_ns = Netns {
         name: topo.node.name.clone(),
     };
@@ -113,6 +116,11 @@ fn violations_are_counted_exactly_and_explained_in_the_flow_log() {
     tcp_client(web, SocketAddr::new(api.ip4, 9090), 100);
     tcp_client(web, SocketAddr::new(api.ip6, 9090), 100);
     tcp_client(api, SocketAddr::new(db.ip4, 5432), 100);
+    // Forbidden UDP across namespaces (only 5353/UDP is whitelisted), IPv4
+    // and IPv6, and db → web inside shop (only web → db is whitelisted).
+    udp_send(web, SocketAddr::new(api.ip4, 5400), 3, 60);
+    udp_send(web, SocketAddr::new(api.ip6, 5400), 3, 60);
+    tcp_client(db, SocketAddr::new(web.ip4, 8080), 10);
     tcp_client(
         web,
         SocketAddr::new(IpAddr::V4(NODE_IP.parse().unwrap()), 22),
@@ -121,10 +129,10 @@ fn violations_are_counted_exactly_and_explained_in_the_flow_log() {
     tcp_client(web, SocketAddr::new(METADATA.parse().unwrap(), 80), 10);
 
     let expect = [
-        ("cross_namespace", 3.0),
+        ("cross_namespace", 5.0),
         ("host_access", 1.0),
         ("metadata_api", 1.0),
-        ("within_namespace", 0.0),
+        ("within_namespace", 1.0),
     ];
     let got = wait_for(Duration::from_secs(10), || {
         let m = daemon.metrics();
@@ -198,4 +206,18 @@ fn violations_are_counted_exactly_and_explained_in_the_flow_log() {
         cross["violations"][0]["kind"], "cross_namespace",
         "api → shop is not whitelisted"
     );
+    for dst in [api.ip4.to_string(), api.ip6.to_string()] {
+        let udp = find(&dst, 5400);
+        assert_eq!(udp["protocol"], "UDP", "{udp}");
+        assert_eq!(udp["verdict"], "violation", "{udp}");
+        assert_eq!(udp["violations"][0]["kind"], "cross_namespace", "{udp}");
+        assert_eq!(udp["packets"]["sent"], 3, "{udp}");
+        assert_eq!(udp["dst"]["namespace"], "api", "{udp}");
+    }
+    let lateral = find_from(&db.ip4.to_string(), &web.ip4.to_string(), 8080);
+    assert_eq!(
+        lateral["violations"][0]["kind"], "within_namespace",
+        "{lateral}"
+    );
+    assert_eq!(lateral["src"]["pod"], "db-0", "{lateral}");
 }

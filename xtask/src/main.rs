@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  cargo xtask setup ─► apt packages, pinned nightly + rust-src, bpf-linker, Python tools
-//!  cargo xtask test  ─► setup ─► cargo build ─► cargo test --workspace ─► offline checks
+//!  cargo xtask test  ─► setup ─► cargo build ─► cargo test ─► every fuzz target for 20 s
 //!  cargo xtask fuzz  ─► setup ─► every cargo-fuzz target in fuzz/ for 25 s
 //!  cargo xtask soak  ─► setup ─► cargo build --release ─► target/release/segwatch-soak
 //!  cargo xtask demo  ─► setup ─► cargo build --release ─► the lab
@@ -69,10 +69,6 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build in release mode, then run `segwatch run` under mixed
-    /// traffic and pod churn (not part of `test`): samples RSS, flow-table
-    /// occupancy, losses and attachments, and says whether memory and
-    /// occupancy stayed flat. Writes target/soak/results.json and results.md.
     /// Set up, then run every cargo-fuzz target in fuzz/ for a bounded
     /// time each; fails on a crash (the input stays in fuzz/artifacts/).
     Fuzz {
@@ -80,6 +76,10 @@ enum Task {
         #[arg(long, default_value_t = FUZZ_SECONDS)]
         seconds: u32,
     },
+    /// Set up, build in release mode, then run `segwatch run` under mixed
+    /// traffic and pod churn (not part of `test`): samples RSS, flow-table
+    /// occupancy, losses and attachments, and says whether memory and
+    /// occupancy stayed flat. Writes target/soak/results.json and results.md.
     Soak {
         /// How long traffic runs.
         #[arg(long, default_value_t = 10.0, value_name = "N")]
@@ -152,10 +152,24 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     // The tools the tests drive (nca, kubernetes-validate) live in our venv.
     cmd.env("PATH", setup::path_with_tools(root)?);
     cmd.env("SEGWATCH_REQUIRE_PRIVILEGED", "1");
-    run(&mut cmd)?;
-    step("all tests passed");
-    Ok(())
+    let tests = run(&mut cmd);
+    // The parsers face files and queries from users: every fuzz target
+    // runs for a bounded time on every test run, also when a test failed
+    // (both verdicts are reported).
+    let fuzzed = fuzz(root, TEST_FUZZ_SECONDS);
+    match (tests, fuzzed) {
+        (Ok(()), Ok(())) => {
+            step("all tests passed, no fuzz target found a crash");
+            Ok(())
+        }
+        (Err(t), Ok(())) => Err(t),
+        (Ok(()), Err(f)) => Err(f),
+        (Err(t), Err(f)) => Err(t.context(format!("and fuzzing failed too: {f:#}"))),
+    }
 }
+
+/// Seconds per fuzz target within `cargo xtask test`.
+const TEST_FUZZ_SECONDS: u32 = 20;
 
 /// The cargo-fuzz targets in fuzz/ and where their seeds come from.
 const FUZZ_TARGETS: &[(&str, &[&str])] = &[
