@@ -71,7 +71,7 @@ fn fill(ep: &mut Endpoint, r: &Resolved<'_>) {
         }
         Resolved::Node(n) => {
             ep.kind = Some(EndpointKind::Node);
-            ep.node = (!n.is_empty()).then(|| n.to_string());
+            ep.node = (!n.is_empty()).then(|| Arc::clone(n));
         }
         Resolved::Metadata => ep.kind = Some(EndpointKind::Metadata),
         Resolved::External => ep.kind = Some(EndpointKind::External),
@@ -170,7 +170,7 @@ impl ClusterIndex {
         // "traffic to and from the node where a Pod is running is always
         // allowed" (Network Policies concept page).
         let local_node = |pod: &Resolved<'_>, node: &Resolved<'_>| match (pod, node) {
-            (Resolved::Pod(p), Resolved::Node(n)) => p.node.as_deref() == Some(*n),
+            (Resolved::Pod(p), Resolved::Node(n)) => p.node.as_deref() == Some(&***n),
             _ => false,
         };
         if local_node(src, dst) || local_node(dst, src) {
@@ -190,7 +190,6 @@ impl ClusterIndex {
             protocol,
             port: report.dst.port.unwrap_or(0),
         });
-        report.netpol = Some(decision.to_netpol_info());
         let state = match &report.tcp {
             Some(t) => t.state,
             // Without a handshake: the destination answered or it did not.
@@ -201,6 +200,7 @@ impl ClusterIndex {
         {
             report.violations.push(v);
         }
+        report.netpol = Some(decision.into_netpol_info());
     }
 }
 
@@ -209,8 +209,9 @@ fn workload_label(ep: &Endpoint) -> String {
     match ep.kind {
         Some(EndpointKind::Pod) => ep
             .workload
-            .clone()
-            .unwrap_or_else(|| BARE_POD_WORKLOAD.to_owned()),
+            .as_deref()
+            .unwrap_or(BARE_POD_WORKLOAD)
+            .to_owned(),
         Some(EndpointKind::Service) => {
             let name = ep
                 .service
@@ -378,7 +379,12 @@ impl Observer {
         let dst_ns = namespace_label(&r.dst).to_owned();
         let (src_wl, dst_wl) = (workload_label(&r.src), workload_label(&r.dst));
         let sa = match r.src.kind {
-            Some(EndpointKind::Pod) => r.src.service_account.clone().unwrap_or_default(),
+            Some(EndpointKind::Pod) => r
+                .src
+                .service_account
+                .as_deref()
+                .unwrap_or_default()
+                .to_owned(),
             _ => String::new(),
         };
         let port = r.dst.port.map(|p| p.to_string()).unwrap_or_default();

@@ -393,7 +393,7 @@ mod tests {
         .await
         .expect("inventory loads");
         assert!(ready.is_set(), "ready after the inventory is loaded");
-        let is_pod = |ip: &str, name: &str| matches!(read(&index).resolve(ip.parse().expect("ip")), crate::index::Resolved::Pod(p) if p.name == name);
+        let is_pod = |ip: &str, name: &str| matches!(read(&index).resolve(ip.parse().expect("ip")), crate::index::Resolved::Pod(p) if &*p.name == name);
         assert!(is_pod("10.0.0.1", "one"));
         // Same size, different content: the mtime must tell. Wait past the
         // file system's timestamp granularity first.

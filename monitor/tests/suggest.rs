@@ -841,12 +841,12 @@ fn metric_edges_give_the_same_policies_as_the_flows() {
                     r.dst.service.as_deref().unwrap().split_once('/').unwrap().1
                 )
             }
-            _ => r.dst.workload.clone().unwrap(),
+            _ => r.dst.workload.as_deref().unwrap().to_owned(),
         };
         let key = [
-            r.src.namespace.clone().unwrap(),
-            r.src.workload.clone().unwrap(),
-            r.dst.namespace.clone().unwrap(),
+            r.src.namespace.as_deref().unwrap().to_owned(),
+            r.src.workload.as_deref().unwrap().to_owned(),
+            r.dst.namespace.as_deref().unwrap().to_owned(),
             dst_w,
             r.dst.port.map(|p| p.to_string()).unwrap_or_default(),
             r.protocol.clone(),

@@ -152,7 +152,8 @@ pub fn party(ep: &crate::report::Endpoint) -> Party {
         },
         Some(EndpointKind::Service) => ep
             .service
-            .clone()
+            .as_deref()
+            .map(str::to_owned)
             .or_else(|| ep.namespace.as_ref().map(|ns| format!("{ns}/{}", ep.ip)))
             .unwrap_or_else(|| ep.ip.to_string()),
         Some(EndpointKind::Node) => match &ep.node {
@@ -167,10 +168,10 @@ pub fn party(ep: &crate::report::Endpoint) -> Party {
         name,
         ip: ep.ip.to_string(),
         port: ep.port,
-        namespace: ep.namespace.clone(),
-        workload: ep.workload.clone(),
-        service_account: ep.service_account.clone(),
-        node: ep.node.clone(),
+        namespace: ep.namespace.as_deref().map(str::to_owned),
+        workload: ep.workload.as_deref().map(str::to_owned),
+        service_account: ep.service_account.as_deref().map(str::to_owned),
+        node: ep.node.as_deref().map(str::to_owned),
     }
 }
 

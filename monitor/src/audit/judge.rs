@@ -143,8 +143,12 @@ impl NetpolJudge for FlowLogNetpol {
                 bypass: Some(v),
             }),
             (Some(np), logged) => {
-                let mut policies: Vec<String> =
-                    np.ingress.iter().chain(&np.egress).cloned().collect();
+                let mut policies: Vec<String> = np
+                    .ingress
+                    .iter()
+                    .chain(&np.egress)
+                    .map(|p| p.to_string())
+                    .collect();
                 policies.sort();
                 policies.dedup();
                 let bypass = logged.or_else(|| {

@@ -240,7 +240,7 @@ fn coverage(facts: &[Fact<'_>], objects: &[Object]) -> Coverage {
     for f in facts {
         for ep in [&f.flow.src, &f.flow.dst] {
             if let Some(ns) = &ep.namespace {
-                ns_observed.insert(ns.clone());
+                ns_observed.insert(ns.to_string());
             }
         }
         if f.flow.src.kind.is_none() || f.flow.dst.kind.is_none() {
@@ -280,7 +280,7 @@ pub const UNKNOWN: &str = "(unknown)";
 
 fn src_label(f: &FlowReport) -> String {
     match (f.src.kind, &f.src.namespace) {
-        (Some(EndpointKind::Pod | EndpointKind::Service), Some(ns)) => ns.clone(),
+        (Some(EndpointKind::Pod | EndpointKind::Service), Some(ns)) => ns.to_string(),
         (Some(EndpointKind::Node), _) => NODES.into(),
         (Some(EndpointKind::External), _) => EXTERNAL.into(),
         (Some(EndpointKind::Metadata), _) => METADATA.into(),
@@ -290,7 +290,13 @@ fn src_label(f: &FlowReport) -> String {
 
 fn dst_label(fact: &Fact<'_>) -> String {
     match fact.dst {
-        DstClass::Namespace => fact.flow.dst.namespace.clone().unwrap_or_default(),
+        DstClass::Namespace => fact
+            .flow
+            .dst
+            .namespace
+            .as_deref()
+            .unwrap_or_default()
+            .to_owned(),
         DstClass::Node => NODES.into(),
         DstClass::Metadata => METADATA.into(),
         DstClass::External => EXTERNAL.into(),

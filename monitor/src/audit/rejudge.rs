@@ -83,12 +83,12 @@ impl Facts {
 
     fn pod_labels(&self, ep: &Endpoint) -> Labels {
         if let Some(l) = &ep.labels {
-            return l.clone();
+            return Labels::clone(l);
         }
         match (&ep.namespace, &ep.pod) {
             (Some(ns), Some(pod)) => self
                 .pod_labels
-                .get(&(ns.clone(), pod.clone()))
+                .get(&(ns.to_string(), pod.to_string()))
                 .cloned()
                 .unwrap_or_default(),
             _ => Labels::new(),
@@ -126,15 +126,18 @@ struct EndFacts {
 impl SegmentationJudge for PolicyJudge {
     fn judge(&self, flow: &FlowReport) -> Option<SegJudgement> {
         let pod_end = |ep: &Endpoint| -> Option<EndFacts> {
-            let ns = ep.namespace.clone()?;
+            let ns = ep.namespace.as_deref()?.to_owned();
             let (labels, sa) = match ep.kind {
-                Some(EndpointKind::Pod) => (self.facts.pod_labels(ep), ep.service_account.clone()),
+                Some(EndpointKind::Pod) => (
+                    self.facts.pod_labels(ep),
+                    ep.service_account.as_deref().map(str::to_owned),
+                ),
                 // A Service stands for its pods: the labels its selector
                 // requires, any service account.
                 Some(EndpointKind::Service) => (
                     ep.service
                         .as_ref()
-                        .and_then(|s| self.facts.service_selectors.get(s))
+                        .and_then(|s| self.facts.service_selectors.get(&**s))
                         .cloned()
                         .unwrap_or_default(),
                     None,
@@ -270,8 +273,8 @@ impl EngineJudge {
             return Vec::new();
         };
         let (Some(sel), Some(svc)) = (
-            self.facts.service_selectors.get(id),
-            self.facts.services.get(id),
+            self.facts.service_selectors.get(&**id),
+            self.facts.services.get(&**id),
         ) else {
             return Vec::new();
         };

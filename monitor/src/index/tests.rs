@@ -137,7 +137,7 @@ fn pod_ips_v4_and_v6_attribute_to_the_pod() {
     )));
     for addr in ["10.1.0.5", "fd00:1::5"] {
         let p = pod_at(&idx, addr).unwrap_or_else(|| panic!("{addr} must be the pod"));
-        assert_eq!((p.namespace.as_str(), p.name.as_str()), ("shop", "web-0"));
+        assert_eq!((&*p.namespace, &*p.name), ("shop", "web-0"));
         assert_eq!(p.service_account.as_deref(), Some("web-0-sa"));
         assert_eq!(p.node.as_deref(), Some("n1"));
         assert_eq!(p.labels.get("app").map(String::as_str), Some("web"));
@@ -167,13 +167,13 @@ fn reused_ip_goes_to_the_remaining_pod() {
     idx.apply(Object::Pod(mk_pod("a", "old", "", &["10.1.0.7"])));
     idx.apply(Object::Pod(mk_pod("a", "new", "", &["10.1.0.7"])));
     assert_eq!(
-        pod_at(&idx, "10.1.0.7").map(|p| p.name.as_str()),
+        pod_at(&idx, "10.1.0.7").map(|p| &*p.name),
         Some("new"),
         "the last pod applied wins"
     );
     idx.delete(ObjectKind::Pod, Some("a"), "new");
     assert_eq!(
-        pod_at(&idx, "10.1.0.7").map(|p| p.name.as_str()),
+        pod_at(&idx, "10.1.0.7").map(|p| &*p.name),
         Some("old"),
         "the other claimant takes over"
     );
@@ -288,7 +288,7 @@ fn services_nodes_metadata_external_and_unknown() {
     idx.set_host_addresses(vec![ip("10.1.0.1"), ip("169.254.169.254")]);
     for addr in ["10.96.0.7", "fd00:96::7"] {
         match idx.resolve(ip(addr)) {
-            Resolved::Service(s) => assert_eq!(s.id, "api/backend"),
+            Resolved::Service(s) => assert_eq!(&*s.id, "api/backend"),
             other => panic!("{addr} must be the Service, got {other:?}"),
         }
     }
@@ -299,7 +299,7 @@ fn services_nodes_metadata_external_and_unknown() {
         ("10.1.0.1", "local"),
     ] {
         match idx.resolve(ip(addr)) {
-            Resolved::Node(n) => assert_eq!(n, node, "{addr}"),
+            Resolved::Node(n) => assert_eq!(&**n, node, "{addr}"),
             other => panic!("{addr} must be node {node}, got {other:?}"),
         }
     }
@@ -338,7 +338,7 @@ fn host_network_pods_do_not_take_the_node_address() {
     idx.apply(Object::Pod(p));
     assert!(matches!(
         idx.resolve(ip("192.168.1.1")),
-        Resolved::Node("n1")
+        Resolved::Node(n) if &**n == "n1"
     ));
 }
 
@@ -355,7 +355,7 @@ fn reset_replaces_everything_and_reset_kind_only_one_kind() {
     assert!(matches!(idx.resolve(ip("10.96.0.1")), Resolved::External));
     assert!(pod_at(&idx, "10.1.0.2").is_some());
     assert!(
-        matches!(idx.resolve(ip("192.0.2.10")), Resolved::Node("local")),
+        matches!(idx.resolve(ip("192.0.2.10")), Resolved::Node(n) if &**n == "local"),
         "config survives reset"
     );
     idx.apply(mk_svc("b", "s", "", &["10.96.0.2"]));
@@ -484,7 +484,7 @@ fn conformance_inventory_resolves_every_pod_ip() {
                 continue;
             }
             let e = pod_at(&idx, &pip.ip).unwrap_or_else(|| panic!("{} must resolve", pip.ip));
-            assert_eq!(Some(&e.name), p.metadata.name.as_ref());
+            assert_eq!(Some(&*e.name), p.metadata.name.as_deref());
             checked += 1;
         }
     }
@@ -519,4 +519,52 @@ fn watched_resources_cover_every_kind() {
 fn host_addresses_include_loopback() {
     let addrs = host_addresses().expect("getifaddrs works");
     assert!(addrs.contains(&ip("127.0.0.1")), "{addrs:?}");
+}
+
+#[test]
+fn pods_share_identity_fields_and_unused_ones_are_swept() {
+    let mut idx = index();
+    idx.apply(mk_ns("shop", ""));
+    for (name, addr) in [("web-0", "10.1.0.1"), ("web-1", "10.1.0.2")] {
+        let mut p = mk_pod("shop", name, "app=web", &[addr]);
+        p.spec.as_mut().expect("spec").service_account_name = Some("web".into());
+        idx.apply(Object::Pod(p));
+    }
+    let (a, b) = (
+        pod_at(&idx, "10.1.0.1").expect("web-0").clone(),
+        pod_at(&idx, "10.1.0.2").expect("web-1").clone(),
+    );
+    assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
+    assert!(Arc::ptr_eq(&a.labels, &b.labels));
+    let (sa_a, sa_b) = (
+        a.service_account.expect("sa"),
+        b.service_account.expect("sa"),
+    );
+    assert!(Arc::ptr_eq(&sa_a, &sa_b));
+    assert!(!Arc::ptr_eq(&a.name, &b.name), "names are the pods' own");
+
+    // Churn: every pod with a label set of its own, then gone. The sweep
+    // keeps the interner at what live pods use, not at what ever existed.
+    for i in 0..3 * Interner::SWEEP_EVERY {
+        let name = format!("job-{i}");
+        idx.apply(Object::Pod(mk_pod(
+            "shop",
+            &name,
+            &format!("run={i}"),
+            &["10.1.9.9"],
+        )));
+        idx.delete(ObjectKind::Pod, Some("shop"), &name);
+    }
+    let live = idx.interner.labels.len() + idx.interner.strs.len();
+    assert!(
+        live <= Interner::SWEEP_EVERY + 8,
+        "{live} interned entries after churn"
+    );
+    assert!(
+        idx.interner
+            .labels
+            .iter()
+            .any(|l| Arc::ptr_eq(l, &a.labels)),
+        "entries still in use stay shared"
+    );
 }

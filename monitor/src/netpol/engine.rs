@@ -91,10 +91,14 @@ pub struct Direction {
 
 impl Direction {
     fn open() -> Self {
+        // One shared empty list: an open direction is the common case and
+        // must not allocate per evaluation.
+        static NONE: std::sync::LazyLock<Arc<[Arc<str>]>> =
+            std::sync::LazyLock::new(|| Arc::from([]));
         Direction {
             isolated: false,
             allowed: true,
-            isolated_by: Arc::from([]),
+            isolated_by: NONE.clone(),
             allowed_by: Vec::new(),
         }
     }
@@ -113,22 +117,13 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The flow report's `netpol` field.
-    pub fn to_netpol_info(&self) -> NetpolInfo {
+    /// The flow report's `netpol` field (moves the policy lists: this is
+    /// once per flow).
+    pub fn into_netpol_info(self) -> NetpolInfo {
         NetpolInfo {
             allowed: self.allowed,
-            ingress: self
-                .ingress
-                .allowed_by
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            egress: self
-                .egress
-                .allowed_by
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            ingress: self.ingress.allowed_by,
+            egress: self.egress.allowed_by,
         }
     }
 }
@@ -221,7 +216,7 @@ pub struct Engine {
     endpoints: Vec<Endpoint>,
     namespaces: HashMap<String, Labels>,
     by_name: HashMap<String, EndpointId>,
-    by_ip: HashMap<IpAddr, EndpointId>,
+    by_ip: crate::index::IpMap<EndpointId>,
     policies: Vec<Compiled>,
     /// Per endpoint: the policies isolating it for ingress / egress.
     ingress_of: Vec<Vec<u32>>,
@@ -281,7 +276,7 @@ impl Engine {
                 .entry(format!("{}/{}", ep.group.namespace, ep.group.name))
                 .or_insert(EndpointId(i as u32));
         }
-        let mut by_ip = HashMap::new();
+        let mut by_ip = crate::index::IpMap::default();
         for (i, ep) in endpoints.iter().enumerate() {
             // A hostNetwork pod uses its node's address, shared with the node
             // and other hostNetwork pods: that address is not the pod's.
@@ -1046,10 +1041,10 @@ spec:
             None,
             "allowed flows are no finding"
         );
-        let info = d.to_netpol_info();
+        let info = d.clone().into_netpol_info();
         assert_eq!(
             (info.allowed, info.egress, info.ingress),
-            (false, vec!["shop/allow-web".to_string()], vec![])
+            (false, vec!["shop/allow-web".into()], vec![])
         );
     }
 

@@ -521,16 +521,17 @@ impl Observed {
             EndpointKind::Pod => {
                 let ns = ep
                     .namespace
-                    .clone()
+                    .as_deref()
+                    .map(str::to_owned)
                     .or_else(|| cat.pod_ip.get(&ep.ip).map(|w| w.namespace.clone()))?;
                 let workload = ep
                     .workload
                     .as_deref()
                     .and_then(|w| WorkloadKey::parse(&ns, w))
                     .or_else(|| {
-                        ep.pod
-                            .as_ref()
-                            .and_then(|p| cat.pod_workload.get(&(ns.clone(), p.clone())).cloned())
+                        ep.pod.as_ref().and_then(|p| {
+                            cat.pod_workload.get(&(ns.clone(), p.to_string())).cloned()
+                        })
                     })
                     .or_else(|| cat.pod_ip.get(&ep.ip).cloned())
                     .or_else(|| ep.pod.as_ref().map(|p| WorkloadKey::new(&ns, "Pod", p)))?;
@@ -543,8 +544,8 @@ impl Observed {
                 }
                 Some(ConnEnd::Pod {
                     workload,
-                    pod: ep.pod.clone(),
-                    labels: ep.labels.clone(),
+                    pod: ep.pod.as_deref().map(str::to_owned),
+                    labels: ep.labels.as_deref().cloned(),
                     ip: Some(ep.ip),
                 })
             }
