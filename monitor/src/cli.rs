@@ -10,7 +10,8 @@ use crate::cmd;
 #[command(name = "segwatch", version, about, long_about = None)]
 pub struct Cli {
     /// Log filter for diagnostics on stderr (tracing env-filter syntax),
-    /// e.g. `info`, `segwatch=debug`. Default: `$RUST_LOG`, else `info`.
+    /// e.g. `info`, `segwatch=debug`. Default: `$RUST_LOG`, else `info`
+    /// without the kube client's per-retry lines.
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
 
@@ -33,6 +34,13 @@ pub enum Command {
     Netpol(cmd::netpol::Args),
 }
 
+/// The log filter without `--log-level` or RUST_LOG. kube's client and
+/// watcher log every failed retry (a line or two per watched resource every
+/// few seconds while the API server is away); the cluster sources report an
+/// outage once, with its error, when it starts and once when it ends.
+/// `--log-level info,kube_client=debug` brings them back.
+pub const DEFAULT_LOG: &str = "info,kube_client=off,kube_runtime=off";
+
 /// Diagnostics go to stderr, never stdout (stdout may carry the flow log).
 /// A `--log-level` that is not a valid filter is a bad flag, not a warning.
 pub fn init_tracing(filter: Option<&str>) -> anyhow::Result<()> {
@@ -40,7 +48,7 @@ pub fn init_tracing(filter: Option<&str>) -> anyhow::Result<()> {
     let filter = match filter {
         Some(f) => EnvFilter::try_new(f)
             .map_err(|e| anyhow::anyhow!("--log-level `{f}`: not a log filter: {e}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

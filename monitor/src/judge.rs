@@ -485,6 +485,7 @@ impl Observer {
 pub struct ClusterJudge {
     index: SharedIndex,
     ready: ReadyFlag,
+    health: crate::sources::SourceHealth,
     observer: Observer,
 }
 
@@ -493,8 +494,15 @@ impl ClusterJudge {
         ClusterJudge {
             index,
             ready,
+            health: crate::sources::SourceHealth::default(),
             observer: Observer::new(metrics_ttl),
         }
+    }
+
+    /// Reports the sources' degraded state (a lost API server) to /readyz.
+    pub fn with_health(mut self, health: crate::sources::SourceHealth) -> Self {
+        self.health = health;
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, ClusterIndex> {
@@ -524,6 +532,10 @@ impl crate::daemon::Judge for ClusterJudge {
 
     fn ready(&self) -> bool {
         self.ready.is_set()
+    }
+
+    fn degraded(&self) -> Option<String> {
+        self.health.degraded()
     }
 }
 

@@ -39,6 +39,10 @@ pub struct Metrics {
     /// `segwatch_inventory_errors_total{source}`: inventory files or API
     /// objects that could not be read (last good state kept).
     pub inventory_errors: IntCounterVec,
+    /// `segwatch_source_up{source}`: 1 while the cluster source (`kube`
+    /// watches or `inventory` files) is current, 0 while the index runs on
+    /// the last good state.
+    pub source_up: IntGaugeVec,
 }
 
 /// Names of the loss stages in `segwatch_events_lost_total{stage}`.
@@ -158,6 +162,17 @@ impl Metrics {
             "segwatch_flows_deduplicated_total",
             "Connections seen on two interfaces of this node and reported once.",
         );
+        let source_up = IntGaugeVec::new(
+            Opts::new(
+                "segwatch_source_up",
+                "1 while the cluster source is current, 0 while the index keeps the last good state (API server not watchable, inventory file invalid).",
+            ),
+            &["source"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(source_up.clone()))
+            .expect("metric names are unique");
         let build_info = IntGaugeVec::new(
             Opts::new("segwatch_build_info", "Build information (always 1)."),
             &["version"],
@@ -197,6 +212,7 @@ impl Metrics {
             flows_deduplicated,
             new_flows,
             inventory_errors,
+            source_up,
         }
     }
 

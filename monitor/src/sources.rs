@@ -11,10 +11,14 @@
 //! ```
 //!
 //! A broken inventory file keeps the last good state, counts
-//! `segwatch_inventory_errors_total{source="inventory"}` and logs one line
-//! per change of the files. An API object that does not fit its type is
+//! `segwatch_inventory_errors_total{source="inventory"}`, sets
+//! `segwatch_source_up{source="inventory"}` to 0 and logs one line per
+//! change of the files. An API object that does not fit its type is
 //! logged with its namespace/name, counted (`source="kube"`) and skipped;
-//! it never ends a watch.
+//! it never ends a watch. An API server that cannot be watched keeps the
+//! last good state too; after a grace period the sources say so (one warn
+//! line, `segwatch_source_up{source="kube"} 0`, /readyz "degraded: ...")
+//! until it answers again (see [`health`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -31,6 +35,12 @@ use crate::inventory::{self, ObjectKind};
 use crate::judge::{ReadyFlag, SharedIndex};
 use crate::metrics::Metrics;
 
+pub mod health;
+pub use health::SourceHealth;
+
+#[cfg(test)]
+mod api_tests;
+
 /// What the daemon passes in.
 pub struct SourcesConfig {
     /// `--inventory`; empty: watch the API server.
@@ -39,6 +49,18 @@ pub struct SourcesConfig {
     pub metrics: Metrics,
     /// How often inventory files are checked for changes.
     pub poll_interval: Duration,
+    /// How long an API server watch may fail before the sources report
+    /// degraded (reconnects and control-plane rollouts take seconds).
+    pub api_grace: Duration,
+}
+
+/// What the daemon gets back: the index and how its sources are doing.
+pub struct Sources {
+    pub index: SharedIndex,
+    /// Set once the first full view is in.
+    pub ready: ReadyFlag,
+    /// Degraded while the API server cannot be watched.
+    pub health: SourceHealth,
 }
 
 /// Loads `--policy` files and builds the index config; errors name the file,
@@ -64,39 +86,106 @@ pub fn index_config(
 /// Starts the sources. Returns once the inventory is loaded (an unreadable
 /// or unparsable inventory is an error) or the API client is configured;
 /// the [`ReadyFlag`] is set when the watchers' first lists are in.
-pub async fn spawn_sources(cfg: SourcesConfig) -> anyhow::Result<(SharedIndex, ReadyFlag)> {
-    let mut index = ClusterIndex::new(cfg.index);
+pub async fn spawn_sources(cfg: SourcesConfig) -> anyhow::Result<Sources> {
+    if cfg.inventory.is_empty() {
+        let kube = kube::Config::infer().await.context(
+            "no --inventory given and no Kubernetes API access (in-cluster config or KUBECONFIG)",
+        )?;
+        return spawn_api_sources(cfg, kube);
+    }
+    let shared = new_index(cfg.index);
+    let inv = inventory::load_paths(&cfg.inventory).context("--inventory")?;
+    let fp = fingerprint(&cfg.inventory);
+    tracing::info!(
+        objects = inv.objects.len(),
+        skipped = inv.warnings.len(),
+        "inventory loaded"
+    );
+    write(&shared).reset(inv.objects);
+    cfg.metrics
+        .source_up
+        .with_label_values(&["inventory"])
+        .set(1);
+    let ready = ReadyFlag::default();
+    ready.set();
+    tokio::spawn(poll_inventory(
+        cfg.inventory,
+        fp,
+        cfg.poll_interval,
+        shared.clone(),
+        cfg.metrics.clone(),
+    ));
+    tokio::spawn(maintain(shared.clone()));
+    Ok(Sources {
+        index: shared,
+        ready,
+        health: SourceHealth::default(),
+    })
+}
+
+/// The API server half of [`spawn_sources`], with the client configuration
+/// given (`cfg.inventory` is not read). Must run inside a tokio runtime.
+pub fn spawn_api_sources(cfg: SourcesConfig, kube: kube::Config) -> anyhow::Result<Sources> {
+    let shared = new_index(cfg.index);
+    let ready = ReadyFlag::default();
+    let health = SourceHealth::for_api(
+        kube.cluster_url.to_string(),
+        cfg.api_grace,
+        WATCHES.iter().map(|&(kind, _, _, plural)| (kind, plural)),
+    );
+    let client = kube::client::ClientBuilder::try_from(kube)
+        .context("configuring the Kubernetes API client")?
+        .with_layer(&health::ContactLayer(health.clone()))
+        .build();
+    spawn_watchers(
+        client,
+        shared.clone(),
+        ready.clone(),
+        health.clone(),
+        cfg.metrics.clone(),
+    );
+    cfg.metrics.source_up.with_label_values(&["kube"]).set(1);
+    tokio::spawn(review_health(health.clone(), cfg.metrics.clone()));
+    tokio::spawn(maintain(shared.clone()));
+    Ok(Sources {
+        index: shared,
+        ready,
+        health,
+    })
+}
+
+fn new_index(cfg: IndexConfig) -> SharedIndex {
+    let mut index = ClusterIndex::new(cfg);
     match host_addresses() {
         Ok(a) => index.set_host_addresses(a),
         Err(e) => tracing::warn!(error = %e, "cannot read the host's addresses"),
     }
-    let ready = ReadyFlag::default();
-    let shared: SharedIndex = Arc::new(RwLock::new(index));
-    if cfg.inventory.is_empty() {
-        let client = kube::Client::try_default().await.context(
-            "no --inventory given and no Kubernetes API access (in-cluster config or KUBECONFIG)",
-        )?;
-        spawn_watchers(client, shared.clone(), ready.clone(), cfg.metrics.clone());
-    } else {
-        let inv = inventory::load_paths(&cfg.inventory).context("--inventory")?;
-        let fp = fingerprint(&cfg.inventory);
-        tracing::info!(
-            objects = inv.objects.len(),
-            skipped = inv.warnings.len(),
-            "inventory loaded"
-        );
-        write(&shared).reset(inv.objects);
-        ready.set();
-        tokio::spawn(poll_inventory(
-            cfg.inventory,
-            fp,
-            cfg.poll_interval,
-            shared.clone(),
-            cfg.metrics.clone(),
-        ));
+    Arc::new(RwLock::new(index))
+}
+
+/// Turns the watchers' reports into the degraded state: one warn line when
+/// it starts, one info line when it ends, and `segwatch_source_up`.
+async fn review_health(health: SourceHealth, metrics: Metrics) {
+    let up = metrics.source_up.with_label_values(&["kube"]);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match health.review(std::time::Instant::now()) {
+            Some(health::Transition::Degraded(why)) => {
+                up.set(0);
+                tracing::warn!("cluster sources degraded: {why}");
+            }
+            Some(health::Transition::Recovered { after }) => {
+                up.set(1);
+                tracing::info!(
+                    after_secs = after.as_secs(),
+                    "API server watches recovered; cluster sources no longer degraded"
+                );
+            }
+            None => {}
+        }
     }
-    tokio::spawn(maintain(shared.clone()));
-    Ok((shared, ready))
 }
 
 fn write(index: &SharedIndex) -> std::sync::RwLockWriteGuard<'_, ClusterIndex> {
@@ -148,12 +237,14 @@ async fn poll_inventory(
                     "inventory changed, reloaded"
                 );
                 write(&index).reset(inv.objects);
+                metrics.source_up.with_label_values(&["inventory"]).set(1);
             }
             Err(e) => {
                 metrics
                     .inventory_errors
                     .with_label_values(&["inventory"])
                     .inc();
+                metrics.source_up.with_label_values(&["inventory"]).set(0);
                 tracing::error!("inventory not reloaded, keeping the last good state: {e}");
             }
         }
@@ -221,7 +312,13 @@ const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
     ),
 ];
 
-fn spawn_watchers(client: kube::Client, index: SharedIndex, ready: ReadyFlag, metrics: Metrics) {
+fn spawn_watchers(
+    client: kube::Client,
+    index: SharedIndex,
+    ready: ReadyFlag,
+    health: SourceHealth,
+    metrics: Metrics,
+) {
     let pending = Arc::new(std::sync::atomic::AtomicUsize::new(WATCHES.len()));
     for &(kind, group, version, plural) in WATCHES {
         let ar = ApiResource {
@@ -237,22 +334,24 @@ fn spawn_watchers(client: kube::Client, index: SharedIndex, ready: ReadyFlag, me
         };
         let api = kube::Api::<DynamicObject>::all_with(client.clone(), &ar);
         tokio::spawn(watch_kind(
-            kind,
+            (kind, plural),
             api,
             index.clone(),
             ready.clone(),
             pending.clone(),
+            health.clone(),
             metrics.clone(),
         ));
     }
 }
 
 async fn watch_kind(
-    kind: ObjectKind,
+    (kind, plural): (ObjectKind, &'static str),
     api: kube::Api<DynamicObject>,
     index: SharedIndex,
     ready: ReadyFlag,
     pending: Arc<std::sync::atomic::AtomicUsize>,
+    health: SourceHealth,
     metrics: Metrics,
 ) {
     use std::sync::atomic::Ordering;
@@ -271,6 +370,10 @@ async fn watch_kind(
         .default_backoff()
         .boxed();
     while let Some(ev) = stream.next().await {
+        // `Init` comes before the list is even sent: not a sign of contact.
+        if matches!(&ev, Ok(e) if !matches!(e, watcher::Event::Init)) {
+            health.contact(plural);
+        }
         match ev {
             Ok(watcher::Event::Init) => buffer.clear(),
             Ok(watcher::Event::InitApply(o)) => {
@@ -293,7 +396,15 @@ async fn watch_kind(
             }
             Err(e) => {
                 metrics.inventory_errors.with_label_values(&["kube"]).inc();
-                tracing::warn!(kind = %kind, error = %e, "watch failed, retrying");
+                // Every retry of an outage lands here (with backoff, up to
+                // every 30 s): the health review logs the outage once.
+                tracing::debug!(kind = %kind, error = %health::describe(&e), "watch failed, retrying");
+                if health.failed(plural, &e) {
+                    tracing::info!(
+                        "the SegmentationPolicy CRD is not installed (the API server answers 404): \
+                         only --policy files and the built-in baseline apply; still watching for it"
+                    );
+                }
                 // Without the CRD installed, SegmentationPolicies cannot be
                 // listed: the other kinds still make a usable index, so this
                 // one does not hold readiness back (it keeps retrying).
@@ -384,11 +495,12 @@ mod tests {
         };
         std::fs::write(&f, pod("one", "10.0.0.1")).expect("write");
         let metrics = Metrics::new();
-        let (index, ready) = spawn_sources(SourcesConfig {
+        let Sources { index, ready, .. } = spawn_sources(SourcesConfig {
             inventory: vec![dir.clone()],
             index: IndexConfig::default(),
             metrics: metrics.clone(),
             poll_interval: Duration::from_millis(20),
+            api_grace: Duration::from_secs(5),
         })
         .await
         .expect("inventory loads");
@@ -429,6 +541,13 @@ mod tests {
         assert!(
             is_pod("10.0.0.2", "two"),
             "a broken file keeps the last good state"
+        );
+        assert!(
+            metrics
+                .render()
+                .contains("segwatch_source_up{source=\"inventory\"} 0"),
+            "the inventory source is marked stale:\n{}",
+            metrics.render()
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

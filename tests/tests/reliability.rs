@@ -1,5 +1,7 @@
 //! Faults and hostile input on the datapath: crafted frames on a real veth,
-//! SIGKILL and restart, an overflowing flow table, missing capabilities.
+//! SIGKILL and restart, an overflowing flow table, missing capabilities;
+//! and at the cluster sources: an inventory file replaced by an invalid one,
+//! the API server going away and coming back.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -428,4 +430,215 @@ fn clsact_fallback_counts_detaches_and_cleans_up_after_a_crash() {
     assert_eq!(flow["packets"]["sent"], 4, "exact count through clsact");
     assert_eq!(flow["bytes"]["sent"], 4 * 128);
     let _ = port;
+}
+
+/// A Namespace and a Pod of `p` (both its addresses) as inventory objects.
+fn inventory_of(ns: &str, pod: &str, labels: serde_json::Value, p: &Pod) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+            {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": pod, "namespace": ns, "labels": labels},
+             "spec": {"containers": [{"name": "c", "image": "x"}]},
+             "status": {"podIP": p.ip4.to_string(),
+                        "podIPs": [{"ip": p.ip4.to_string()}, {"ip": p.ip6.to_string()}]}}
+        ]
+    })
+}
+
+/// Replaces `path` the way kubectl and ConfigMap volumes do (write a new
+/// file, rename it over the old), so the daemon never reads half a file.
+fn replace_file(path: &std::path::Path, text: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+}
+
+/// Sends one datagram from `from` to `to` and waits for its flow report.
+fn report_of(daemon: &Daemon, from: &Pod, to: SocketAddr) -> serde_json::Value {
+    let port = udp_send(from, to, 1, 20);
+    wait_for(Duration::from_secs(10), || {
+        daemon
+            .reports()
+            .into_iter()
+            .find(|r| r["src"]["port"] == port && r["dst"]["port"] == to.port())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no report of {}:{port} -> {to}: {:#?}",
+            from.ip4,
+            daemon.reports()
+        )
+    })
+}
+
+#[test]
+fn an_invalid_inventory_keeps_the_last_good_state_until_a_valid_one_comes() {
+    let topo = Topo::new(2, true);
+    let (web, api) = (&topo.pods[0], &topo.pods[1]);
+    udp_sink(api, SocketAddr::new(api.ip4, 6200));
+    let dir = TempDir::new("inventory");
+    let inv = dir.0.join("cluster.json");
+    let good = inventory_of("shop", "web-0", serde_json::json!({"app": "web"}), web);
+    replace_file(&inv, &serde_json::to_vec(&good).expect("json"));
+    let mut args = FAST.to_vec();
+    args.extend(["--inventory", inv.to_str().expect("utf-8 path")]);
+    let daemon = Daemon::start(&topo.node.name, &args);
+    let dst = SocketAddr::new(api.ip4, 6200);
+    let r = report_of(&daemon, web, dst);
+    assert_eq!(
+        (&r["src"]["namespace"], &r["src"]["pod"]),
+        (&serde_json::json!("shop"), &serde_json::json!("web-0")),
+        "attributed from the inventory: {r}"
+    );
+    assert_eq!(
+        daemon.metric("segwatch_source_up{source=\"inventory\"}"),
+        1.0
+    );
+
+    // Cut off mid-document, as an interrupted copy leaves it.
+    replace_file(
+        &inv,
+        br#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "v1", "#,
+    );
+    let counted = wait_for(Duration::from_secs(15), || {
+        (daemon.metric("segwatch_inventory_errors_total{source=\"inventory\"}") == 1.0)
+            .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "the invalid file is counted once:\n{}",
+        daemon.metrics()
+    );
+    assert_eq!(
+        daemon.metric("segwatch_source_up{source=\"inventory\"}"),
+        0.0,
+        "the inventory source is marked stale"
+    );
+    let r = report_of(&daemon, web, dst);
+    assert_eq!(
+        (&r["src"]["namespace"], &r["src"]["pod"]),
+        (&serde_json::json!("shop"), &serde_json::json!("web-0")),
+        "new traffic is judged with the last good state: {r}"
+    );
+    assert_eq!(
+        daemon.get("/readyz").expect("readyz").0,
+        200,
+        "a bad file keeps the node serving with the last good state"
+    );
+    let stderr = daemon.stderr();
+    let path = inv.display().to_string();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("inventory not reloaded"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one log line for one bad change:\n{stderr}"
+    );
+    assert!(
+        lines[0].contains("ERROR")
+            && lines[0].contains("keeping the last good state")
+            && lines[0].contains(&path)
+            && lines[0].contains("not valid JSON"),
+        "the line names the file and the problem: {}",
+        lines[0]
+    );
+
+    // A valid file again: the change takes effect.
+    let renamed = inventory_of("shop", "web-1", serde_json::json!({"app": "web2"}), web);
+    replace_file(&inv, &serde_json::to_vec(&renamed).expect("json"));
+    let reloaded = wait_for(Duration::from_secs(15), || {
+        (daemon.metric("segwatch_source_up{source=\"inventory\"}") == 1.0).then_some(())
+    });
+    assert!(reloaded.is_some(), "the valid file is read again");
+    let r = report_of(&daemon, web, dst);
+    assert_eq!(r["src"]["pod"], "web-1", "the new state applies: {r}");
+    assert_eq!(r["src"]["labels"], serde_json::json!({"app": "web2"}));
+    assert_eq!(
+        daemon.metric("segwatch_inventory_errors_total{source=\"inventory\"}"),
+        1.0,
+        "a valid file is no error"
+    );
+}
+
+#[test]
+fn a_lost_api_server_leaves_the_node_alive_not_ready_and_judging_with_the_last_state() {
+    let topo = Topo::new(2, true);
+    let (web, api) = (&topo.pods[0], &topo.pods[1]);
+    udp_sink(api, SocketAddr::new(api.ip4, 6300));
+    let cluster = inventory_of("shop", "web-0", serde_json::json!({"app": "web"}), web);
+    let objects = cluster["items"].as_array().expect("items").clone();
+    let mut server = FakeApiServer::start(&topo.node, 0, objects.clone());
+    let dir = TempDir::new("kube");
+    let kubeconfig = server.kubeconfig(&dir.0);
+    // No --inventory: the watchers list and watch the fake API server; the
+    // missing SegmentationPolicy CRD (404) does not hold readiness back.
+    let daemon = Daemon::start_with_env(&topo.node.name, FAST, &[("KUBECONFIG", &kubeconfig)]);
+    let dst = SocketAddr::new(api.ip4, 6300);
+    let r = report_of(&daemon, web, dst);
+    assert_eq!(r["src"]["pod"], "web-0", "attributed from the API: {r}");
+    assert_eq!(daemon.metric("segwatch_source_up{source=\"kube\"}"), 1.0);
+
+    server.shutdown();
+    let why = wait_for(Duration::from_secs(30), || {
+        let (code, body) = daemon.get("/readyz").ok()?;
+        (code == 503).then_some(body)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "/readyz must turn 503 without the API server: {}",
+            daemon.stderr()
+        )
+    });
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    assert!(
+        why.starts_with(&format!("degraded: API server {url}: cannot watch "))
+            && why.contains("last successful contact"),
+        "the reason names the API server and the last contact: {why}"
+    );
+    assert_eq!(
+        daemon.get("/healthz").expect("healthz"),
+        (200, "ok\n".to_string()),
+        "liveness holds: restarting the pod would not bring the API server back"
+    );
+    assert_eq!(daemon.metric("segwatch_source_up{source=\"kube\"}"), 0.0);
+    let r = report_of(&daemon, web, dst);
+    assert_eq!(
+        r["src"]["pod"], "web-0",
+        "judged with the last known cluster state: {r}"
+    );
+
+    let _back = FakeApiServer::start(&topo.node, server.port, objects);
+    let ready = wait_for(Duration::from_secs(60), || {
+        (daemon.get("/readyz").ok()?.0 == 200).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "/readyz recovers with the API server: {:?}\n{}",
+        daemon.get("/readyz"),
+        daemon.stderr()
+    );
+    let stderr = daemon.stderr();
+    let count = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        (
+            count("cluster sources degraded"),
+            count("cluster sources no longer degraded")
+        ),
+        (1, 1),
+        "one line when the outage starts, one when it ends:\n{stderr}"
+    );
+    let alarms: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert_eq!(
+        alarms.len(),
+        1,
+        "the outage is the only warning, not one per retry and resource:\n{stderr}"
+    );
+    assert_eq!(daemon.metric("segwatch_source_up{source=\"kube\"}"), 1.0);
 }

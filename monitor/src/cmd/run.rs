@@ -116,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let (index, ready) = if inventory.is_empty() && kube::Config::infer().await.is_err() {
+        let sources = if inventory.is_empty() && kube::Config::infer().await.is_err() {
             // A plain Linux host (or a test): still useful, with honest
             // attribution: the node's own addresses, metadata, external.
             tracing::warn!(
@@ -130,10 +130,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 index: index_cfg,
                 metrics: metrics.clone(),
                 poll_interval: std::time::Duration::from_secs(2),
+                api_grace: std::time::Duration::from_secs(5),
             })
             .await?
         };
-        let judge = crate::judge::ClusterJudge::new(index, ready, ttl);
+        let judge = crate::judge::ClusterJudge::new(sources.index, sources.ready, ttl)
+            .with_health(sources.health);
         crate::daemon::run(cfg, Box::new(judge), metrics).await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -141,9 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// An index without cluster objects: the node's addresses (kept current:
 /// veth gateways come and go), `--node-ip`, `--policy`.
-fn node_only(
-    cfg: crate::index::IndexConfig,
-) -> (crate::judge::SharedIndex, crate::judge::ReadyFlag) {
+fn node_only(cfg: crate::index::IndexConfig) -> crate::sources::Sources {
     let mut index = crate::index::ClusterIndex::new(cfg);
     if let Ok(addrs) = crate::index::host_addresses() {
         index.set_host_addresses(addrs);
@@ -153,7 +153,11 @@ fn node_only(
     tokio::spawn(refresh_host_addresses(shared.clone()));
     let ready = crate::judge::ReadyFlag::default();
     ready.set();
-    (shared, ready)
+    crate::sources::Sources {
+        index: shared,
+        ready,
+        health: crate::sources::SourceHealth::default(),
+    }
 }
 
 /// Veth gateway addresses come and go with pods: keep the node's own

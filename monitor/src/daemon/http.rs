@@ -4,6 +4,7 @@
 //! attached and the cluster view has synced; 503 with the reason otherwise,
 //! including "degraded" states such as a lost API server or netlink feed.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,11 +16,21 @@ use axum::Router;
 
 use crate::metrics::Metrics;
 
+/// The parts of the daemon that can degrade it, each with its own reason:
+/// one clearing must not hide another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    /// The netlink feed of new interfaces.
+    LinkFeed,
+    /// The cluster sources (API server watches).
+    ClusterSources,
+}
+
 #[derive(Default)]
 pub struct Health {
     attached: AtomicBool,
     synced: AtomicBool,
-    degraded: Mutex<Option<String>>,
+    degraded: Mutex<BTreeMap<Component, String>>,
 }
 
 impl Health {
@@ -28,23 +39,26 @@ impl Health {
         self.synced.store(synced, Ordering::Relaxed);
     }
 
-    pub fn set_degraded(&self, why: &str) {
-        *self.degraded.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+    fn degraded(&self) -> std::sync::MutexGuard<'_, BTreeMap<Component, String>> {
+        self.degraded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn clear_degraded(&self) {
-        *self.degraded.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    pub fn set_degraded(&self, part: Component, why: &str) {
+        self.degraded().insert(part, why.to_string());
+    }
+
+    pub fn clear_degraded(&self, part: Component) {
+        self.degraded().remove(&part);
     }
 
     /// `Ok("ready")` or the reason it is not.
     pub fn readiness(&self) -> Result<&'static str, String> {
-        if let Some(why) = self
-            .degraded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
         {
-            return Err(format!("degraded: {why}"));
+            let degraded = self.degraded();
+            if !degraded.is_empty() {
+                let why: Vec<&str> = degraded.values().map(String::as_str).collect();
+                return Err(format!("degraded: {}", why.join("; ")));
+            }
         }
         if !self.attached.load(Ordering::Relaxed) {
             return Err("programs not attached yet".into());
@@ -98,4 +112,30 @@ pub async fn serve(
             tracing::error!(error = %e, "metrics server stopped");
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_component_degrades_readiness_on_its_own() {
+        let h = Health::default();
+        h.set_ready(true, true);
+        assert_eq!(h.readiness(), Ok("ready"));
+        h.set_degraded(Component::LinkFeed, "netlink link feed stopped");
+        h.set_degraded(Component::ClusterSources, "API server x: cannot watch pods");
+        assert_eq!(
+            h.readiness(),
+            Err("degraded: netlink link feed stopped; API server x: cannot watch pods".into())
+        );
+        // The API server coming back does not hide the dead link feed.
+        h.clear_degraded(Component::ClusterSources);
+        assert_eq!(
+            h.readiness(),
+            Err("degraded: netlink link feed stopped".into())
+        );
+        h.clear_degraded(Component::LinkFeed);
+        assert_eq!(h.readiness(), Ok("ready"));
+    }
 }

@@ -55,6 +55,11 @@ pub trait Judge: Send {
     fn announce(&mut self, metrics: &Metrics, report: &FlowReport) -> bool;
     /// The cluster view is complete enough to judge (for /readyz).
     fn ready(&self) -> bool;
+    /// Why the cluster view is running on its last good state, if it is
+    /// (for /readyz: "degraded: <reason>"). Liveness is not affected.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A judge that knows nothing about the cluster: reports carry addresses and
@@ -434,7 +439,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
                     // until a restart, which /readyz now asks for.
                     links_done = true;
                     tracing::error!("the netlink link feed stopped: new interfaces are no longer attached");
-                    daemon.health.set_degraded("netlink link feed stopped");
+                    daemon.health.set_degraded(http::Component::LinkFeed, "netlink link feed stopped");
                 }
             },
             Some(ev) = ev_rx.recv() => daemon.on_event(ev),
@@ -443,6 +448,10 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
                     tracing::error!(error = %format!("{e:#}"), "sweep failed");
                 }
                 daemon.health.set_ready(daemon.links_synced, daemon.judge.ready());
+                match daemon.judge.degraded() {
+                    Some(why) => daemon.health.set_degraded(http::Component::ClusterSources, &why),
+                    None => daemon.health.clear_degraded(http::Component::ClusterSources),
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
