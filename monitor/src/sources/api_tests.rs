@@ -189,7 +189,7 @@ async fn a_lost_api_server_degrades_the_sources_keeps_the_index_and_recovers() {
     .expect("client configured");
     let web_0 = || {
         matches!(read(&sources.index).resolve("10.1.0.5".parse().expect("ip")),
-            crate::index::Resolved::Pod(p) if p.name == "web-0" && p.namespace == "shop")
+            crate::index::Resolved::Pod(p) if &*p.name == "web-0" && &*p.namespace == "shop")
     };
     let up = |v: i64| {
         metrics
