@@ -50,9 +50,13 @@ pub fn init_tracing(filter: Option<&str>) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--log-level `{f}`: not a log filter: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
     };
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: journald, kubectl logs
+        // and log files get plain text, not escape sequences.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     Ok(())

@@ -303,13 +303,17 @@ pub enum InventoryError {
     },
     #[error("{origin}: {message}")]
     Invalid { origin: Origin, message: String },
+    #[error("{}: empty file (no objects; still being written?)", path.display())]
+    Empty { path: PathBuf },
 }
 
 impl InventoryError {
     /// The file the error is about.
     pub fn path(&self) -> &Path {
         match self {
-            InventoryError::Io { path, .. } | InventoryError::Syntax { path, .. } => path,
+            InventoryError::Io { path, .. }
+            | InventoryError::Syntax { path, .. }
+            | InventoryError::Empty { path } => path,
             InventoryError::Invalid { origin, .. } => &origin.file,
         }
     }
@@ -417,10 +421,20 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InventoryError> {
 }
 
 fn read(file: &Path) -> Result<String, InventoryError> {
-    std::fs::read_to_string(file).map_err(|source| InventoryError::Io {
+    let text = std::fs::read_to_string(file).map_err(|source| InventoryError::Io {
         path: file.to_path_buf(),
         source,
-    })
+    })?;
+    // `kubectl get -o yaml|json` never writes an empty file; an empty one
+    // is most likely caught in the middle of being rewritten. Taken as "no
+    // objects", it would make the daemon forget every pod until the next
+    // change of the file.
+    if text.trim().is_empty() {
+        return Err(InventoryError::Empty {
+            path: file.to_path_buf(),
+        });
+    }
+    Ok(text)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -549,6 +549,25 @@ mod tests {
             "the inventory source is marked stale:\n{}",
             metrics.render()
         );
+        // Truncated by a writer that has not written yet: an error too,
+        // not an empty cluster.
+        std::fs::write(&f, "").expect("truncate");
+        let mut counted = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if metrics
+                .render()
+                .contains("segwatch_inventory_errors_total{source=\"inventory\"} 2")
+            {
+                counted = true;
+                break;
+            }
+        }
+        assert!(counted, "an empty file is counted:\n{}", metrics.render());
+        assert!(
+            is_pod("10.0.0.2", "two"),
+            "an empty file keeps the last good state"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -244,6 +244,9 @@ fn check(netns: Option<&str>, cases: &[Case]) -> Vec<String> {
         if stderr.contains("panicked") || stderr.contains("RUST_BACKTRACE") {
             why.push("panicked".to_string());
         }
+        if stderr.contains('\u{1b}') {
+            why.push("colour escape sequences on a stderr that is not a terminal".to_string());
+        }
         if lines.len() != 1 {
             why.push(format!("{} error lines instead of one", lines.len()));
         }
