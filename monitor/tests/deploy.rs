@@ -799,6 +799,7 @@ fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
         &m.build_info,
         &m.packets,
         &m.inventory_errors,
+        &m.source_up,
     ];
     for c in vectors {
         for d in c.desc() {
