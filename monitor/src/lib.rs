@@ -27,3 +27,5 @@ pub mod report;
 pub mod segpolicy;
 pub mod sources;
 pub mod suggest;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

@@ -280,7 +280,7 @@ async fn maintain(index: SharedIndex) {
 
 /// (kind, group, version, plural) of every watched resource; the RBAC
 /// list is [`crate::index::WATCHED_RESOURCES`].
-const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
+pub(crate) const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
     (ObjectKind::Namespace, "", "v1", "namespaces"),
     (ObjectKind::Pod, "", "v1", "pods"),
     (ObjectKind::Service, "", "v1", "services"),

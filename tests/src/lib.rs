@@ -850,151 +850,17 @@ pub fn tcx_programs(netns: &str, iface: &str) -> Vec<String> {
     .expect("tcx query thread")
 }
 
-/// A stand-in for the Kubernetes API server on a namespace's loopback: it
-/// answers lists of the resources segwatch watches with `objects` (by
-/// kind), a 404 for SegmentationPolicies (the CRD not installed), and holds
-/// watches open without events, like a quiet cluster.
-pub struct FakeApiServer {
-    pub port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
-    accept: Option<std::thread::JoinHandle<()>>,
-}
+pub use segwatch::testing::FakeApiServer;
 
-impl FakeApiServer {
-    /// Listens on 127.0.0.1:`port` inside `netns` (0: any free port).
-    pub fn start(netns: &Netns, port: u16, objects: Vec<serde_json::Value>) -> Self {
-        // Sockets belong to the namespace they were made in; the threads
-        // that use them may live anywhere.
-        let listener = netns
-            .run(move || TcpListener::bind(("127.0.0.1", port)))
-            .join()
-            .expect("bind thread")
-            .expect("bind the fake API server");
-        let port = listener.local_addr().expect("local addr").port();
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (stop2, conns2) = (stop.clone(), conns.clone());
-        let objects = std::sync::Arc::new(objects);
-        let accept = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        s.set_nonblocking(false).expect("blocking stream");
-                        if let Ok(c) = s.try_clone() {
-                            conns2.lock().expect("conns").push(c);
-                        }
-                        let objects = objects.clone();
-                        std::thread::spawn(move || fake_api_connection(s, &objects));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        FakeApiServer {
-            port,
-            stop,
-            conns,
-            accept: Some(accept),
-        }
-    }
-
-    /// A kubeconfig file in `dir` that points at this server.
-    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\n\
-             clusters: [{{name: fake, cluster: {{server: \"http://127.0.0.1:{}\"}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-             current-context: fake\n",
-            self.port
-        );
-        std::fs::write(&path, text).expect("write kubeconfig");
-        path
-    }
-
-    /// Closes the listener and every open connection, watches included:
-    /// from now on connections are refused, as when the API server is gone.
-    pub fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.accept.take() {
-            t.join().expect("accept thread");
-        }
-        for c in self.conns.lock().expect("conns").drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for FakeApiServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// The plural of a kind, as in the API paths.
-fn plural_of(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    match lower.strip_suffix('y') {
-        Some(stem) => format!("{stem}ies"),
-        None => format!("{lower}s"),
-    }
-}
-
-/// One HTTP/1.1 keep-alive connection of the fake API server.
-fn fake_api_connection(mut s: TcpStream, objects: &[serde_json::Value]) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end + 4);
-        let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        if query
-            .split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1")
-        {
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-            );
-            while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
-            return;
-        }
-        let plural = path.rsplit('/').next().unwrap_or_default();
-        let (status, body) = if plural == "segmentationpolicies" {
-            (
-                "404 Not Found",
-                serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                    "status": "Failure", "reason": "NotFound", "code": 404,
-                    "message": "the server could not find the requested resource"}),
-            )
-        } else {
-            let items: Vec<&serde_json::Value> = objects
-                .iter()
-                .filter(|o| o["kind"].as_str().map(plural_of).as_deref() == Some(plural))
-                .collect();
-            (
-                "200 OK",
-                serde_json::json!({"apiVersion": "v1", "kind": "List",
-                    "metadata": {"resourceVersion": "1"}, "items": items}),
-            )
-        };
-        let body = body.to_string();
-        let reply = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if s.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-    }
+/// A [`FakeApiServer`] on 127.0.0.1:`port` inside `netns` (0: any free
+/// port), answering lists with `objects`.
+pub fn fake_api_server(netns: &Netns, port: u16, objects: Vec<serde_json::Value>) -> FakeApiServer {
+    // Sockets belong to the namespace they were made in; the threads that
+    // use them may live anywhere.
+    let listener = netns
+        .run(move || TcpListener::bind(("127.0.0.1", port)))
+        .join()
+        .expect("bind thread")
+        .expect("bind the fake API server");
+    FakeApiServer::serve(listener, objects)
 }

@@ -571,7 +571,7 @@ fn a_lost_api_server_leaves_the_node_alive_not_ready_and_judging_with_the_last_s
     udp_sink(api, SocketAddr::new(api.ip4, 6300));
     let cluster = inventory_of("shop", "web-0", serde_json::json!({"app": "web"}), web);
     let objects = cluster["items"].as_array().expect("items").clone();
-    let mut server = FakeApiServer::start(&topo.node, 0, objects.clone());
+    let mut server = fake_api_server(&topo.node, 0, objects.clone());
     let dir = TempDir::new("kube");
     let kubeconfig = server.kubeconfig(&dir.0);
     // No --inventory: the watchers list and watch the fake API server; the
@@ -611,7 +611,7 @@ fn a_lost_api_server_leaves_the_node_alive_not_ready_and_judging_with_the_last_s
         "judged with the last known cluster state: {r}"
     );
 
-    let _back = FakeApiServer::start(&topo.node, server.port, objects);
+    let _back = fake_api_server(&topo.node, server.port, objects);
     let ready = wait_for(Duration::from_secs(60), || {
         (daemon.get("/readyz").ok()?.0 == 200).then_some(())
     });
