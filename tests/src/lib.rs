@@ -788,9 +788,66 @@ pub fn udp_sink(pod: &Pod, addr: SocketAddr) {
 
 /// Connects and aborts with RST (SO_LINGER 0) after sending `send` bytes.
 pub fn tcp_client_rst(pod: &Pod, dst: SocketAddr, send: usize) -> u16 {
+    tcp_client_rst_from(pod, None, dst, send)
+}
+
+/// An IPv4 TCP connection from a chosen source port (`SO_REUSEADDR`, so a
+/// port whose last connection ended with RST can be taken again at once).
+fn tcp_connect_from(src_port: u16, dst: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V4(dst) = dst else {
+        panic!("tcp_connect_from: IPv4 only, not {dst}")
+    };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; every
+    // pointer is to a live local of the size passed with it; the fd goes
+    // to exactly one TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let src = sin(std::net::Ipv4Addr::UNSPECIFIED, src_port);
+        assert_eq!(
+            libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len),
+            0,
+            "bind :{src_port}: {}",
+            std::io::Error::last_os_error()
+        );
+        let to = sin(*dst.ip(), dst.port());
+        assert_eq!(
+            libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len),
+            0,
+            "connect {dst} from :{src_port}: {}",
+            std::io::Error::last_os_error()
+        );
+        stream
+    }
+}
+
+/// Like [`tcp_client_rst`], from `src_port` when given.
+pub fn tcp_client_rst_from(pod: &Pod, src_port: Option<u16>, dst: SocketAddr, send: usize) -> u16 {
     pod.ns
         .run(move || {
-            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).expect("connect");
+            let mut s = match src_port {
+                Some(p) => tcp_connect_from(p, dst),
+                None => TcpStream::connect_timeout(&dst, Duration::from_secs(5)).expect("connect"),
+            };
             let port = s.local_addr().expect("local addr").port();
             s.write_all(&vec![1u8; send]).expect("send");
             std::thread::sleep(Duration::from_millis(100));

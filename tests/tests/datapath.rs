@@ -210,6 +210,41 @@ fn nstat(netns: &str) -> BTreeMap<String, u64> {
 }
 
 #[test]
+fn a_reused_tuple_is_reported_with_the_ended_connection_and_counted() {
+    let topo = Topo::new(2, false);
+    let (p0, p1) = (&topo.pods[0], &topo.pods[1]);
+    tcp_server(p1, p1.ip4, 7100, 0);
+    let mut daemon = Daemon::start(&topo.node.name, FAST);
+    let dst = SocketAddr::new(p1.ip4, 7100);
+    // Two connections on one 5-tuple, well inside the closed-flow linger:
+    // the first ends with RST, which frees the port at once.
+    tcp_client_rst_from(p0, Some(45_000), dst, 1_000);
+    tcp_client_rst_from(p0, Some(45_000), dst, 3_000);
+    // And a retransmission-free control: a fresh tuple counts nothing.
+    tcp_client_rst_from(p0, Some(45_001), dst, 10);
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = daemon.metrics();
+    assert_eq!(daemon.stop(), 0);
+    let reports: Vec<Value> = daemon
+        .reports()
+        .into_iter()
+        .filter(|r| r["src"]["port"] == 45_000 && r["dst"]["port"] == 7100)
+        .collect();
+    assert_eq!(reports.len(), 1, "one report holds both: {reports:#?}");
+    let sent = reports[0]["bytes"]["sent"].as_u64().expect("bytes");
+    // Both payloads plus at least two SYNs', ACKs' and RSTs' headers.
+    assert!(
+        (4_000 + 6 * 40..5_000).contains(&sent),
+        "both connections' bytes: {reports:#?}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "segwatch_tcp_tuple_reuse_total"),
+        1.0,
+        "the merge is counted once, not once per veth, not for the control:\n{metrics}"
+    );
+}
+
+#[test]
 fn a_burst_of_ten_thousand_connections_is_reported_or_counted_lost() {
     let topo = Topo::new(2, true);
     let (p0, p1) = (&topo.pods[0], &topo.pods[1]);
