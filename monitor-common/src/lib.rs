@@ -134,20 +134,7 @@ pub struct FlowEvent {
     pub tcp_flags: u8,
     /// See [`opener`].
     pub opener: u8,
-    /// See [`event`].
-    pub kind: u8,
-    pub _pad: [u8; 5],
-}
-
-/// What a [`FlowEvent`] announces.
-pub mod event {
-    /// The first packet of a connection (a new flow table entry).
-    pub const NEW: u8 = 0;
-    /// A TCP SYN (without ACK) on an entry that exists already: a
-    /// retransmitted SYN, or the same 5-tuple reused by a new connection
-    /// before the daemon removed the old one (TIME_WAIT reuse, RST-closed
-    /// sockets). The daemon tells the two apart with the entry's flags.
-    pub const SYN_AGAIN: u8 = 1;
+    pub _pad: [u8; 6],
 }
 
 /// Slots of the per-CPU counter array. Every loss has one, and the daemon

@@ -26,7 +26,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use monitor_common::{
-    event, opener, proto, tcp_flags, Counter, FlowEvent, FlowKey, FlowStats, DEFAULT_EVENTS_BYTES,
+    opener, proto, tcp_flags, Counter, FlowEvent, FlowKey, FlowStats, DEFAULT_EVENTS_BYTES,
     DEFAULT_MAX_FLOWS, IP_V4, IP_V6,
 };
 
@@ -392,13 +392,6 @@ fn track(ctx: &TcContext, pkt: &Packet) {
     if let Some(stats) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: this CPU's slot of a per-CPU entry; see `count`.
         unsafe { add(&mut *stats, dir, pkt, now) };
-        if pkt.proto == proto::TCP
-            && pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN
-        {
-            // Rare (retransmitted SYNs, reused tuples): the daemon decides
-            // whether a new connection starts on this entry.
-            announce(&key, pkt, now, opener_of(pkt, dir), event::SYN_AGAIN);
-        }
         return;
     }
 
@@ -426,7 +419,17 @@ fn track(ctx: &TcContext, pkt: &Packet) {
     match FLOWS.insert(&key, &stats, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(Counter::NewFlows, 1);
-            announce(&key, pkt, now, opened_by, event::NEW);
+            let event = FlowEvent {
+                ts_ns: now,
+                key,
+                bytes: pkt.bytes as u32,
+                tcp_flags: pkt.tcp_flags,
+                opener: opened_by,
+                _pad: [0; 6],
+            };
+            if EVENTS.output::<FlowEvent>(&event, 0).is_err() {
+                count(Counter::RingbufFull, 1);
+            }
         }
         Err(EEXIST) => {
             // Another CPU won the race; its slot holds the opener.
@@ -440,23 +443,6 @@ fn track(ctx: &TcContext, pkt: &Packet) {
             }
         }
         Err(_) => count(Counter::FlowMapFull, 1),
-    }
-}
-
-/// Sends a [`FlowEvent`] to the daemon; a full ring buffer is counted.
-#[inline(always)]
-fn announce(key: &FlowKey, pkt: &Packet, now: u64, opened_by: u8, kind: u8) {
-    let event = FlowEvent {
-        ts_ns: now,
-        key: *key,
-        bytes: pkt.bytes as u32,
-        tcp_flags: pkt.tcp_flags,
-        opener: opened_by,
-        kind,
-        _pad: [0; 5],
-    };
-    if EVENTS.output::<FlowEvent>(&event, 0).is_err() {
-        count(Counter::RingbufFull, 1);
     }
 }
 

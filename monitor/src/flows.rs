@@ -208,15 +208,10 @@ impl Tracker {
         self.conns.retain(|k, _| seen.contains(k));
         out
     }
-
-    /// The interface a tracked connection is reported from.
-    pub fn reported_from(&self, ck: &ConnKey) -> Option<u32> {
-        self.conns.get(ck).map(|s| s.ifindex)
-    }
 }
 
 /// FIN seen in both directions, or RST in either: the connection is over.
-pub fn tcp_closed(s: &FlowStats) -> bool {
+fn tcp_closed(s: &FlowStats) -> bool {
     let fin_both = s.tcp_flags[0] & tcp_flags::FIN != 0 && s.tcp_flags[1] & tcp_flags::FIN != 0;
     let rst = (s.tcp_flags[0] | s.tcp_flags[1]) & tcp_flags::RST != 0;
     fin_both || rst

@@ -36,9 +36,6 @@ pub struct Metrics {
     pub flows_deduplicated: IntCounter,
     /// `segwatch_kernel_new_flows_total`: entries the kernel created.
     pub new_flows: IntCounter,
-    /// `segwatch_tcp_tuple_reuse_total`: new TCP connections on the 5-tuple
-    /// of an ended one still in the kernel table, reported together with it.
-    pub tuples_reused: IntCounter,
     /// `segwatch_inventory_errors_total{source}`: inventory files or API
     /// objects that could not be read (last good state kept).
     pub inventory_errors: IntCounterVec,
@@ -161,10 +158,6 @@ impl Metrics {
             "segwatch_kernel_new_flows_total",
             "Connections the kernel programs started tracking (one per interface that saw it).",
         );
-        let tuples_reused = counter(
-            "segwatch_tcp_tuple_reuse_total",
-            "New TCP connections on the 5-tuple of an ended one the kernel still tracked; both are in one flow report.",
-        );
         let flows_deduplicated = counter(
             "segwatch_flows_deduplicated_total",
             "Connections seen on two interfaces of this node and reported once.",
@@ -218,7 +211,6 @@ impl Metrics {
             flow_table_capacity,
             flows_deduplicated,
             new_flows,
-            tuples_reused,
             inventory_errors,
             source_up,
         }

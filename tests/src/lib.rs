@@ -793,7 +793,7 @@ pub fn tcp_client_rst(pod: &Pod, dst: SocketAddr, send: usize) -> u16 {
 
 /// An IPv4 TCP connection from a chosen source port (`SO_REUSEADDR`, so a
 /// port whose last connection ended with RST can be taken again at once).
-fn tcp_connect_from(src_port: u16, dst: SocketAddr) -> TcpStream {
+pub fn tcp_connect_from(src_port: u16, dst: SocketAddr) -> TcpStream {
     use std::os::fd::FromRawFd as _;
     let SocketAddr::V4(dst) = dst else {
         panic!("tcp_connect_from: IPv4 only, not {dst}")

@@ -11,7 +11,7 @@
 
 pub mod http;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
@@ -159,23 +159,6 @@ impl Clock {
     }
 }
 
-/// The counts of a connection's first packet, from its event.
-fn first_packet(ev: &FlowEvent) -> monitor_common::FlowStats {
-    let mut stats = monitor_common::FlowStats {
-        opener: ev.opener,
-        first_ns: ev.ts_ns,
-        last_ns: ev.ts_ns,
-        ..Default::default()
-    };
-    let dir = usize::from(
-        ev.opener == monitor_common::opener::HI || ev.opener == monitor_common::opener::HI_INFERRED,
-    );
-    stats.tcp_flags[dir] = ev.tcp_flags;
-    stats.packets[dir] = 1;
-    stats.bytes[dir] = u64::from(ev.bytes);
-    stats
-}
-
 struct Daemon {
     dp: Datapath,
     selector: Selector,
@@ -189,8 +172,7 @@ struct Daemon {
     names: HashMap<u32, String>,
     /// Connections announced through the ring buffer whose violations were
     /// already counted (so the report does not count them twice).
-    /// (With the interface that announced them.)
-    announced: HashMap<ConnKey, u32>,
+    announced: HashSet<ConnKey>,
     /// Kernel counters at the last sweep, to export increments.
     last_counters: [u64; Counter::COUNT as usize],
     health: Arc<http::Health>,
@@ -240,16 +222,24 @@ impl Daemon {
     }
 
     fn on_event(&mut self, ev: FlowEvent) {
-        if ev.kind == monitor_common::event::SYN_AGAIN {
-            self.on_syn_again(ev);
-            return;
-        }
         let ck = ConnKey::from(&ev.key);
-        if self.announced.contains_key(&ck) {
+        if self.announced.contains(&ck) {
             // The same connection on a second interface of this node.
             return;
         }
-        let stats = first_packet(&ev);
+        let mut stats = monitor_common::FlowStats {
+            opener: ev.opener,
+            first_ns: ev.ts_ns,
+            last_ns: ev.ts_ns,
+            ..Default::default()
+        };
+        let dir = usize::from(
+            ev.opener == monitor_common::opener::HI
+                || ev.opener == monitor_common::opener::HI_INFERRED,
+        );
+        stats.tcp_flags[dir] = ev.tcp_flags;
+        stats.packets[dir] = 1;
+        stats.bytes[dir] = u64::from(ev.bytes);
         let raw = flows::RawReport {
             key: ev.key,
             stats,
@@ -269,70 +259,7 @@ impl Daemon {
         report.observer.clone_from(&self.observer);
         self.judge.judge(&mut report);
         if self.judge.announce(&self.metrics, &report) {
-            self.announced.insert(ck, ev.key.ifindex);
-        }
-    }
-
-    /// A SYN on a connection the kernel still holds: a retransmitted SYN
-    /// (nothing to do), or a new connection on the 5-tuple of one that has
-    /// ended (FIN both ways or RST) and is not yet removed (closed-flow
-    /// linger; TIME_WAIT reuse, RST-closed sockets). The new connection's
-    /// packets are in the old one's entry already (the handshake outruns any
-    /// reader), so they are reported together, and that is counted:
-    /// `segwatch_tcp_tuple_reuse_total`. Splitting them here would put the
-    /// handshake in one report and the rest in another, and call an
-    /// established connection "attempted".
-    fn on_syn_again(&mut self, ev: FlowEvent) {
-        let Some(stats) = self.dp.lookup(&ev.key) else {
-            // Removed by a sweep meanwhile: the next packet makes a new entry.
-            return;
-        };
-        if !flows::tcp_closed(&stats) {
-            return;
-        }
-        // Once per connection: a pod-to-pod connection on this node crosses
-        // two veths, and each sees the SYN. Count it on the interface it is
-        // reported from (or announced from, before its first sweep).
-        let ck = ConnKey::from(&ev.key);
-        let from = self
-            .tracker
-            .reported_from(&ck)
-            .or_else(|| self.announced.get(&ck).copied());
-        if from.is_none_or(|i| i == ev.key.ifindex) {
-            self.metrics.tuples_reused.inc();
-        }
-    }
-
-    /// Judges, counts and logs one report.
-    fn emit(
-        &mut self,
-        raw: &flows::RawReport,
-        wall_now: chrono::DateTime<chrono::Utc>,
-        clock: &Clock,
-    ) {
-        let ck = ConnKey::from(&raw.key);
-        let iface = self
-            .names
-            .get(&raw.key.ifindex)
-            .cloned()
-            .or_else(|| links::ifname(raw.key.ifindex))
-            .unwrap_or_else(|| format!("if{}", raw.key.ifindex));
-        let mut report = flows::to_report(raw, &iface, wall_now, |ns| clock.wall(ns));
-        report.observer.clone_from(&self.observer);
-        self.judge.judge(&mut report);
-        // Violations count once per connection: at the announcement if
-        // the judge counted them then, else with the first report.
-        let first = raw.start_ns == raw.stats.first_ns && !self.announced.contains_key(&ck);
-        self.judge.observe(&self.metrics, &report, first);
-        if raw.ended {
-            self.announced.remove(&ck);
-        }
-        if let Err(e) = self.log.write(&report) {
-            self.metrics
-                .events_lost
-                .with_label_values(&[stage::FLOW_LOG_WRITE])
-                .inc();
-            tracing::warn!(error = %e, "cannot write the flow log");
+            self.announced.insert(ck);
         }
     }
 
@@ -349,7 +276,30 @@ impl Daemon {
         let clock = Clock::now();
         let wall_now = chrono::Utc::now();
         for raw in &out.reports {
-            self.emit(raw, wall_now, &clock);
+            let ck = ConnKey::from(&raw.key);
+            let iface = self
+                .names
+                .get(&raw.key.ifindex)
+                .cloned()
+                .or_else(|| links::ifname(raw.key.ifindex))
+                .unwrap_or_else(|| format!("if{}", raw.key.ifindex));
+            let mut report = flows::to_report(raw, &iface, wall_now, |ns| clock.wall(ns));
+            report.observer.clone_from(&self.observer);
+            self.judge.judge(&mut report);
+            // Violations count once per connection: at the announcement if
+            // the judge counted them then, else with the first report.
+            let first = raw.start_ns == raw.stats.first_ns && !self.announced.contains(&ck);
+            self.judge.observe(&self.metrics, &report, first);
+            if raw.ended {
+                self.announced.remove(&ck);
+            }
+            if let Err(e) = self.log.write(&report) {
+                self.metrics
+                    .events_lost
+                    .with_label_values(&[stage::FLOW_LOG_WRITE])
+                    .inc();
+                tracing::warn!(error = %e, "cannot write the flow log");
+            }
         }
         if let Err(e) = self.log.flush() {
             tracing::warn!(error = %e, "cannot flush the flow log");
@@ -473,7 +423,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
         log,
         observer: cfg.node_name.clone(),
         names: HashMap::new(),
-        announced: HashMap::new(),
+        announced: HashSet::new(),
         last_counters: [0; Counter::COUNT as usize],
         health: health.clone(),
         links_synced: false,

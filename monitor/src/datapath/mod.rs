@@ -398,11 +398,6 @@ impl Datapath {
         Ok(out)
     }
 
-    /// One entry of the flow table, per-CPU values merged (`None`: absent).
-    pub fn lookup(&self, key: &FlowKey) -> Option<FlowStats> {
-        self.flows.get(key, 0).ok().map(|values| merge(&values))
-    }
-
     /// Removes ended connections from the kernel table.
     pub fn remove(&mut self, keys: &[FlowKey]) {
         for k in keys {

@@ -879,14 +879,6 @@ fn phase_kernel(ctx: &mut Ctx) -> Result<Vec<Figure>> {
 
 // ---------------------------------------------------------------- storm
 
-/// `segwatch_tcp_tuple_reuse_total`: connections reported together with
-/// the ended one whose 5-tuple they reused.
-fn reuse_total(port: u16) -> f64 {
-    scrape(port)
-        .map(|m| metric_sum(&m, "segwatch_tcp_tuple_reuse_total"))
-        .unwrap_or(f64::NAN)
-}
-
 fn lost_total(port: u16) -> f64 {
     scrape(port)
         .map(|m| metric_sum(&m, "segwatch_events_lost_total"))
@@ -933,7 +925,6 @@ fn phase_storm(ctx: &mut Ctx) -> Result<Vec<Figure>> {
         let port = 7100 + i as u16;
         traffic::tcp_closer(p1, SocketAddr::new(p1.ip4, port))?;
         let lost0 = lost_total(mport);
-        let merged0 = reuse_total(mport);
         let threads = if rate.is_some() { 2 } else { 4 };
         let s = traffic::tcp_storm(
             p0,
@@ -960,14 +951,9 @@ fn phase_storm(ctx: &mut Ctx) -> Result<Vec<Figure>> {
             std::thread::sleep(Duration::from_millis(500));
         }
         let lost = lost_total(mport) - lost0;
-        // The client reuses 5-tuples (tcp_tw_reuse): a connection on the
-        // tuple of one still in the closed-flow linger is reported with it,
-        // and counted. Missing beyond those would be silent.
-        let merged = (reuse_total(mport) - merged0).max(0.0) as u64;
         let achieved = s.made as f64 / s.secs;
         let missing = s.made.saturating_sub(reported);
-        let silent = missing.saturating_sub(merged);
-        let clean = silent == 0 && lost == 0.0;
+        let clean = missing == 0 && lost == 0.0;
         // A paced step the generator could not keep up with says nothing
         // about that rate.
         let generator_short = rate.is_some_and(|r| achieved < 0.9 * r);
@@ -977,17 +963,16 @@ fn phase_storm(ctx: &mut Ctx) -> Result<Vec<Figure>> {
                 generator_limited_clean = true;
             }
         } else if lost_beyond.is_none() {
-            lost_beyond = Some(lost + silent as f64);
+            lost_beyond = Some(lost.max(missing as f64));
         }
         eprintln!(
-            "    storm {}: {:.0} conn/s made {} failed {} reported {} merged {} lost {}",
+            "    storm {}: {:.0} conn/s made {} failed {} reported {} lost {}",
             rate.map(|r| format!("{r:.0}/s"))
                 .unwrap_or_else(|| "max".into()),
             achieved,
             s.made,
             s.failed,
             reported,
-            merged,
             lost
         );
         steps.push(json!({
@@ -997,8 +982,6 @@ fn phase_storm(ctx: &mut Ctx) -> Result<Vec<Figure>> {
             "connect_failures": s.failed,
             "reported": reported,
             "missing_reports": missing,
-            "merged_counted": merged,
-            "silent_missing": silent,
             "events_lost_total": lost,
             "seconds": s.secs,
             "generator_below_target": generator_short,
@@ -1007,12 +990,12 @@ fn phase_storm(ctx: &mut Ctx) -> Result<Vec<Figure>> {
     stop(d)?;
     let what = if generator_limited_clean {
         format!(
-            "highest rate with every connection reported (a connection on a reused 5-tuple inside the closed-flow linger: reported with the earlier one and counted) and 0 losses: {:.0} conn/s, reached by the unthrottled generator (its own limit on this machine, not segwatch's)",
+            "highest rate with every connection reported and 0 losses: {:.0} conn/s, reached by the unthrottled generator (its own limit on this machine, not segwatch's)",
             zero_loss_rate
         )
     } else {
         format!(
-            "highest paced rate with every connection reported (a connection on a reused 5-tuple inside the closed-flow linger: reported with the earlier one and counted) and 0 losses ({:.0} conn/s); beyond it losses were counted",
+            "highest paced rate with every connection reported and 0 losses ({:.0} conn/s); beyond it losses were counted",
             zero_loss_rate
         )
     };
