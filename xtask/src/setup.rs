@@ -28,6 +28,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the lab's Service DNAT (kube-proxy nftables mode)",
     ),
     ("iperf3", "throughput benchmark"),
+    ("iputils-ping", "ICMP traffic in the soak run"),
     (
         "softflowd",
         "the benchmark's peer: a libpcap NetFlow probe on the same traffic",

@@ -101,6 +101,11 @@ const UDP_PORT: u16 = 5353;
 fn main() -> Result<()> {
     let args = Args::parse();
     tests::require_root();
+    // The ICMP part of the mix: without ping it would silently be missing.
+    Command::new("ping")
+        .arg("-V")
+        .output()
+        .context("ping not found (Debian package iputils-ping; `cargo xtask setup` installs it)")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let out = std::fs::canonicalize(&args.out)?;
