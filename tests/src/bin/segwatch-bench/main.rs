@@ -885,11 +885,20 @@ fn lost_total(port: u16) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Reports in the flow log for completed connections to `port`.
-fn completed_reports(d: &Daemon, port: u16) -> u64 {
+/// Server ports of the storm: [`STORM_PORTS`] per step from this one on.
+const STORM_BASE_PORT: u16 = 20_000;
+const STORM_PORTS: usize = 16;
+
+/// Reports in the flow log for completed connections to `ports`.
+fn completed_reports(d: &Daemon, ports: &std::ops::Range<u16>) -> u64 {
     d.reports()
         .iter()
-        .filter(|r| r["protocol"] == "TCP" && r["dst"]["port"] == port)
+        .filter(|r| {
+            r["protocol"] == "TCP"
+                && r["dst"]["port"]
+                    .as_u64()
+                    .is_some_and(|p| ports.contains(&(p as u16)))
+        })
         .filter(|r| matches!(r["tcp"]["state"].as_str(), Some("established" | "closed")))
         .count() as u64
 }
@@ -922,13 +931,22 @@ fn phase_storm(ctx: &mut Ctx) -> Result<Vec<Figure>> {
     let mut generator_limited_clean = false;
     let mut lost_beyond: Option<f64> = None;
     for (i, rate) in ctx.plan.storm_rates.clone().into_iter().enumerate() {
-        let port = 7100 + i as u16;
-        traffic::tcp_closer(p1, SocketAddr::new(p1.ip4, port))?;
+        // Several server ports per step: the client then rarely needs a
+        // 5-tuple whose last connection ended within the closed-flow linger
+        // (such a connection is reported with the earlier one, a known
+        // limit), so missing reports measure loss, not port reuse.
+        let ports = STORM_BASE_PORT + (i * STORM_PORTS) as u16..STORM_BASE_PORT + ((i + 1) * STORM_PORTS) as u16;
+        let mut dsts = Vec::new();
+        for port in ports.clone() {
+            let dst = SocketAddr::new(p1.ip4, port);
+            traffic::tcp_closer(p1, dst)?;
+            dsts.push(dst);
+        }
         let lost0 = lost_total(mport);
         let threads = if rate.is_some() { 2 } else { 4 };
         let s = traffic::tcp_storm(
             p0,
-            SocketAddr::new(p1.ip4, port),
+            &dsts,
             threads,
             rate,
             Duration::from_secs_f64(ctx.plan.storm_secs),
@@ -940,7 +958,7 @@ fn phase_storm(ctx: &mut Ctx) -> Result<Vec<Figure>> {
         let deadline = Instant::now() + Duration::from_secs(20);
         std::thread::sleep(Duration::from_secs(2));
         while Instant::now() < deadline {
-            let n = completed_reports(&d, port);
+            let n = completed_reports(&d, &ports);
             if n != reported {
                 reported = n;
                 last_change = Instant::now();

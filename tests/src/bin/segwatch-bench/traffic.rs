@@ -332,12 +332,12 @@ pub struct Storm {
     pub secs: f64,
 }
 
-/// Opens connections from `pod` to `dst` for `dur` with `threads` threads,
+/// Opens connections from `pod` to `dsts` (in turn) for `dur` with `threads` threads,
 /// paced to `rate` per second in total (None: as fast as they go). Each
 /// connection is closed right after the handshake.
 pub fn tcp_storm(
     pod: &Pod,
-    dst: SocketAddr,
+    dsts: &[SocketAddr],
     threads: usize,
     rate: Option<f64>,
     dur: Duration,
@@ -345,6 +345,7 @@ pub fn tcp_storm(
     let start = Instant::now();
     let mut hs = Vec::new();
     for _ in 0..threads {
+        let dsts = dsts.to_vec();
         hs.push(pod.ns.run(move || {
             let mut made = 0u64;
             let mut failed = 0u64;
@@ -358,6 +359,7 @@ pub fn tcp_storm(
                         std::thread::sleep(due - el);
                     }
                 }
+                let dst = dsts[(made + failed) as usize % dsts.len()];
                 match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
                     Ok(s) => {
                         made += 1;
