@@ -358,11 +358,11 @@ async fn read_events(
             .readable_mut()
             .await
             .context("waiting on the ring buffer")?;
-        // Readiness is cleared BEFORE draining: a record committed after
-        // the drain's last read wakes us again. Cleared after, that wakeup
-        // would be lost, and the kernel wakes the reader only when it has
-        // caught up (BPF_RB adaptive notification): every later event would
-        // wait for an unrelated wakeup.
+        // Readiness is cleared BEFORE draining, so a record committed during
+        // the drain always leaves a wakeup behind (the kernel wakes the
+        // reader only when it has caught up: BPF_RB adaptive notification).
+        // tokio's readiness tick guards the other order too; this one does
+        // not depend on it.
         guard.clear_ready();
         let rb = guard.get_inner_mut();
         while let Some(item) = rb.next() {
