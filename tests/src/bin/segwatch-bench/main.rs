@@ -935,7 +935,8 @@ fn phase_storm(ctx: &mut Ctx) -> Result<Vec<Figure>> {
         // 5-tuple whose last connection ended within the closed-flow linger
         // (such a connection is reported with the earlier one, a known
         // limit), so missing reports measure loss, not port reuse.
-        let ports = STORM_BASE_PORT + (i * STORM_PORTS) as u16..STORM_BASE_PORT + ((i + 1) * STORM_PORTS) as u16;
+        let ports = STORM_BASE_PORT + (i * STORM_PORTS) as u16
+            ..STORM_BASE_PORT + ((i + 1) * STORM_PORTS) as u16;
         let mut dsts = Vec::new();
         for port in ports.clone() {
             let dst = SocketAddr::new(p1.ip4, port);
