@@ -172,6 +172,85 @@ fn the_output_flag_writes_a_file() {
     assert!(md.starts_with("# segwatch audit report"), "{md}");
 }
 
+#[test]
+fn fail_on_turns_verdicts_into_the_exit_status_after_writing_the_report() {
+    let dir = tempdir("fail-on");
+    let policy = fixture("policy.yaml");
+    let run = |flows: &str, inv: &str, fail_on: Option<&str>| {
+        let out_path = dir.join("r.json");
+        let _ = std::fs::remove_file(&out_path);
+        let (flows, inv) = (fixture(flows), fixture(inv));
+        let mut args = vec![
+            "audit",
+            "--flows",
+            flows.to_str().expect("utf-8"),
+            "--inventory",
+            inv.to_str().expect("utf-8"),
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            "--format",
+            "json",
+            "-o",
+            out_path.to_str().expect("utf-8"),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        if let Some(f) = fail_on {
+            args.extend(["--fail-on".to_owned(), f.to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = segwatch(&args);
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&out_path).expect("the report is written in every case"),
+        )
+        .expect("json report");
+        (out, report)
+    };
+    let (out, report) = run("violations-flows.jsonl", "violations-inventory.json", None);
+    assert!(
+        out.status.success(),
+        "no --fail-on: verdicts do not change the status"
+    );
+    assert!(report["summary"]["fail"].as_u64() > Some(0));
+    let (out, _) = run(
+        "violations-flows.jsonl",
+        "violations-inventory.json",
+        Some("fail"),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("segwatch: audit: 6 control(s) FAIL")),
+        "one line says why: {stderr}"
+    );
+    let (out, report) = run("clean-flows.jsonl", "clean-inventory.json", Some("fail"));
+    let s = &report["summary"];
+    assert_eq!(s["fail"], 0, "the clean fixture has no FAIL: {s}");
+    assert!(
+        out.status.success(),
+        "no FAIL, no failure: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, _) = run(
+        "clean-flows.jsonl",
+        "clean-inventory.json",
+        Some("not-verified"),
+    );
+    let expect = if s["not_verified"].as_u64() > Some(0) {
+        Some(3)
+    } else {
+        Some(0)
+    };
+    assert_eq!(
+        out.status.code(),
+        expect,
+        "not-verified counts NOT VERIFIED too: {s}"
+    );
+}
+
 /// Runs and expects failure with exactly one line on stderr naming `parts`.
 fn expect_one_line_error(args: &[&str], parts: &[&str]) {
     let out = segwatch(args);

@@ -48,6 +48,11 @@ pub struct Args {
     /// Evidence rows listed per group (counts stay exact).
     #[arg(long, default_value_t = DEFAULT_EVIDENCE_CAP, value_name = "N")]
     pub max_evidence: usize,
+    /// For pipelines: after writing the report, exit with status 3 when a
+    /// control is FAIL (`fail`), or FAIL or NOT VERIFIED (`not-verified`).
+    /// Without it the verdicts never change the exit status (errors: 1).
+    #[arg(long, value_enum, value_name = "fail|not-verified")]
+    pub fail_on: Option<FailOn>,
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<(String, u64, Vec<u8>)> {
@@ -125,6 +130,17 @@ fn hash_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<InputFile>> {
     }
     Ok(out)
 }
+
+/// The verdicts that make `--fail-on` exit non-zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    Fail,
+    NotVerified,
+}
+
+/// Exit status of a report written whose verdicts `--fail-on` rejects
+/// (1 is an error, 2 a usage error).
+const CONTROLS_FAILED: u8 = 3;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let format: Format = args
@@ -208,5 +224,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         not_verified = report.summary.not_verified,
         "audit report written"
     );
+    let s = &report.summary;
+    let rejected = match args.fail_on {
+        None => 0,
+        Some(FailOn::Fail) => s.fail,
+        Some(FailOn::NotVerified) => s.fail + s.not_verified,
+    };
+    if rejected > 0 {
+        eprintln!(
+            "segwatch: audit: {} control(s) FAIL, {} NOT VERIFIED (--fail-on {})",
+            s.fail,
+            s.not_verified,
+            match args.fail_on {
+                Some(FailOn::NotVerified) => "not-verified",
+                _ => "fail",
+            }
+        );
+        return Ok(ExitCode::from(CONTROLS_FAILED));
+    }
     Ok(ExitCode::SUCCESS)
 }
