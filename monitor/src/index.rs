@@ -81,10 +81,10 @@ type Key = (String, String);
 
 /// A pod's identity, compiled when the pod, its namespace, its owners or
 /// the policy change.
-#[derive(Clone, Debug, PartialEq, Eq)]
 ///
 /// The identity fields are shared (`Arc`): every flow report of the pod
 /// carries them, and attributing a flow must not copy strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodEntry {
     pub namespace: Arc<str>,
     pub name: Arc<str>,

@@ -31,10 +31,15 @@ fn segwatch(args: &[&str]) -> Output {
 }
 
 fn audit(format: &str, flows: &str, inventory: &str) -> Output {
+    audit_with(format, flows, inventory, &[])
+}
+
+/// [`audit`] with more flags.
+fn audit_with(format: &str, flows: &str, inventory: &str, extra: &[&str]) -> Output {
     let flows = fixture(flows);
     let inventory = fixture(inventory);
     let policy = fixture("policy.yaml");
-    segwatch(&[
+    let mut args = vec![
         "audit",
         "--flows",
         flows.to_str().expect("utf-8"),
@@ -44,7 +49,9 @@ fn audit(format: &str, flows: &str, inventory: &str) -> Output {
         policy.to_str().expect("utf-8"),
         "--format",
         format,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    segwatch(&args)
 }
 
 fn stdout_ok(out: &Output) -> String {
@@ -174,40 +181,13 @@ fn the_output_flag_writes_a_file() {
 
 #[test]
 fn fail_on_turns_verdicts_into_the_exit_status_after_writing_the_report() {
-    let dir = tempdir("fail-on");
-    let policy = fixture("policy.yaml");
-    let run = |flows: &str, inv: &str, fail_on: Option<&str>| {
-        let out_path = dir.join("r.json");
-        let _ = std::fs::remove_file(&out_path);
-        let (flows, inv) = (fixture(flows), fixture(inv));
-        let mut args = vec![
-            "audit",
-            "--flows",
-            flows.to_str().expect("utf-8"),
-            "--inventory",
-            inv.to_str().expect("utf-8"),
-            "--policy",
-            policy.to_str().expect("utf-8"),
-            "--format",
-            "json",
-            "-o",
-            out_path.to_str().expect("utf-8"),
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        if let Some(f) = fail_on {
-            args.extend(["--fail-on".to_owned(), f.to_owned()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = segwatch(&args);
-        let report: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&out_path).expect("the report is written in every case"),
-        )
-        .expect("json report");
+    let run = |flows: &str, inv: &str, fail_on: &[&str]| {
+        let out = audit_with("json", flows, inv, fail_on);
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("the report is written in every case");
         (out, report)
     };
-    let (out, report) = run("violations-flows.jsonl", "violations-inventory.json", None);
+    let (out, report) = run("violations-flows.jsonl", "violations-inventory.json", &[]);
     assert!(
         out.status.success(),
         "no --fail-on: verdicts do not change the status"
@@ -216,7 +196,7 @@ fn fail_on_turns_verdicts_into_the_exit_status_after_writing_the_report() {
     let (out, _) = run(
         "violations-flows.jsonl",
         "violations-inventory.json",
-        Some("fail"),
+        &["--fail-on", "fail"],
     );
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -226,7 +206,11 @@ fn fail_on_turns_verdicts_into_the_exit_status_after_writing_the_report() {
             .any(|l| l.starts_with("segwatch: audit: 6 control(s) FAIL")),
         "one line says why: {stderr}"
     );
-    let (out, report) = run("clean-flows.jsonl", "clean-inventory.json", Some("fail"));
+    let (out, report) = run(
+        "clean-flows.jsonl",
+        "clean-inventory.json",
+        &["--fail-on", "fail"],
+    );
     let s = &report["summary"];
     assert_eq!(s["fail"], 0, "the clean fixture has no FAIL: {s}");
     assert!(
@@ -237,7 +221,7 @@ fn fail_on_turns_verdicts_into_the_exit_status_after_writing_the_report() {
     let (out, _) = run(
         "clean-flows.jsonl",
         "clean-inventory.json",
-        Some("not-verified"),
+        &["--fail-on", "not-verified"],
     );
     let expect = if s["not_verified"].as_u64() > Some(0) {
         Some(3)

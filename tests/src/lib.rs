@@ -788,7 +788,31 @@ pub fn udp_sink(pod: &Pod, addr: SocketAddr) {
 
 /// Connects and aborts with RST (SO_LINGER 0) after sending `send` bytes.
 pub fn tcp_client_rst(pod: &Pod, dst: SocketAddr, send: usize) -> u16 {
-    tcp_client_rst_from(pod, None, dst, send)
+    pod.ns
+        .run(move || {
+            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).expect("connect");
+            let port = s.local_addr().expect("local addr").port();
+            s.write_all(&vec![1u8; send]).expect("send");
+            std::thread::sleep(Duration::from_millis(100));
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: valid fd and option struct.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            drop(s);
+            port
+        })
+        .join()
+        .expect("rst client thread")
 }
 
 /// An IPv4 TCP connection from a chosen source port (`SO_REUSEADDR`, so a
@@ -838,38 +862,6 @@ pub fn tcp_connect_from(src_port: u16, dst: SocketAddr) -> TcpStream {
         );
         stream
     }
-}
-
-/// Like [`tcp_client_rst`], from `src_port` when given.
-pub fn tcp_client_rst_from(pod: &Pod, src_port: Option<u16>, dst: SocketAddr, send: usize) -> u16 {
-    pod.ns
-        .run(move || {
-            let mut s = match src_port {
-                Some(p) => tcp_connect_from(p, dst),
-                None => TcpStream::connect_timeout(&dst, Duration::from_secs(5)).expect("connect"),
-            };
-            let port = s.local_addr().expect("local addr").port();
-            s.write_all(&vec![1u8; send]).expect("send");
-            std::thread::sleep(Duration::from_millis(100));
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: valid fd and option struct.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            drop(s);
-            port
-        })
-        .join()
-        .expect("rst client thread")
 }
 
 /// Tries to connect to a port nobody listens on (answered with RST).

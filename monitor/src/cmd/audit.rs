@@ -225,20 +225,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "audit report written"
     );
     let s = &report.summary;
-    let rejected = match args.fail_on {
-        None => 0,
-        Some(FailOn::Fail) => s.fail,
-        Some(FailOn::NotVerified) => s.fail + s.not_verified,
+    let (rejected, flag) = match args.fail_on {
+        None => (0, ""),
+        Some(FailOn::Fail) => (s.fail, "fail"),
+        Some(FailOn::NotVerified) => (s.fail + s.not_verified, "not-verified"),
     };
     if rejected > 0 {
         eprintln!(
-            "segwatch: audit: {} control(s) FAIL, {} NOT VERIFIED (--fail-on {})",
-            s.fail,
-            s.not_verified,
-            match args.fail_on {
-                Some(FailOn::NotVerified) => "not-verified",
-                _ => "fail",
-            }
+            "segwatch: audit: {} control(s) FAIL, {} NOT VERIFIED (--fail-on {flag})",
+            s.fail, s.not_verified
         );
         return Ok(ExitCode::from(CONTROLS_FAILED));
     }

@@ -238,13 +238,7 @@ fn report(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: &str) -> Flow
             flags: vec!["SYN".into(), "ACK".into(), "FIN".into()],
             state: TcpState::Closed,
         }),
-        icmp: None,
-        netpol: None,
-        verdict: None,
-        violations: Vec::new(),
-        opener: None,
-        observer: None,
-        ended: true,
+        ..FlowReport::default()
     }
 }
 
