@@ -49,6 +49,9 @@ pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
     ("batch", "jobs"),
     ("batch", "cronjobs"),
     ("segwatch.dev", "segmentationpolicies"),
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
+    ("policy.networking.k8s.io", "adminnetworkpolicies"),
+    ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
 ];
 
 pub type Labels = BTreeMap<String, String>;
@@ -201,6 +204,8 @@ pub struct ClusterIndex {
     service_accounts: HashMap<Key, ServiceAccount>,
     nodes: HashMap<String, Node>,
     netpols: HashMap<Key, NetworkPolicy>,
+    /// ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy by (kind, name).
+    cluster_netpols: HashMap<(ObjectKind, String), Object>,
     segpolicies: HashMap<String, (SegmentationPolicy, Option<Arc<CompiledDoc>>)>,
     /// ReplicaSet, Deployment, StatefulSet, DaemonSet, Job, CronJob,
     /// ReplicationController by (kind, ns, name).
@@ -332,9 +337,20 @@ impl ClusterIndex {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 self.nodes.insert(name, n);
                 self.rebuild_nodes();
+                // Node peers of cluster policies select by node labels.
+                if !self.cluster_netpols.is_empty() {
+                    self.mark_netpol();
+                }
             }
             Object::NetworkPolicy(np) => {
                 self.netpols.insert(key_of(&np.metadata), np);
+                self.mark_netpol();
+            }
+            o @ (Object::ClusterNetworkPolicy(_)
+            | Object::AdminNetworkPolicy(_)
+            | Object::BaselineAdminNetworkPolicy(_)) => {
+                self.cluster_netpols
+                    .insert((o.kind(), o.name().to_owned()), o);
                 self.mark_netpol();
             }
             Object::SegmentationPolicy(sp) => {
@@ -398,6 +414,9 @@ impl ClusterIndex {
             ObjectKind::Node => {
                 self.nodes.remove(name);
                 self.rebuild_nodes();
+                if !self.cluster_netpols.is_empty() {
+                    self.mark_netpol();
+                }
             }
             ObjectKind::NetworkPolicy => {
                 self.netpols.remove(&key);
@@ -406,6 +425,12 @@ impl ClusterIndex {
             ObjectKind::SegmentationPolicy => {
                 self.segpolicies.remove(name);
                 self.recompile_policy();
+            }
+            ObjectKind::ClusterNetworkPolicy
+            | ObjectKind::AdminNetworkPolicy
+            | ObjectKind::BaselineAdminNetworkPolicy => {
+                self.cluster_netpols.remove(&(kind, name.to_owned()));
+                self.mark_netpol();
             }
             _ => {
                 let wkey = (kind, key.0.clone(), key.1);
@@ -485,6 +510,14 @@ impl ClusterIndex {
                 ns_keys(&|| self.service_accounts.keys().cloned().collect())
             }
             ObjectKind::NetworkPolicy => ns_keys(&|| self.netpols.keys().cloned().collect()),
+            ObjectKind::ClusterNetworkPolicy
+            | ObjectKind::AdminNetworkPolicy
+            | ObjectKind::BaselineAdminNetworkPolicy => self
+                .cluster_netpols
+                .keys()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, n)| (None, n.clone()))
+                .collect(),
             _ => self
                 .workloads
                 .keys()
@@ -530,6 +563,12 @@ impl ClusterIndex {
             pods: self.pods.values().collect(),
             workloads: Vec::new(),
             policies: self.netpols.values().collect(),
+            nodes: self.nodes.values().collect(),
+            cluster_policies: self
+                .cluster_netpols
+                .values()
+                .filter_map(crate::netpol::ClusterPolicyRef::of)
+                .collect(),
         };
         let (engine, warnings) = crate::netpol::Engine::build(&objects);
         for w in warnings {

@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize as _;
 use serde_json::Value;
 
+use crate::netpol::cluster::ClusterPolicyObject;
 use crate::segpolicy::SegmentationPolicy;
 
 /// One cluster object segwatch reads.
@@ -55,6 +56,12 @@ pub enum Object {
     CronJob(CronJob),
     ReplicationController(ReplicationController),
     SegmentationPolicy(SegmentationPolicy),
+    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy.
+    ClusterNetworkPolicy(ClusterPolicyObject),
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy (deprecated).
+    AdminNetworkPolicy(ClusterPolicyObject),
+    /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy (deprecated).
+    BaselineAdminNetworkPolicy(ClusterPolicyObject),
 }
 
 /// The kinds of [`Object`], for deletes and messages.
@@ -74,10 +81,13 @@ pub enum ObjectKind {
     CronJob,
     ReplicationController,
     SegmentationPolicy,
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 14] = [
+    pub const ALL: [ObjectKind; 17] = [
         ObjectKind::Namespace,
         ObjectKind::Pod,
         ObjectKind::Service,
@@ -92,7 +102,22 @@ impl ObjectKind {
         ObjectKind::CronJob,
         ObjectKind::ReplicationController,
         ObjectKind::SegmentationPolicy,
+        ObjectKind::ClusterNetworkPolicy,
+        ObjectKind::AdminNetworkPolicy,
+        ObjectKind::BaselineAdminNetworkPolicy,
     ];
+
+    /// Kinds whose CRD may be missing from a cluster: a 404 on their list
+    /// is "none of these", not an outage, and does not hold readiness back.
+    pub fn is_optional_crd(self) -> bool {
+        matches!(
+            self,
+            ObjectKind::SegmentationPolicy
+                | ObjectKind::ClusterNetworkPolicy
+                | ObjectKind::AdminNetworkPolicy
+                | ObjectKind::BaselineAdminNetworkPolicy
+        )
+    }
 
     /// The Kubernetes `kind`.
     pub fn as_str(self) -> &'static str {
@@ -111,6 +136,9 @@ impl ObjectKind {
             ObjectKind::CronJob => "CronJob",
             ObjectKind::ReplicationController => "ReplicationController",
             ObjectKind::SegmentationPolicy => "SegmentationPolicy",
+            ObjectKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            ObjectKind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            ObjectKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
         }
     }
 
@@ -120,7 +148,12 @@ impl ObjectKind {
     pub fn is_namespaced(self) -> bool {
         !matches!(
             self,
-            ObjectKind::Namespace | ObjectKind::Node | ObjectKind::SegmentationPolicy
+            ObjectKind::Namespace
+                | ObjectKind::Node
+                | ObjectKind::SegmentationPolicy
+                | ObjectKind::ClusterNetworkPolicy
+                | ObjectKind::AdminNetworkPolicy
+                | ObjectKind::BaselineAdminNetworkPolicy
         )
     }
 
@@ -149,6 +182,9 @@ impl ObjectKind {
             ObjectKind::StatefulSet => group == "apps",
             ObjectKind::Job | ObjectKind::CronJob => group == "batch",
             ObjectKind::SegmentationPolicy => group == "segwatch.dev",
+            ObjectKind::ClusterNetworkPolicy
+            | ObjectKind::AdminNetworkPolicy
+            | ObjectKind::BaselineAdminNetworkPolicy => group == "policy.networking.k8s.io",
         };
         ok.then_some(k)
     }
@@ -177,6 +213,9 @@ impl Object {
             Object::CronJob(_) => ObjectKind::CronJob,
             Object::ReplicationController(_) => ObjectKind::ReplicationController,
             Object::SegmentationPolicy(_) => ObjectKind::SegmentationPolicy,
+            Object::ClusterNetworkPolicy(_) => ObjectKind::ClusterNetworkPolicy,
+            Object::AdminNetworkPolicy(_) => ObjectKind::AdminNetworkPolicy,
+            Object::BaselineAdminNetworkPolicy(_) => ObjectKind::BaselineAdminNetworkPolicy,
         }
     }
 
@@ -196,6 +235,9 @@ impl Object {
             Object::CronJob(o) => &o.metadata,
             Object::ReplicationController(o) => &o.metadata,
             Object::SegmentationPolicy(o) => &o.metadata,
+            Object::ClusterNetworkPolicy(o)
+            | Object::AdminNetworkPolicy(o)
+            | Object::BaselineAdminNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -215,6 +257,9 @@ impl Object {
             Object::CronJob(o) => &mut o.metadata,
             Object::ReplicationController(o) => &mut o.metadata,
             Object::SegmentationPolicy(o) => &mut o.metadata,
+            Object::ClusterNetworkPolicy(o)
+            | Object::AdminNetworkPolicy(o)
+            | Object::BaselineAdminNetworkPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -677,6 +722,9 @@ fn typed(kind: ObjectKind, v: Value) -> Result<Object, FieldError> {
         ObjectKind::CronJob => Object::CronJob(de(v)?),
         ObjectKind::ReplicationController => Object::ReplicationController(de(v)?),
         ObjectKind::SegmentationPolicy => Object::SegmentationPolicy(de(v)?),
+        ObjectKind::ClusterNetworkPolicy => Object::ClusterNetworkPolicy(de(v)?),
+        ObjectKind::AdminNetworkPolicy => Object::AdminNetworkPolicy(de(v)?),
+        ObjectKind::BaselineAdminNetworkPolicy => Object::BaselineAdminNetworkPolicy(de(v)?),
     })
 }
 

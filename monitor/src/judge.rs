@@ -178,6 +178,7 @@ impl ClusterIndex {
                 allowed: true,
                 ingress: Vec::new(),
                 egress: Vec::new(),
+                ..Default::default()
             });
             return;
         }

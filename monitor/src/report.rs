@@ -190,6 +190,35 @@ pub struct NetpolInfo {
     /// `namespace/name` of the egress policies that allow it.
     #[serde(default)]
     pub egress: Vec<Arc<str>>,
+    /// Extension: the rule that decided (the denying side's when denied;
+    /// absent when no policy of any tier applies and the default allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<DecidedBy>,
+}
+
+/// Which object, tier, rule and action decided a NetworkPolicy verdict
+/// (CONTRACT: `"decided_by":{"kind":...,"name":...,"rule":N,"action":...}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedBy {
+    /// `NetworkPolicy`, `ClusterNetworkPolicy`, `AdminNetworkPolicy` or
+    /// `BaselineAdminNetworkPolicy`.
+    pub kind: std::borrow::Cow<'static, str>,
+    /// `namespace/name` for a NetworkPolicy, `name` for cluster-scoped kinds.
+    pub name: Arc<str>,
+    /// `Admin`, `NetworkPolicy` or `Baseline`.
+    pub tier: std::borrow::Cow<'static, str>,
+    /// Index of the rule in the object's `ingress`/`egress` list; absent
+    /// for a NetworkPolicy denial (isolation without an allowing rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    /// The rule's `name` (cluster-scoped kinds), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<Arc<str>>,
+    /// `ingress` or `egress`: the list the rule is in.
+    pub direction: std::borrow::Cow<'static, str>,
+    /// `Accept`, `Allow`, `Deny` or `Pass` as the object writes it (a
+    /// NetworkPolicy rule allows: `Allow`; its isolation denies: `Deny`).
+    pub action: std::borrow::Cow<'static, str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

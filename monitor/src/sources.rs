@@ -310,6 +310,24 @@ pub(crate) const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
         "v1alpha1",
         "segmentationpolicies",
     ),
+    (
+        ObjectKind::ClusterNetworkPolicy,
+        "policy.networking.k8s.io",
+        "v1alpha2",
+        "clusternetworkpolicies",
+    ),
+    (
+        ObjectKind::AdminNetworkPolicy,
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "adminnetworkpolicies",
+    ),
+    (
+        ObjectKind::BaselineAdminNetworkPolicy,
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "baselineadminnetworkpolicies",
+    ),
 ];
 
 fn spawn_watchers(
@@ -400,15 +418,23 @@ async fn watch_kind(
                 // every 30 s): the health review logs the outage once.
                 tracing::debug!(kind = %kind, error = %health::describe(&e), "watch failed, retrying");
                 if health.failed(plural, &e) {
-                    tracing::info!(
-                        "the SegmentationPolicy CRD is not installed (the API server answers 404): \
-                         only --policy files and the built-in baseline apply; still watching for it"
-                    );
+                    if kind == ObjectKind::SegmentationPolicy {
+                        tracing::info!(
+                            "the SegmentationPolicy CRD is not installed (the API server answers 404): \
+                             only --policy files and the built-in baseline apply; still watching for it"
+                        );
+                    } else {
+                        tracing::info!(
+                            kind = %kind,
+                            "the {kind} CRD is not installed (the API server answers 404): \
+                             no such policies apply; still watching for it"
+                        );
+                    }
                 }
                 // Without the CRD installed, SegmentationPolicies cannot be
                 // listed: the other kinds still make a usable index, so this
                 // one does not hold readiness back (it keeps retrying).
-                if kind == ObjectKind::SegmentationPolicy {
+                if kind.is_optional_crd() {
                     mark_synced(&mut synced);
                 }
             }

@@ -713,6 +713,31 @@ fn cis_5_3_2(cx: &Context<'_>) -> Control {
             }
         }
     }
+    // Cluster-scoped policies (ClusterNetworkPolicy, AdminNetworkPolicy,
+    // BaselineAdminNetworkPolicy) are segmentation evidence too: a
+    // namespace whose every pod is a subject of a cluster policy's
+    // default deny is default-deny, whatever NetworkPolicies it has.
+    let cluster_specs: Vec<crate::netpol::cluster::ClusterSpec> = cx
+        .objects
+        .iter()
+        .filter_map(crate::netpol::ClusterPolicyRef::of)
+        .filter_map(|r| crate::netpol::cluster::ClusterSpec::parse(r.kind, r.object).ok())
+        .collect();
+    let ns_labels: BTreeMap<String, crate::netpol::selector::Labels> = cx
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Namespace(n) => Some(crate::netpol::model::namespace_labels(n)),
+            _ => None,
+        })
+        .collect();
+    let cover = |ns: &str| {
+        let labels = ns_labels
+            .get(ns)
+            .cloned()
+            .unwrap_or_else(|| crate::netpol::model::implicit_namespace_labels(ns));
+        crate::netpol::cluster::namespace_cover(&cluster_specs, &labels)
+    };
     let mut by_ns: BTreeMap<&str, Vec<&NetworkPolicy>> = BTreeMap::new();
     for p in &netpols {
         by_ns
@@ -735,21 +760,25 @@ fn cis_5_3_2(cx: &Context<'_>) -> Control {
             .map(|p| format!("NetworkPolicy {}", name(p)))
             .collect();
         details.sort();
-        let deny_in: Vec<String> = pols
+        let cov = cover(ns);
+        details.extend(cov.policies.iter().cloned());
+        let mut deny_in: Vec<String> = pols
             .iter()
             .filter(|p| selects_all(p) && policy_types(p).0)
             .map(|p| name(p))
             .collect();
-        let deny_out: Vec<String> = pols
+        deny_in.extend(cov.deny_ingress.iter().cloned());
+        let mut deny_out: Vec<String> = pols
             .iter()
             .filter(|p| selects_all(p) && policy_types(p).1)
             .map(|p| name(p))
             .collect();
-        let (verdict, reason) = if pols.is_empty() {
+        deny_out.extend(cov.deny_egress.iter().cloned());
+        let (verdict, reason) = if pols.is_empty() && cov.policies.is_empty() {
             without.push(ns.clone());
             (
                 Verdict::Fail,
-                "no NetworkPolicy in this namespace".to_owned(),
+                "no NetworkPolicy in this namespace and no cluster-scoped policy covering it".to_owned(),
             )
         } else {
             let mut missing = Vec::new();
@@ -776,7 +805,16 @@ fn cis_5_3_2(cx: &Context<'_>) -> Control {
                     Verdict::Fail,
                     format!(
                         "{}, but no default deny for {} (no policy with podSelector {{}} covering it)",
-                        n(pols.len(), "NetworkPolicy", "NetworkPolicies"),
+                        {
+                            let mut have = n(pols.len(), "NetworkPolicy", "NetworkPolicies");
+                            if !cov.policies.is_empty() {
+                                have.push_str(&format!(
+                                    " and {}",
+                                    n(cov.policies.len(), "cluster-scoped policy", "cluster-scoped policies")
+                                ));
+                            }
+                            have
+                        },
                         missing.join(" and ")
                     ),
                 )
@@ -792,12 +830,13 @@ fn cis_5_3_2(cx: &Context<'_>) -> Control {
     let counts = counts([
         ("namespaces", namespaces.len()),
         ("network_policies", netpols.len()),
+        ("cluster_scoped_policies", cluster_specs.len()),
         ("namespaces_without_policies", without.len()),
         ("namespaces_without_default_deny_ingress", no_ingress.len()),
         ("namespaces_without_default_deny_egress", no_egress.len()),
         ("namespaces_pass", ok),
     ]);
-    let (verdict, reason) = if netpols.is_empty() {
+    let (verdict, reason) = if netpols.is_empty() && cluster_specs.is_empty() {
         (
             Verdict::NotVerified,
             format!(
@@ -809,7 +848,7 @@ fn cis_5_3_2(cx: &Context<'_>) -> Control {
         (
             Verdict::Pass,
             format!(
-                "All {} namespaces have NetworkPolicies with a default deny for ingress and egress.",
+                "All {} namespaces have a default deny for ingress and egress (NetworkPolicies or cluster-scoped policies).",
                 namespaces.len()
             ),
         )

@@ -239,7 +239,8 @@ impl EngineJudge {
                 Object::Job(w) => o.workloads.push(w.workload_ref()),
                 Object::CronJob(w) => o.workloads.push(w.workload_ref()),
                 Object::ReplicationController(w) => o.workloads.push(w.workload_ref()),
-                _ => {}
+                Object::Node(n) => o.nodes.push(n),
+                other => o.cluster_policies.extend(netpol::ClusterPolicyRef::of(other)),
             }
         }
         let (engine, warnings) = Engine::build(&o);

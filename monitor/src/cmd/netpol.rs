@@ -39,6 +39,7 @@ pub enum NetpolCommand {
     ///
     /// Each answer line echoes the query and adds
     ///   "allowed":bool,
+    ///   "decided_by":{"kind":..,"name":..,"tier":..,"rule":N,"action":..}|null,
     ///   "egress":{"isolated":bool,"allowed_by":["ns/policy",...]},
     ///   "ingress":{"isolated":bool,"allowed_by":[...]}
     /// (`egress` is the source's, `ingress` the destination's).
@@ -64,6 +65,24 @@ pub enum NetpolCommand {
     /// not listed.
     #[command(verbatim_doc_comment)]
     Matrix(MatrixArgs),
+
+    /// Compare the connectivity of two policy sets: what the new set adds,
+    /// removes or changes compared with the reference set.
+    ///
+    /// Both sets are evaluated with every tier (AdminNetworkPolicy /
+    /// ClusterNetworkPolicy Admin, NetworkPolicy, Baseline) over the
+    /// workloads of `--inventory` plus whatever the sets themselves hold
+    /// (directories are read recursively). One line per source/destination
+    /// pair whose allowed connections differ:
+    ///   diff-type: changed|added|removed, source: S, destination: D,
+    ///   ref1: <before>, ref2: <after>[, workloads-diff-info: ...]
+    /// Exit status: 0 when nothing changes, 1 when something does, 2 on
+    /// bad input.
+    ///
+    /// Example:
+    ///   segwatch netpol diff --inventory cluster.json --ref policies/ --new pr/policies/ -o md
+    #[command(verbatim_doc_comment)]
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -78,6 +97,29 @@ pub struct EvalArgs {
 }
 
 #[derive(Debug, ClapArgs)]
+pub struct DiffArgs {
+    /// The reference policy set: files or directories (repeatable).
+    #[arg(long = "ref", value_name = "PATH", required = true)]
+    pub reference: Vec<PathBuf>,
+    /// The new policy set: files or directories (repeatable).
+    #[arg(long, value_name = "PATH", required = true)]
+    pub new: Vec<PathBuf>,
+    /// Workloads and namespaces both sets apply to (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub inventory: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "txt")]
+    pub output: DiffFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    Txt,
+    Json,
+    Md,
+}
+
+#[derive(Debug, ClapArgs)]
 pub struct MatrixArgs {
     /// Inventory file or directory (repeatable).
     #[arg(long, value_name = "PATH", required = true)]
@@ -88,6 +130,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         NetpolCommand::Eval(a) => eval(a),
         NetpolCommand::Matrix(a) => matrix_cmd(a),
+        // Exit 1 means "changes" here: bad input must not look like it.
+        NetpolCommand::Diff(a) => Ok(diff_cmd(a).unwrap_or_else(|e| {
+            eprintln!(
+                "segwatch: netpol diff: {}",
+                crate::cli::one_line(&format!("{e:#}"))
+            );
+            ExitCode::from(2)
+        })),
     }
 }
 
@@ -253,11 +303,162 @@ pub fn answer(engine: &Engine, line: &str) -> Result<Value, QueryError> {
 }
 
 fn direction_json(d: &Direction) -> Value {
-    json!({"isolated": d.isolated, "allowed_by": d.allowed_by.iter().map(|s| &**s).collect::<Vec<_>>()})
+    let mut v = json!({"isolated": d.isolated, "allowed_by": d.allowed_by.iter().map(|s| &**s).collect::<Vec<_>>()});
+    if let Some(by) = &d.decided_by {
+        v["decided_by"] = serde_json::to_value(by).unwrap_or(Value::Null);
+    }
+    v
 }
 
 fn add_decision(map: &mut Map<String, Value>, d: &Decision) {
     map.insert("allowed".into(), Value::Bool(d.allowed));
+    map.insert(
+        "decided_by".into(),
+        d.decided_by()
+            .and_then(|by| serde_json::to_value(by).ok())
+            .unwrap_or(Value::Null),
+    );
     map.insert("egress".into(), direction_json(&d.egress));
     map.insert("ingress".into(), direction_json(&d.ingress));
+}
+
+/// Every data file under the paths: a file as given, a directory's
+/// `.yaml`/`.yml`/`.json` files at any depth (policy repositories nest
+/// them per team or namespace), sorted.
+fn policy_files(paths: &[PathBuf], flag: &str) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<io::Result<_>>()?;
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).with_context(|| format!("{flag} {}", p.display()))?;
+        if meta.is_dir() {
+            walk(p, &mut out).with_context(|| format!("{flag} {}", p.display()))?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The objects of one side: the inventory's, then the set's.
+fn side(inventory: &[inventory::Object], paths: &[PathBuf], flag: &str) -> Result<Vec<inventory::Object>> {
+    let files = policy_files(paths, flag)?;
+    let mut objects = inventory.to_vec();
+    for f in &files {
+        // One file at a time: a file that is not Kubernetes YAML (a
+        // JSON array of results, say) is skipped with a warning instead of
+        // failing the whole comparison.
+        match inventory::load_paths(std::slice::from_ref(f)) {
+            Ok(inv) => objects.extend(inv.objects),
+            Err(e @ inventory::InventoryError::Syntax { .. }) => {
+                tracing::warn!("{flag}: {e}; file skipped");
+            }
+            Err(e) => return Err(e).with_context(|| format!("loading {flag}")),
+        }
+    }
+    Ok(objects)
+}
+
+fn diff_cmd(a: DiffArgs) -> Result<ExitCode> {
+    let inv = if a.inventory.is_empty() {
+        Vec::new()
+    } else {
+        load(&a.inventory)?.0
+    };
+    let reference = build(&side(&inv, &a.reference, "--ref")?);
+    let new = build(&side(&inv, &a.new, "--new")?);
+    let lines = crate::netpol::diff::diff(&reference, &new);
+    let text = render_diff(&lines, a.output);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    out.write_all(text.as_bytes()).context("writing to stdout")?;
+    out.flush().context("writing to stdout")?;
+    Ok(if lines.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The diff in one of the output formats.
+pub fn render_diff(lines: &[crate::netpol::diff::DiffLine], format: DiffFormat) -> String {
+    match format {
+        DiffFormat::Txt => {
+            if lines.is_empty() {
+                return String::new();
+            }
+            let mut s = String::from("Connectivity diff:\n");
+            for l in lines {
+                s.push_str(&l.to_string());
+                s.push('\n');
+            }
+            s
+        }
+        DiffFormat::Json => {
+            let changes: Vec<Value> = lines
+                .iter()
+                .map(|l| {
+                    let mut v = json!({
+                        "diff": l.change.as_str(),
+                        "src": l.src,
+                        "dst": l.dst,
+                        "before": l.before.to_string(),
+                        "after": l.after.to_string(),
+                    });
+                    if let Some((names, change)) = &l.workloads {
+                        v["workloads"] = json!({"names": names, "change": change.as_str()});
+                    }
+                    v
+                })
+                .collect();
+            let mut s = serde_json::to_string_pretty(&json!({
+                "changed": !lines.is_empty(),
+                "changes": changes,
+            }))
+            .unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        DiffFormat::Md => {
+            let mut s = String::from("# Connectivity diff\n\n");
+            if lines.is_empty() {
+                s.push_str("No change: both policy sets allow exactly the same connections.\n");
+                return s;
+            }
+            s.push_str("| change | source | destination | before | after | workloads |\n|---|---|---|---|---|---|\n");
+            let cell = |t: &str| t.replace('|', "\\|");
+            for l in lines {
+                let w = l
+                    .workloads
+                    .as_ref()
+                    .map(|(n, c)| format!("{} {}", n.join(" and "), c.as_str()))
+                    .unwrap_or_default();
+                s.push_str(&format!(
+                    "| {} | `{}` | `{}` | {} | {} | {} |\n",
+                    l.change.as_str(),
+                    cell(&l.src),
+                    cell(&l.dst),
+                    cell(&l.before.to_string()),
+                    cell(&l.after.to_string()),
+                    cell(&w)
+                ));
+            }
+            s
+        }
+    }
 }

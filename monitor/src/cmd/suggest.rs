@@ -63,6 +63,14 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
     pub output: Format,
+    /// What to suggest: `networkpolicy` (namespaced NetworkPolicies, the
+    /// default) or `clusternetworkpolicy` (v1alpha2 ClusterNetworkPolicy:
+    /// Admin-tier Deny guardrails for the metadata API, node ports and the
+    /// namespace pairs whose flows were cross_namespace violations, each
+    /// leaving out what was judged allowed; and a Baseline default deny
+    /// with cluster DNS, to go with the suggested NetworkPolicies).
+    #[arg(long, value_enum, default_value = "networkpolicy", value_name = "KIND")]
+    pub format: SuggestKind,
     /// Write one file per namespace (`<namespace>.yaml|json`) into DIR
     /// instead of printing to stdout.
     #[arg(long, value_name = "DIR")]
@@ -84,6 +92,12 @@ pub struct Args {
     /// How many never-observed allowed connections the summary lists.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SuggestKind {
+    Networkpolicy,
+    Clusternetworkpolicy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -137,6 +151,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         aggregate: args.aggregate_cidrs,
     };
     let suggestion = suggest::generate(&observed, &catalog, &opts);
+    if args.format == SuggestKind::Clusternetworkpolicy {
+        return cluster_run(&args, &inventory.objects, &reports, &suggestion.policies);
+    }
 
     match &args.out_dir {
         None => {
@@ -184,6 +201,88 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     );
     Ok(if replay.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// `--format clusternetworkpolicy`: the guardrails, and a replay of every
+/// allowed observed flow against the existing policies, the suggested
+/// NetworkPolicies and the guardrails together (exit 3 if one is denied).
+fn cluster_run(
+    args: &Args,
+    inventory: &[crate::inventory::Object],
+    reports: &[crate::report::FlowReport],
+    netpols: &[k8s_openapi::api::networking::v1::NetworkPolicy],
+) -> anyhow::Result<ExitCode> {
+    use crate::inventory::Object;
+    let s = suggest::cluster::suggest(reports);
+    let text = suggest::cluster::render(&s.objects, args.output);
+    match &args.out_dir {
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("cannot write to stdout")?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create --out-dir {}", dir.display()))?;
+            let path = dir.join(match args.output {
+                Format::Yaml => "clusternetworkpolicies.yaml",
+                Format::Json => "clusternetworkpolicies.json",
+            });
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    let mut objects: Vec<Object> = inventory.to_vec();
+    objects.extend(netpols.iter().cloned().map(Object::NetworkPolicy));
+    for o in &s.objects {
+        objects.push(Object::ClusterNetworkPolicy(
+            serde_json::from_value(o.clone()).context("a suggested ClusterNetworkPolicy")?,
+        ));
+    }
+    let (engine, warnings) = crate::netpol::Engine::build(&crate::netpol::Objects::from_inventory(&objects));
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut checked = 0usize;
+    let mut denied = Vec::new();
+    for r in reports {
+        if r.verdict != Some(crate::report::Verdict::Allowed) {
+            continue;
+        }
+        let Some(protocol) = r.protocol.parse::<crate::netpol::Protocol>().ok() else {
+            continue;
+        };
+        checked += 1;
+        let d = engine.evaluate(&crate::netpol::Query {
+            src: crate::netpol::Peer::Ip(r.src.ip),
+            dst: crate::netpol::Peer::Ip(r.dst.ip),
+            protocol,
+            port: r.dst.port.unwrap_or(0),
+        });
+        if !d.allowed {
+            let by = d
+                .decided_by()
+                .map(|b| format!("{} {} rule {}", b.kind, b.name, b.rule.map_or("-".into(), |r| r.to_string())))
+                .unwrap_or_default();
+            denied.push(format!("{} -> {}:{} {}: denied by {by}", r.src.ip, r.dst.ip, r.dst.port.unwrap_or(0), r.protocol));
+        }
+    }
+    eprintln!("ClusterNetworkPolicy guardrails ({} objects):", s.objects.len());
+    for n in &s.notes {
+        eprintln!("  {n}");
+    }
+    eprintln!(
+        "replay of {checked} allowed observed flow(s) against existing + suggested NetworkPolicies + these guardrails: {} denied",
+        denied.len()
+    );
+    for d in denied.iter().take(args.top) {
+        eprintln!("  {d}");
+    }
+    Ok(if denied.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

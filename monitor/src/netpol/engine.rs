@@ -40,10 +40,17 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use std::borrow::Cow;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::cidr::{IpBlock, IpRange};
+use super::cluster::{
+    Action, ClusterKind, ClusterPeer, ClusterPolicyError, ClusterPolicyObject, ClusterPort,
+    ClusterSpec, Subject, Tier,
+};
 use super::model::{
     implicit_namespace_labels, namespace_labels, pod_endpoint, represented_workloads,
     workload_endpoint, Endpoint, Group, WorkloadRef,
@@ -53,7 +60,7 @@ use super::policy::{
 };
 use super::ports::{ConnSet, PortRange, Protocol};
 use super::selector::Labels;
-use crate::report::{NetpolInfo, TcpState, Violation, ViolationKind};
+use crate::report::{DecidedBy, NetpolInfo, TcpState, Violation, ViolationKind};
 
 /// Index of an endpoint in the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +94,9 @@ pub struct Direction {
     pub isolated_by: Arc<[Arc<str>]>,
     /// `ns/name` of the policies with a rule allowing this connection.
     pub allowed_by: Vec<Arc<str>>,
+    /// The rule that decided this direction; `None` when no policy of any
+    /// tier applies (allowed by default).
+    pub decided_by: Option<DecidedBy>,
 }
 
 impl Direction {
@@ -100,6 +110,7 @@ impl Direction {
             allowed: true,
             isolated_by: NONE.clone(),
             allowed_by: Vec::new(),
+            decided_by: None,
         }
     }
 }
@@ -120,11 +131,33 @@ impl Decision {
     /// The flow report's `netpol` field (moves the policy lists: this is
     /// once per flow).
     pub fn into_netpol_info(self) -> NetpolInfo {
+        let decided_by = self.decided_by().cloned();
         NetpolInfo {
             allowed: self.allowed,
             ingress: self.ingress.allowed_by,
             egress: self.egress.allowed_by,
+            decided_by,
         }
+    }
+
+    /// The rule that decided the whole connection: the denying direction's
+    /// (egress first, as the packet meets it first), or when allowed the
+    /// egress decider, else the ingress one; `None` when nothing applied
+    /// (or the connection is a pod's traffic to itself).
+    pub fn decided_by(&self) -> Option<&DecidedBy> {
+        if self.same_endpoint {
+            return None;
+        }
+        if !self.egress.allowed {
+            return self.egress.decided_by.as_ref();
+        }
+        if !self.ingress.allowed {
+            return self.ingress.decided_by.as_ref();
+        }
+        self.egress
+            .decided_by
+            .as_ref()
+            .or(self.ingress.decided_by.as_ref())
     }
 }
 
@@ -134,6 +167,7 @@ impl Decision {
 pub enum Warning {
     InvalidPolicy(PolicyError),
     DuplicatePolicy { id: String },
+    InvalidClusterPolicy(ClusterPolicyError),
 }
 
 impl fmt::Display for Warning {
@@ -141,8 +175,9 @@ impl fmt::Display for Warning {
         match self {
             Warning::InvalidPolicy(e) => write!(f, "{e} (policy skipped)"),
             Warning::DuplicatePolicy { id } => {
-                write!(f, "NetworkPolicy {id} given twice; the last one is used")
+                write!(f, "{id} given twice; the last one is used")
             }
+            Warning::InvalidClusterPolicy(e) => write!(f, "{e} (policy skipped)"),
         }
     }
 }
@@ -154,6 +189,31 @@ pub struct Objects<'a> {
     pub pods: Vec<&'a Pod>,
     pub workloads: Vec<WorkloadRef<'a>>,
     pub policies: Vec<&'a NetworkPolicy>,
+    /// Nodes, for `nodes` peers of cluster policies (labels, addresses).
+    pub nodes: Vec<&'a Node>,
+    /// ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy.
+    pub cluster_policies: Vec<ClusterPolicyRef<'a>>,
+}
+
+/// A cluster-scoped policy object with its kind.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterPolicyRef<'a> {
+    pub kind: ClusterKind,
+    pub object: &'a ClusterPolicyObject,
+}
+
+impl<'a> ClusterPolicyRef<'a> {
+    /// The cluster policy an inventory object is, if it is one.
+    pub fn of(o: &'a crate::inventory::Object) -> Option<Self> {
+        use crate::inventory::Object as O;
+        let (kind, object) = match o {
+            O::ClusterNetworkPolicy(p) => (ClusterKind::ClusterNetworkPolicy, p),
+            O::AdminNetworkPolicy(p) => (ClusterKind::AdminNetworkPolicy, p),
+            O::BaselineAdminNetworkPolicy(p) => (ClusterKind::BaselineAdminNetworkPolicy, p),
+            _ => return None,
+        };
+        Some(ClusterPolicyRef { kind, object })
+    }
 }
 
 /// A fixed-size set of endpoint ids.
@@ -199,6 +259,66 @@ struct Compiled {
     egress: Vec<Rule>,
 }
 
+/// The peers of a cluster policy rule, resolved.
+#[derive(Clone, Debug, Default)]
+struct ClusterPeers {
+    /// A Deny/Pass rule with a peer of an unknown type matches everything.
+    all: bool,
+    /// Endpoints selected by namespaces/pods peers, or whose address is in
+    /// one of the rule's networks.
+    pods: BitSet,
+    /// `networks` CIDRs, and the addresses of the Nodes `nodes` selects
+    /// (as host-length networks).
+    nets: Vec<IpNet>,
+}
+
+impl ClusterPeers {
+    #[inline]
+    fn matches(&self, other: Target<'_>) -> bool {
+        self.all
+            || match other {
+                Target::Endpoint(i) => self.pods.contains(i),
+                Target::Ip(ip) => self.nets.iter().any(|n| n.contains(&ip)),
+                Target::Range(r) => self.nets.iter().any(|n| {
+                    let (lo, hi) = super::cidr::net_bounds(n);
+                    matches!(n, IpNet::V4(_)) == r.v4 && lo <= r.lo && r.hi <= hi
+                }),
+            }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ClusterRuleC {
+    index: u32,
+    name: Option<Arc<str>>,
+    action: Action,
+    action_word: &'static str,
+    peers: ClusterPeers,
+    ports: Option<Vec<ClusterPort>>,
+}
+
+#[derive(Clone, Debug)]
+struct ClusterCompiled {
+    spec: ClusterSpec,
+    name: Arc<str>,
+    ingress: Vec<ClusterRuleC>,
+    egress: Vec<ClusterRuleC>,
+}
+
+impl ClusterCompiled {
+    fn decided(&self, r: &ClusterRuleC, egress: bool) -> DecidedBy {
+        DecidedBy {
+            kind: Cow::Borrowed(self.spec.kind.as_str()),
+            name: self.name.clone(),
+            tier: Cow::Borrowed(self.spec.tier.as_str()),
+            rule: Some(r.index),
+            rule_name: r.name.clone(),
+            direction: Cow::Borrowed(if egress { "egress" } else { "ingress" }),
+            action: Cow::Borrowed(r.action_word),
+        }
+    }
+}
+
 /// The other side of a direction check, resolved.
 #[derive(Clone, Copy, Debug)]
 enum Target<'a> {
@@ -223,6 +343,13 @@ pub struct Engine {
     egress_of: Vec<Vec<u32>>,
     ingress_names: Vec<Arc<[Arc<str>]>>,
     egress_names: Vec<Arc<[Arc<str>]>>,
+    /// Cluster-scoped policies, Admin tier first, each tier by priority
+    /// (then kind and name, for a stable order among equal priorities).
+    cluster: Vec<ClusterCompiled>,
+    /// Per endpoint: the cluster policies whose subject selects it, in
+    /// evaluation order, per tier.
+    admin_of: Vec<Vec<u32>>,
+    baseline_of: Vec<Vec<u32>>,
 }
 
 impl Engine {
@@ -388,6 +515,9 @@ impl Engine {
         let ingress_names = names(&ingress_of);
         let egress_names = names(&egress_of);
 
+        let (cluster, admin_of, baseline_of) =
+            compile_cluster(objects, &endpoints, &namespaces, &by_ns, &mut warnings);
+
         let engine = Engine {
             endpoints,
             namespaces,
@@ -398,6 +528,9 @@ impl Engine {
             egress_of,
             ingress_names,
             egress_names,
+            cluster,
+            admin_of,
+            baseline_of,
         };
         (engine, warnings)
     }
@@ -451,6 +584,23 @@ impl Engine {
                 }
             }
         }
+        // Cluster policies name addresses in egress rules only (`networks`,
+        // and `nodes` as the nodes' addresses).
+        if egress {
+            for c in &self.cluster {
+                for r in &c.egress {
+                    for net in &r.peers.nets {
+                        let b = IpBlock {
+                            cidr: *net,
+                            except: Vec::new(),
+                        };
+                        if !out.contains(&b) {
+                            out.push(b);
+                        }
+                    }
+                }
+            }
+        }
         out
     }
 
@@ -478,27 +628,15 @@ impl Engine {
             Peer::Ip(_) => None,
         };
         let egress = match src {
-            Peer::Endpoint(id) => self.direction(
-                &self.egress_of[id.0 as usize],
-                &self.egress_names[id.0 as usize],
-                true,
-                self.target(dst),
-                dst_ep,
-                q.protocol,
-                q.port,
-            ),
+            Peer::Endpoint(id) => {
+                self.direction(id.0, true, self.target(dst), dst_ep, q.protocol, q.port)
+            }
             Peer::Ip(_) => Direction::open(),
         };
         let ingress = match dst {
-            Peer::Endpoint(id) => self.direction(
-                &self.ingress_of[id.0 as usize],
-                &self.ingress_names[id.0 as usize],
-                false,
-                self.target(src),
-                dst_ep,
-                q.protocol,
-                q.port,
-            ),
+            Peer::Endpoint(id) => {
+                self.direction(id.0, false, self.target(src), dst_ep, q.protocol, q.port)
+            }
             Peer::Ip(_) => Direction::open(),
         };
         Decision {
@@ -509,40 +647,107 @@ impl Engine {
         }
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the hot path passes resolved parts, not a struct to rebuild"
-    )]
+    /// One direction of one endpoint through the three tiers: Admin (first
+    /// matching rule by priority: Accept allows, Deny denies, Pass skips to
+    /// the next tier), the NetworkPolicies (if any isolates the endpoint,
+    /// allowed iff one of their rules allows), Baseline (first matching
+    /// rule), else allowed.
     fn direction(
         &self,
-        policies: &[u32],
-        names: &Arc<[Arc<str>]>,
+        ep: u32,
         egress: bool,
         other: Target<'_>,
         dst: Option<&Endpoint>,
         protocol: Protocol,
         port: u16,
     ) -> Direction {
-        if policies.is_empty() {
-            return Direction::open();
-        }
-        let mut allowed_by = Vec::new();
-        for &pi in policies {
-            let p = &self.policies[pi as usize];
-            let rules = if egress { &p.egress } else { &p.ingress };
-            if rules.iter().any(|r| {
-                peer_matches(&r.peers, other)
-                    && ports_match(r.ports.as_deref(), dst, protocol, port)
-            }) {
-                allowed_by.push(p.id.clone());
+        let e = ep as usize;
+        let (policies, names) = if egress {
+            (&self.egress_of[e], &self.egress_names[e])
+        } else {
+            (&self.ingress_of[e], &self.ingress_names[e])
+        };
+        if let Some((c, r)) = self.first_cluster_match(&self.admin_of[e], egress, other, dst, protocol, port) {
+            if r.action != Action::Pass {
+                return Direction {
+                    isolated: !policies.is_empty(),
+                    allowed: r.action == Action::Accept,
+                    isolated_by: names.clone(),
+                    allowed_by: Vec::new(),
+                    decided_by: Some(c.decided(r, egress)),
+                };
             }
         }
-        Direction {
-            isolated: true,
-            allowed: !allowed_by.is_empty(),
-            isolated_by: names.clone(),
-            allowed_by,
+        if !policies.is_empty() {
+            let mut allowed_by = Vec::new();
+            let mut decided_by = None;
+            for &pi in policies {
+                let p = &self.policies[pi as usize];
+                let rules = if egress { &p.egress } else { &p.ingress };
+                if let Some(ri) = rules.iter().position(|r| {
+                    peer_matches(&r.peers, other)
+                        && ports_match(r.ports.as_deref(), dst, protocol, port)
+                }) {
+                    if decided_by.is_none() {
+                        decided_by = Some(np_decided(&p.id, Some(ri as u32), egress, "Allow"));
+                    }
+                    allowed_by.push(p.id.clone());
+                }
+            }
+            let allowed = !allowed_by.is_empty();
+            return Direction {
+                isolated: true,
+                allowed,
+                isolated_by: names.clone(),
+                allowed_by,
+                decided_by: decided_by
+                    .or_else(|| Some(np_decided(&self.policies[policies[0] as usize].id, None, egress, "Deny"))),
+            };
         }
+        if let Some((c, r)) = self.first_cluster_match(&self.baseline_of[e], egress, other, dst, protocol, port) {
+            // A Pass in the Baseline tier leaves the default (allowed).
+            return Direction {
+                allowed: r.action != Action::Deny,
+                decided_by: Some(c.decided(r, egress)),
+                ..Direction::open()
+            };
+        }
+        Direction::open()
+    }
+
+    /// The first rule of the given cluster policies (in evaluation order)
+    /// that matches the connection.
+    #[inline]
+    fn first_cluster_match(
+        &self,
+        list: &[u32],
+        egress: bool,
+        other: Target<'_>,
+        dst: Option<&Endpoint>,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<(&ClusterCompiled, &ClusterRuleC)> {
+        for &ci in list {
+            let c = &self.cluster[ci as usize];
+            let rules = if egress { &c.egress } else { &c.ingress };
+            for r in rules {
+                if r.peers.matches(other) && cluster_ports_match(r.ports.as_deref(), dst, protocol, port)
+                {
+                    return Some((c, r));
+                }
+            }
+        }
+        None
+    }
+
+    /// `Kind/name` of every valid cluster-scoped policy, in evaluation order.
+    pub fn cluster_policy_ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.cluster.iter().map(|c| c.spec.id())
+    }
+
+    /// Does some cluster-scoped policy select this endpoint as its subject?
+    pub fn has_cluster_subject(&self, id: EndpointId) -> bool {
+        !self.admin_of[id.0 as usize].is_empty() || !self.baseline_of[id.0 as usize].is_empty()
     }
 
     /// Every connection (ports per protocol) the policies allow from `src`
@@ -594,36 +799,99 @@ impl Engine {
             ConnSide::Range(_) => None,
         };
         let egress = match src {
-            ConnSide::Endpoint(id) => {
-                self.direction_conns(&self.egress_of[id.0 as usize], true, as_target(dst), dst_ep)
-            }
+            ConnSide::Endpoint(id) => self.direction_conns(id.0, true, as_target(dst), dst_ep),
             ConnSide::Range(_) => ConnSet::all(),
         };
         if egress.is_empty() {
             return egress;
         }
         let ingress = match dst {
-            ConnSide::Endpoint(id) => self.direction_conns(
-                &self.ingress_of[id.0 as usize],
-                false,
-                as_target(src),
-                dst_ep,
-            ),
+            ConnSide::Endpoint(id) => self.direction_conns(id.0, false, as_target(src), dst_ep),
             ConnSide::Range(_) => ConnSet::all(),
         };
         egress.intersection(&ingress)
     }
 
+    /// Every connection one direction of endpoint `ep` allows towards (or
+    /// from) `other`: the per-connection logic of [`Engine::direction`]
+    /// applied to whole sets. Each tier takes from what is still undecided:
+    /// a rule decides the part of its ports not decided by an earlier rule.
     fn direction_conns(
+        &self,
+        ep: u32,
+        egress: bool,
+        other: Target<'_>,
+        dst: Option<&Endpoint>,
+    ) -> ConnSet {
+        let e = ep as usize;
+        let mut allowed = ConnSet::empty();
+        let mut undecided = ConnSet::all();
+        let mut passed = ConnSet::empty();
+        self.cluster_conns(&self.admin_of[e], egress, other, dst, &mut undecided, &mut allowed, &mut passed);
+        undecided.union(&passed);
+        if undecided.is_empty() {
+            return allowed;
+        }
+        let policies = if egress { &self.egress_of[e] } else { &self.ingress_of[e] };
+        if !policies.is_empty() {
+            let np = self.np_conns(policies, egress, other, dst);
+            allowed.union(&undecided.intersection(&np));
+            return allowed;
+        }
+        let mut passed = ConnSet::empty();
+        self.cluster_conns(&self.baseline_of[e], egress, other, dst, &mut undecided, &mut allowed, &mut passed);
+        // Baseline Pass and no rule at all: the default, allowed.
+        allowed.union(&passed);
+        allowed.union(&undecided);
+        allowed
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "three accumulators updated together; a struct would only rename them"
+    )]
+    fn cluster_conns(
+        &self,
+        list: &[u32],
+        egress: bool,
+        other: Target<'_>,
+        dst: Option<&Endpoint>,
+        undecided: &mut ConnSet,
+        allowed: &mut ConnSet,
+        passed: &mut ConnSet,
+    ) {
+        for &ci in list {
+            let c = &self.cluster[ci as usize];
+            for r in if egress { &c.egress } else { &c.ingress } {
+                if undecided.is_empty() {
+                    return;
+                }
+                if !r.peers.matches(other) {
+                    continue;
+                }
+                let hit = undecided.intersection(&cluster_rule_conns(r.ports.as_deref(), dst));
+                if hit.is_empty() {
+                    continue;
+                }
+                *undecided = undecided.difference(&hit);
+                match r.action {
+                    Action::Accept => allowed.union(&hit),
+                    Action::Deny => {}
+                    Action::Pass => passed.union(&hit),
+                }
+            }
+        }
+    }
+
+    /// What the NetworkPolicies isolating an endpoint allow (the union of
+    /// their matching rules).
+    fn np_conns(
         &self,
         policies: &[u32],
         egress: bool,
         other: Target<'_>,
         dst: Option<&Endpoint>,
     ) -> ConnSet {
-        if policies.is_empty() {
-            return ConnSet::all();
-        }
         let mut out = ConnSet::empty();
         for &pi in policies {
             let p = &self.policies[pi as usize];
@@ -652,6 +920,18 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+fn np_decided(id: &Arc<str>, rule: Option<u32>, egress: bool, action: &'static str) -> DecidedBy {
+    DecidedBy {
+        kind: Cow::Borrowed("NetworkPolicy"),
+        name: id.clone(),
+        tier: Cow::Borrowed("NetworkPolicy"),
+        rule,
+        rule_name: None,
+        direction: Cow::Borrowed(if egress { "egress" } else { "ingress" }),
+        action: Cow::Borrowed(action),
     }
 }
 
@@ -728,21 +1008,249 @@ pub fn enforcement_finding(decision: &Decision, state: TcpState) -> Option<Enfor
             } else {
                 ("ingress", &decision.ingress)
             };
-            let by = dir
-                .isolated_by
-                .iter()
-                .map(|s| &**s)
-                .collect::<Vec<_>>()
-                .join(", ");
+            let (rule, reason) = match &dir.decided_by {
+                Some(d) if d.kind != "NetworkPolicy" => {
+                    let rule_name = d
+                        .rule_name
+                        .as_deref()
+                        .map(|n| format!(" ({n:?})"))
+                        .unwrap_or_default();
+                    (
+                        format!("{}/{}", d.kind, d.name),
+                        format!(
+                            "connection established although {} {} ({} tier) denies it: {side} rule {}{rule_name}, action {}: the network plugin is not enforcing cluster network policies",
+                            d.kind,
+                            d.name,
+                            d.tier,
+                            d.rule.map_or_else(|| "?".to_string(), |r| r.to_string()),
+                            d.action
+                        ),
+                    )
+                }
+                _ => {
+                    let by = dir
+                        .isolated_by
+                        .iter()
+                        .map(|s| &**s)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    (
+                        dir.isolated_by.first().map(|s| s.to_string()).unwrap_or_default(),
+                        format!(
+                            "connection established although NetworkPolicy denies it ({side} isolated by {by}, no rule allows it): the network plugin is not enforcing NetworkPolicy"
+                        ),
+                    )
+                }
+            };
             Some(Enforcement::Bypass(Violation {
                 kind: ViolationKind::NetpolBypass,
-                rule: dir.isolated_by.first().map(|s| s.to_string()).unwrap_or_default(),
-                reason: format!(
-                    "connection established although NetworkPolicy denies it ({side} isolated by {by}, no rule allows it): the network plugin is not enforcing NetworkPolicy"
-                ),
+                rule,
+                reason,
             }))
         }
     }
+}
+
+type ClusterParts = (Vec<ClusterCompiled>, Vec<Vec<u32>>, Vec<Vec<u32>>);
+
+/// Validates and resolves the cluster-scoped policies: per rule the
+/// selected endpoints as a bitset, per endpoint the policies whose subject
+/// selects it, in evaluation order.
+fn compile_cluster(
+    objects: &Objects<'_>,
+    endpoints: &[Endpoint],
+    namespaces: &HashMap<String, Labels>,
+    by_ns: &HashMap<&str, Vec<u32>>,
+    warnings: &mut Vec<Warning>,
+) -> ClusterParts {
+    let n = endpoints.len();
+    let mut specs: Vec<ClusterSpec> = Vec::new();
+    let mut seen: HashMap<(ClusterKind, String), usize> = HashMap::new();
+    for p in &objects.cluster_policies {
+        match ClusterSpec::parse(p.kind, p.object) {
+            Ok(spec) => {
+                let key = (spec.kind, spec.name.clone());
+                if let Some(&i) = seen.get(&key) {
+                    warnings.push(Warning::DuplicatePolicy { id: spec.id() });
+                    specs[i] = spec;
+                } else {
+                    seen.insert(key, specs.len());
+                    specs.push(spec);
+                }
+            }
+            Err(e) => {
+                tracing::info!(kind = %e.kind, name = %e.name, field = %e.field, "{e}; policy skipped");
+                warnings.push(Warning::InvalidClusterPolicy(e));
+            }
+        }
+    }
+    // Evaluation order: Admin before Baseline; lower priority numbers
+    // first ("the lower the number the higher the precedence"); equal
+    // priorities are undefined upstream, ordered here by kind and name so
+    // that the result does not depend on the order of the input.
+    specs.sort_by(|a, b| {
+        (a.tier, a.priority, a.kind, &a.name).cmp(&(b.tier, b.priority, b.kind, &b.name))
+    });
+
+    // Node addresses by node, for `nodes` peers.
+    let node_addrs: Vec<(Labels, Vec<IpNet>)> = objects
+        .nodes
+        .iter()
+        .map(|node| {
+            let labels = node.metadata.labels.clone().unwrap_or_default();
+            let addrs = node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                        .map(IpNet::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (labels, addrs)
+        })
+        .collect();
+
+    let select = |nsel: &super::selector::Selector, psel: &super::selector::Selector, set: &mut BitSet| {
+        for (ns, labels) in namespaces {
+            if !nsel.matches(labels) {
+                continue;
+            }
+            for &i in by_ns.get(ns.as_str()).map(Vec::as_slice).unwrap_or_default() {
+                if psel.matches(&endpoints[i as usize].labels) {
+                    set.insert(i);
+                }
+            }
+        }
+    };
+    let everything = super::selector::Selector::everything();
+    let resolve_rule = |index: usize, r: &super::cluster::ClusterRule| -> ClusterRuleC {
+        let mut peers = ClusterPeers {
+            all: false,
+            pods: BitSet::new(n),
+            nets: Vec::new(),
+        };
+        for p in &r.peers {
+            match p {
+                ClusterPeer::Namespaces(nsel) => select(nsel, &everything, &mut peers.pods),
+                ClusterPeer::Pods { namespaces, pods } => select(namespaces, pods, &mut peers.pods),
+                ClusterPeer::Nodes(sel) => {
+                    for (labels, addrs) in &node_addrs {
+                        if sel.matches(labels) {
+                            peers.nets.extend(addrs.iter().copied());
+                        }
+                    }
+                }
+                ClusterPeer::Networks(nets) => {
+                    for (i, ep) in endpoints.iter().enumerate() {
+                        if ep.ips.iter().any(|ip| nets.iter().any(|n| n.contains(ip))) {
+                            peers.pods.insert(i as u32);
+                        }
+                    }
+                    peers.nets.extend(nets.iter().copied());
+                }
+                ClusterPeer::Unknown(field) => {
+                    // Fail closed: an allowing rule loses this peer, a
+                    // denying or passing one applies to every peer.
+                    tracing::debug!(%field, "cluster policy peer of an unknown type");
+                    if r.action != Action::Accept {
+                        peers.all = true;
+                    }
+                }
+            }
+        }
+        ClusterRuleC {
+            index: index as u32,
+            name: (!r.name.is_empty()).then(|| Arc::from(r.name.as_str())),
+            action: r.action,
+            action_word: r.action_word,
+            peers,
+            ports: r.ports.clone(),
+        }
+    };
+
+    let mut admin_of = vec![Vec::new(); n];
+    let mut baseline_of = vec![Vec::new(); n];
+    let mut out = Vec::with_capacity(specs.len());
+    for (ci, spec) in specs.into_iter().enumerate() {
+        let mut subject = BitSet::new(n);
+        match &spec.subject {
+            Subject::Namespaces(nsel) => select(nsel, &everything, &mut subject),
+            Subject::Pods { namespaces, pods } => select(namespaces, pods, &mut subject),
+        }
+        let lists = match spec.tier {
+            Tier::Admin => &mut admin_of,
+            Tier::Baseline => &mut baseline_of,
+        };
+        for (i, list) in lists.iter_mut().enumerate() {
+            if subject.contains(i as u32) {
+                list.push(ci as u32);
+            }
+        }
+        let ingress = spec
+            .ingress
+            .iter()
+            .enumerate()
+            .map(|(i, r)| resolve_rule(i, r))
+            .collect();
+        let egress = spec
+            .egress
+            .iter()
+            .enumerate()
+            .map(|(i, r)| resolve_rule(i, r))
+            .collect();
+        out.push(ClusterCompiled {
+            name: Arc::from(spec.name.as_str()),
+            spec,
+            ingress,
+            egress,
+        });
+    }
+    (out, admin_of, baseline_of)
+}
+
+/// Does a cluster rule's port list match one connection? A named port is
+/// the destination pod's container port of that name (with its protocol);
+/// towards an address that is no pod's it matches nothing.
+#[inline]
+fn cluster_ports_match(
+    ports: Option<&[ClusterPort]>,
+    dst: Option<&Endpoint>,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    let Some(ports) = ports else { return true };
+    ports.iter().any(|p| match p {
+        ClusterPort::Ports(proto, range) => *proto == protocol && range.contains(port),
+        ClusterPort::Named(name) => dst.is_some_and(|d| {
+            d.named_ports
+                .iter()
+                .any(|np| np.name == *name && np.protocol == protocol && np.port == port)
+        }),
+    })
+}
+
+/// Every connection a cluster rule's port list covers towards `dst`.
+fn cluster_rule_conns(ports: Option<&[ClusterPort]>, dst: Option<&Endpoint>) -> ConnSet {
+    let Some(ports) = ports else {
+        return ConnSet::all();
+    };
+    let mut out = ConnSet::empty();
+    for p in ports {
+        match p {
+            ClusterPort::Ports(proto, range) => out.insert(*proto, *range),
+            ClusterPort::Named(name) => {
+                for np in dst.map(|d| d.named_ports.as_slice()).unwrap_or_default() {
+                    if np.name == *name {
+                        out.insert(np.protocol, PortRange::single(np.port));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -779,6 +1287,8 @@ mod tests {
         pods: Vec<Pod>,
         deps: Vec<Deployment>,
         nps: Vec<NetworkPolicy>,
+        cluster: Vec<(ClusterKind, ClusterPolicyObject)>,
+        nodes: Vec<Node>,
     }
 
     impl World {
@@ -788,6 +1298,15 @@ mod tests {
                 pods: self.pods.iter().collect(),
                 workloads: self.deps.iter().map(|d| d.workload_ref()).collect(),
                 policies: self.nps.iter().collect(),
+                nodes: self.nodes.iter().collect(),
+                cluster_policies: self
+                    .cluster
+                    .iter()
+                    .map(|(kind, object)| ClusterPolicyRef {
+                        kind: *kind,
+                        object,
+                    })
+                    .collect(),
             })
         }
     }
@@ -808,7 +1327,27 @@ mod tests {
             ],
             deps: vec![],
             nps: policies.iter().map(|p| mk_np(p)).collect(),
+            cluster: vec![],
+            nodes: vec![],
         }
+    }
+
+    /// `world` plus cluster-scoped policies (`kind` from each document).
+    fn tiered(policies: &[&str], cluster: &[&str]) -> World {
+        let mut w = world(policies);
+        w.cluster = cluster
+            .iter()
+            .map(|y| {
+                let v: serde_json::Value = serde_yaml_ng::from_str(y).expect("cluster policy parses");
+                let kind = match v["kind"].as_str() {
+                    Some("AdminNetworkPolicy") => ClusterKind::AdminNetworkPolicy,
+                    Some("BaselineAdminNetworkPolicy") => ClusterKind::BaselineAdminNetworkPolicy,
+                    _ => ClusterKind::ClusterNetworkPolicy,
+                };
+                (kind, serde_json::from_value(v).expect("cluster policy object"))
+            })
+            .collect();
+        w
     }
 
     fn ask(e: &Engine, src: &str, dst: &str, proto: Protocol, port: u16) -> Decision {
@@ -1110,4 +1649,200 @@ spec: {podSelector: {}, ingress: [{ports: [{port: 80, protocol: ICMP}]}]}";
             "the owner name finds the pod"
         );
     }
+
+    const ADMIN_DENY_OTHER_TO_SHOP: &str = "
+kind: ClusterNetworkPolicy
+metadata: {name: tenants}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {team: a}}}
+  ingress:
+  - name: dns-ok
+    action: Accept
+    from: [{namespaces: {matchLabels: {team: b}}}]
+    protocols: [{udp: {destinationPort: {number: 5353}}}]
+  - name: no-other-tenant
+    action: Deny
+    from: [{namespaces: {matchLabels: {team: b}}}]
+  - name: hand-down-inside
+    action: Pass
+    from: [{namespaces: {matchLabels: {team: a}}}]";
+
+    const BASELINE_DENY_ALL: &str = "
+kind: ClusterNetworkPolicy
+metadata: {name: baseline}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {}}
+  ingress:
+  - {name: default-deny, action: Deny, from: [{namespaces: {}}]}";
+
+    #[test]
+    fn admin_tier_beats_network_policies_and_names_the_rule() {
+        let allow_all = "
+kind: NetworkPolicy
+metadata: {name: allow-all, namespace: shop}
+spec: {podSelector: {}, ingress: [{}]}";
+        let (e, w) = tiered(&[allow_all], &[ADMIN_DENY_OTHER_TO_SHOP]).engine();
+        assert!(w.is_empty(), "{w:?}");
+        let d = ask(&e, "other/client", "shop/web", TCP, 80);
+        assert!(!d.allowed, "Admin Deny wins over a NetworkPolicy allowing everything");
+        let by = d.decided_by().expect("a rule decided");
+        assert_eq!(
+            (&*by.kind, &*by.name, &*by.tier, by.rule, by.rule_name.as_deref(), &*by.action, &*by.direction),
+            ("ClusterNetworkPolicy", "tenants", "Admin", Some(1), Some("no-other-tenant"), "Deny", "ingress")
+        );
+        let ok = ask(&e, "other/client", "shop/web", Protocol::Udp, 5353);
+        assert!(ok.allowed, "the earlier Accept rule matches first");
+        assert_eq!(ok.decided_by().map(|b| (b.rule, &*b.action)), Some((Some(0), "Accept")));
+        // Pass hands shop -> shop down to the NetworkPolicy, which allows.
+        let p = ask(&e, "shop/api", "shop/web", TCP, 80);
+        assert!(p.allowed);
+        let by = p.ingress.decided_by.as_ref().expect("NetworkPolicy decided");
+        assert_eq!((&*by.kind, &*by.name, by.rule, &*by.action), ("NetworkPolicy", "shop/allow-all", Some(0), "Allow"));
+        // The bypass names the deciding Admin rule.
+        let f = enforcement_finding(&d, TcpState::Established).expect("finding");
+        let Enforcement::Bypass(v) = f else { panic!("bypass expected") };
+        assert_eq!(v.rule, "ClusterNetworkPolicy/tenants");
+        assert!(
+            v.reason.contains("ClusterNetworkPolicy tenants (Admin tier) denies it: ingress rule 1 (\"no-other-tenant\"), action Deny"),
+            "{}",
+            v.reason
+        );
+        let info = d.into_netpol_info();
+        assert_eq!(info.decided_by.map(|b| b.rule), Some(Some(1)));
+    }
+
+    #[test]
+    fn baseline_applies_only_where_no_network_policy_isolates() {
+        let (e, _) = tiered(&[DB_FROM_API], &[BASELINE_DENY_ALL]).engine();
+        let d = ask(&e, "shop/web", "shop/api", TCP, 80);
+        assert!(!d.allowed, "api has no NetworkPolicy: the Baseline deny applies");
+        assert_eq!(d.decided_by().map(|b| &*b.tier), Some("Baseline"));
+        let d = ask(&e, "shop/api", "shop/db", TCP, 5432);
+        assert!(d.allowed, "db is isolated by a NetworkPolicy that allows api: Baseline is not consulted");
+        assert_eq!(d.decided_by().map(|b| &*b.kind), Some("NetworkPolicy"));
+        assert!(!ask(&e, "shop/web", "shop/db", TCP, 5432).allowed, "NetworkPolicy denial");
+        assert!(
+            ask(&e, "10.9.9.9", "shop/api", TCP, 80).allowed,
+            "namespaces peers never match an external source"
+        );
+        // A pod may still reach itself.
+        assert!(ask(&e, "shop/api", "shop/api", TCP, 80).allowed);
+        // Admin Pass -> no NetworkPolicy -> Baseline decides.
+        let (e, _) = tiered(&[], &[ADMIN_DENY_OTHER_TO_SHOP, BASELINE_DENY_ALL]).engine();
+        let d = ask(&e, "shop/api", "shop/web", TCP, 80);
+        assert!(!d.allowed);
+        assert_eq!(d.decided_by().map(|b| (&*b.name, &*b.action)), Some(("baseline", "Deny")));
+    }
+
+    #[test]
+    fn priorities_order_the_admin_tier_and_v1alpha1_kinds_mix_in() {
+        let low = "
+kind: ClusterNetworkPolicy
+metadata: {name: a-accept}
+spec:
+  tier: Admin
+  priority: 50
+  subject: {namespaces: {}}
+  egress: [{action: Accept, to: [{namespaces: {}}]}]";
+        let high = "
+kind: AdminNetworkPolicy
+apiVersion: policy.networking.k8s.io/v1alpha1
+metadata: {name: z-deny}
+spec:
+  priority: 5
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}}
+  egress:
+  - {name: no-db, action: Deny, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}],
+     ports: [{portRange: {protocol: TCP, start: 5000, end: 6000}}, {namedPort: http}]}";
+        let (e, w) = tiered(&[], &[low, high]).engine();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(e.cluster_policy_ids().collect::<Vec<_>>(), ["AdminNetworkPolicy/z-deny", "ClusterNetworkPolicy/a-accept"]);
+        assert!(!ask(&e, "shop/web", "shop/db", TCP, 5432).allowed, "priority 5 denies first");
+        assert!(!ask(&e, "shop/web", "shop/db", TCP, 8080).allowed, "named port http = 8080 on db");
+        assert!(ask(&e, "shop/web", "shop/db", TCP, 7000).allowed, "outside the ports: the Accept at 50");
+        assert!(ask(&e, "shop/api", "shop/db", TCP, 5432).allowed, "api is not a subject of z-deny");
+        // Listing: the same logic on whole sets.
+        let web = e.endpoint_by_name("shop", "web").unwrap();
+        let db = e.endpoint_by_name("shop", "db").unwrap();
+        let c = e.connections(Peer::Endpoint(web), Peer::Endpoint(db));
+        assert_eq!(c.tcp.to_string(), "1-4999,6001-8079,8081-65535");
+        assert!(c.udp.is_all() && c.other, "{c}");
+    }
+
+    #[test]
+    fn networks_and_nodes_match_addresses_in_both_families() {
+        let guard = "
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - {name: no-metadata, action: Deny, to: [{networks: [169.254.169.254/32, 'fd00:ec2::254/128']}]}
+  - {name: no-kubelet, action: Deny, to: [{nodes: {matchLabels: {role: worker}}}], protocols: [{tcp: {destinationPort: {number: 10250}}}]}
+  - {name: pods-by-cidr, action: Deny, to: [{networks: [10.0.1.0/24]}]}";
+        let mut w = tiered(&[], &[guard]);
+        w.nodes = vec![serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": {"role": "worker"}},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"}, {"type": "InternalIP", "address": "2001:db8::10"}]}
+        })).unwrap()];
+        let (e, warnings) = w.engine();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(!ask(&e, "shop/web", "169.254.169.254", TCP, 80).allowed);
+        assert!(!ask(&e, "shop/web", "fd00:ec2::254", TCP, 80).allowed, "IPv6 networks apply");
+        assert!(ask(&e, "shop/web", "169.254.169.253", TCP, 80).allowed);
+        assert!(!ask(&e, "shop/web", "192.0.2.10", TCP, 10250).allowed);
+        assert!(!ask(&e, "shop/web", "2001:db8::10", TCP, 10250).allowed, "node IPv6 address");
+        assert!(ask(&e, "shop/web", "192.0.2.10", TCP, 22).allowed, "other port");
+        assert!(!ask(&e, "shop/web", "other/client", TCP, 80).allowed, "networks match pod addresses too");
+        assert!(ask(&e, "shop/web", "shop/api", TCP, 80).allowed);
+    }
+
+    #[test]
+    fn unknown_peer_fields_fail_closed() {
+        let accept = "
+kind: ClusterNetworkPolicy
+metadata: {name: future-accept}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress: [{action: Accept, to: [{domainNames: ['*.example.com']}]}]";
+        let deny = "
+kind: ClusterNetworkPolicy
+metadata: {name: future-deny}
+spec:
+  tier: Admin
+  priority: 2
+  subject: {namespaces: {matchLabels: {team: b}}}
+  egress: [{action: Deny, to: [{domainNames: ['*.example.com']}]}]";
+        let (e, w) = tiered(&[], &[accept, deny]).engine();
+        assert!(w.is_empty(), "{w:?}");
+        let d = ask(&e, "shop/web", "8.8.8.8", TCP, 443);
+        assert!(d.allowed && d.decided_by().is_none(), "an Accept with an unknown peer matches nothing: {d:?}");
+        let d = ask(&e, "other/client", "shop/web", TCP, 80);
+        assert!(!d.allowed, "a Deny with an unknown peer denies all");
+        assert_eq!(d.decided_by().map(|b| &*b.name), Some("future-deny"));
+    }
+
+    #[test]
+    fn invalid_cluster_policy_is_skipped_with_its_field() {
+        let bad = "
+kind: ClusterNetworkPolicy
+metadata: {name: bad}
+spec: {tier: Admin, priority: 1, subject: {namespaces: {}}, egress: [{action: Allow, to: [{namespaces: {}}]}]}";
+        let (e, w) = tiered(&[], &[bad, BASELINE_DENY_ALL]).engine();
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w[0].to_string(),
+            "ClusterNetworkPolicy bad: spec.egress[0].action: unknown action \"Allow\" (expected Accept, Deny or Pass) (policy skipped)"
+        );
+        assert_eq!(e.cluster_policy_ids().count(), 1);
+    }
+
 }

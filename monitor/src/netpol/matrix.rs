@@ -58,6 +58,14 @@ pub fn external_ranges(engine: &Engine, egress: bool) -> Vec<IpRange> {
 
 /// Every allowed pair, sorted as the listing prints them.
 pub fn connectivity(engine: &Engine) -> Vec<Line> {
+    let dst_ranges = external_ranges(engine, true);
+    let src_ranges = external_ranges(engine, false);
+    connectivity_over(engine, &dst_ranges, &src_ranges)
+}
+
+/// Like [`connectivity`], with the external destination and source ranges
+/// given (a diff cuts both sides' ranges at the union of their edges).
+pub fn connectivity_over(engine: &Engine, dst_ranges: &[IpRange], src_ranges: &[IpRange]) -> Vec<Line> {
     let mut groups: BTreeMap<&Group, Vec<EndpointId>> = BTreeMap::new();
     for (i, ep) in engine.endpoints().iter().enumerate() {
         groups
@@ -65,8 +73,6 @@ pub fn connectivity(engine: &Engine) -> Vec<Line> {
             .or_default()
             .push(EndpointId(i as u32));
     }
-    let dst_ranges = external_ranges(engine, true);
-    let src_ranges = external_ranges(engine, false);
     let union = |pairs: &mut dyn Iterator<Item = (ConnSide<'_>, ConnSide<'_>)>| {
         let mut acc = ConnSet::empty();
         for (a, b) in pairs {
@@ -95,7 +101,7 @@ pub fn connectivity(engine: &Engine) -> Vec<Line> {
                 });
             }
         }
-        for r in &dst_ranges {
+        for r in dst_ranges {
             let out = union(
                 &mut m1
                     .iter()
@@ -109,7 +115,7 @@ pub fn connectivity(engine: &Engine) -> Vec<Line> {
                 });
             }
         }
-        for r in &src_ranges {
+        for r in src_ranges {
             let inb = union(
                 &mut m1
                     .iter()

@@ -14,6 +14,8 @@
 //! judging are thin users of [`Engine`]. No I/O, no async in here.
 
 pub mod cidr;
+pub mod cluster;
+pub mod diff;
 pub mod engine;
 pub mod matrix;
 pub mod model;
@@ -22,8 +24,8 @@ pub mod ports;
 pub mod selector;
 
 pub use engine::{
-    enforcement_finding, Decision, Direction, EndpointId, Enforcement, Engine, Objects, Peer,
-    Query, Warning,
+    enforcement_finding, ClusterPolicyRef, Decision, Direction, EndpointId, Enforcement, Engine,
+    Objects, Peer, Query, Warning,
 };
 pub use model::Endpoint;
 pub use ports::Protocol;
@@ -141,7 +143,13 @@ impl<'a> Objects<'a> {
                 O::Job(w) => out.workloads.push(w.workload_ref()),
                 O::CronJob(w) => out.workloads.push(w.workload_ref()),
                 O::ReplicationController(w) => out.workloads.push(w.workload_ref()),
-                O::Service(_) | O::ServiceAccount(_) | O::Node(_) | O::SegmentationPolicy(_) => {}
+                O::Node(n) => out.nodes.push(n),
+                O::ClusterNetworkPolicy(_)
+                | O::AdminNetworkPolicy(_)
+                | O::BaselineAdminNetworkPolicy(_) => {
+                    out.cluster_policies.extend(ClusterPolicyRef::of(o));
+                }
+                O::Service(_) | O::ServiceAccount(_) | O::SegmentationPolicy(_) => {}
             }
         }
         out

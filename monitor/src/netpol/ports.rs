@@ -208,6 +208,38 @@ impl PortSet {
     }
 }
 
+impl PortSet {
+    /// Every port (1-65535) not in the set.
+    pub fn complement(&self) -> PortSet {
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        let mut next: u32 = PortRange::ALL.lo as u32;
+        for r in &self.ranges {
+            if (r.lo as u32) > next {
+                out.push(PortRange {
+                    lo: next as u16,
+                    hi: r.lo - 1,
+                });
+            }
+            next = next.max(r.hi as u32 + 1);
+        }
+        if next <= PortRange::ALL.hi as u32 {
+            out.push(PortRange {
+                lo: next as u16,
+                hi: PortRange::ALL.hi,
+            });
+        }
+        PortSet { ranges: out }
+    }
+
+    /// The ports in `self` and not in `other`.
+    pub fn difference(&self, other: &PortSet) -> PortSet {
+        if other.is_empty() {
+            return self.clone();
+        }
+        self.intersection(&other.complement())
+    }
+}
+
 impl fmt::Display for PortSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, r) in self.ranges.iter().enumerate() {
@@ -290,6 +322,16 @@ impl ConnSet {
         self.udp.union(&other.udp);
         self.sctp.union(&other.sctp);
         self.other |= other.other;
+    }
+
+    /// The connections in `self` and not in `other`.
+    pub fn difference(&self, other: &ConnSet) -> ConnSet {
+        ConnSet {
+            tcp: self.tcp.difference(&other.tcp),
+            udp: self.udp.difference(&other.udp),
+            sctp: self.sctp.difference(&other.sctp),
+            other: self.other && !other.other,
+        }
     }
 
     pub fn intersection(&self, other: &ConnSet) -> ConnSet {
@@ -411,6 +453,16 @@ mod tests {
             let edges: Vec<u16> = a.iter().chain(b.iter()).flat_map(|&(lo, hi)| [lo, hi, hi.wrapping_add(1)]).collect();
             for p in probes.into_iter().chain(edges) {
                 prop_assert_eq!(both.contains(p), sa.contains(p) && sb.contains(p), "port {}", p);
+            }
+        }
+
+        #[test]
+        fn portset_difference_is_pointwise_and_not(a in arb_ranges(), b in arb_ranges(), probes in prop::collection::vec(1u16..=65535, 64)) {
+            let (sa, sb) = (set(&a), set(&b));
+            let d = sa.difference(&sb);
+            let edges: Vec<u16> = a.iter().chain(b.iter()).flat_map(|&(lo, hi)| [lo, hi, hi.saturating_add(1), lo.saturating_sub(1).max(1)]).collect();
+            for p in probes.into_iter().chain(edges) {
+                prop_assert_eq!(d.contains(p), sa.contains(p) && !sb.contains(p), "port {}", p);
             }
         }
 

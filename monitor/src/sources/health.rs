@@ -134,7 +134,7 @@ impl SourceHealth {
             return false;
         };
         let crd_absent =
-            k.kind == ObjectKind::SegmentationPolicy && status.is_some_and(|st| st.code == 404);
+            k.kind.is_optional_crd() && status.is_some_and(|st| st.code == 404);
         // A watch that worked until now held a live connection until now:
         // that is the last contact, not the start of that watch.
         let was_live = k.contacted && k.failure.is_none();

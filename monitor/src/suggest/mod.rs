@@ -14,6 +14,7 @@
 //! and Prometheus, this module turns observations into objects and text.
 
 pub mod catalog;
+pub mod cluster;
 pub mod generate;
 pub mod labels;
 pub mod observe;
