@@ -328,16 +328,16 @@ fn namespaced_pods(
     v: &Value,
 ) -> Result<(Selector, Selector), ClusterPolicyError> {
     let m = ctx.object(field, v)?;
-    let ns = m
-        .get("namespaceSelector")
-        .ok_or_else(|| ctx.err(format!("{field}.namespaceSelector"), "missing"))?;
-    let pods = m
-        .get("podSelector")
-        .ok_or_else(|| ctx.err(format!("{field}.podSelector"), "missing"))?;
-    Ok((
-        ctx.selector(&format!("{field}.namespaceSelector"), ns)?,
-        ctx.selector(&format!("{field}.podSelector"), pods)?,
-    ))
+    // Both are required in the schema, but a selector is a struct, not a
+    // pointer, in the Go types: an absent one decodes as the empty selector
+    // ("all"), which is what implementations and the conformance data use.
+    let sel = |key: &str| -> Result<Selector, ClusterPolicyError> {
+        match m.get(key) {
+            None | Some(Value::Null) => Ok(Selector::everything()),
+            Some(v) => ctx.selector(&format!("{field}.{key}"), v),
+        }
+    };
+    Ok((sel("namespaceSelector")?, sel("podSelector")?))
 }
 
 fn rule(

@@ -563,6 +563,45 @@ impl Engine {
         self.namespaces.get(ns)
     }
 
+    /// The address blocks that can matter to one endpoint in one
+    /// direction: the ipBlocks of the NetworkPolicies isolating it, and
+    /// (egress) the networks and node addresses of the cluster policies
+    /// whose subject it is. Addresses cut at these edges are treated alike
+    /// by every rule that applies to the endpoint.
+    pub fn ip_blocks_of(&self, id: EndpointId, egress: bool) -> Vec<IpBlock> {
+        let e = id.0 as usize;
+        let mut out: Vec<IpBlock> = Vec::new();
+        let policies = if egress { &self.egress_of[e] } else { &self.ingress_of[e] };
+        for &pi in policies {
+            let p = &self.policies[pi as usize];
+            for r in if egress { &p.spec.egress } else { &p.spec.ingress } {
+                for peer in r.peers.iter().flatten() {
+                    if let PeerSpec::IpBlock(b) = peer {
+                        if !out.contains(b) {
+                            out.push(b.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if egress {
+            for &ci in self.admin_of[e].iter().chain(&self.baseline_of[e]) {
+                for r in &self.cluster[ci as usize].egress {
+                    for net in &r.peers.nets {
+                        let b = IpBlock {
+                            cidr: *net,
+                            except: Vec::new(),
+                        };
+                        if !out.contains(&b) {
+                            out.push(b);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The ipBlocks of ingress rules (`egress == false`) or of egress
     /// rules, for cutting the address space into ranges that every rule of
     /// that direction treats alike.
