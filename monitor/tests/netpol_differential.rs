@@ -27,8 +27,11 @@
 //!   carry the key (e.g. `tier Exists` misses a pod labelled `tier: back`
 //!   in a selected namespace, while `tier In [back]` matches it); the API's
 //!   LabelSelector semantics ("Exists": the label key is present) match
-//!   them, as segwatch does. Not generated in that position (Exists is
-//!   still generated in policy podSelectors and podSelector-only peers).
+//!   them, as segwatch does. The same holds for `DoesNotExist` (e.g.
+//!   `tier: front` plus `app DoesNotExist` misses a pod labelled only
+//!   `tier: front` in another namespace). Neither is generated in that
+//!   position (both still are in policy podSelectors and podSelector-only
+//!   peers).
 //! - IPv6: no IPv6 ipBlocks are generated and nca's `::`-ranges are skipped;
 //!   IPv6 containment is covered by the unit and property tests.
 //!

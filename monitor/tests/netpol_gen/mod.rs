@@ -64,7 +64,8 @@ pub fn gen_selector_with(rng: &mut Rng, vocab: &[(&str, &[&str])], exists: bool)
                     1 => json!({"key": k, "operator": "NotIn", "values": [rng.pick(vs)]}),
                     2 if exists => json!({"key": k, "operator": "Exists"}),
                     2 => json!({"key": k, "operator": "In", "values": [rng.pick(vs)]}),
-                    _ => json!({"key": k, "operator": "DoesNotExist"}),
+                    _ if exists => json!({"key": k, "operator": "DoesNotExist"}),
+                    _ => json!({"key": k, "operator": "NotIn", "values": [rng.pick(vs)]}),
                 };
                 exprs.push(e);
             }
@@ -266,6 +267,13 @@ pub fn parse_side(s: &str) -> Option<Side> {
 pub fn parse_conns(s: &str, into: &mut ConnSet) -> Result<(), String> {
     if s == "All connections" {
         *into = ConnSet::all();
+        return Ok(());
+    }
+    // `All but {protocols:TCP, SCTP[,dst_ports:...]}`: the complement.
+    if let Some(rest) = s.strip_prefix("All but ") {
+        let mut except = ConnSet::empty();
+        parse_conns(&rest.replace(", ", ","), &mut except)?;
+        into.union(&ConnSet::all().difference(&except));
         return Ok(());
     }
     let inner = s
