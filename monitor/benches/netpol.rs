@@ -133,7 +133,10 @@ fn main() {
         nodes: Vec::new(),
         cluster_policies: cluster
             .iter()
-            .map(|(kind, object)| ClusterPolicyRef { kind: *kind, object })
+            .map(|(kind, object)| ClusterPolicyRef {
+                kind: *kind,
+                object,
+            })
             .collect(),
     };
     let t = Instant::now();

@@ -77,7 +77,9 @@ fn parse_semantic_diff(out: &str) -> Result<(Section, Section), String> {
             return Err(format!("unparsable nca line {line:?}"));
         };
         match (s, d) {
-            (Side::Pod(a), Side::Pod(b)) => parse_conns(conns, sec.pods.entry((a, b)).or_default())?,
+            (Side::Pod(a), Side::Pod(b)) => {
+                parse_conns(conns, sec.pods.entry((a, b)).or_default())?
+            }
             (Side::Pod(a), Side::Range(lo, hi)) => {
                 let mut c = ConnSet::empty();
                 parse_conns(conns, &mut c)?;
@@ -125,9 +127,17 @@ fn write_case(seed: u64, dir: &Path) -> (usize, usize) {
     let kind = |d: &Value| d["kind"].as_str().unwrap_or_default().to_string();
     let namespaces: Vec<&Value> = docs.iter().filter(|d| kind(d) == "Namespace").collect();
     let pods: Vec<&Value> = docs.iter().filter(|d| kind(d) == "Pod").collect();
-    let reference: Vec<Value> = docs.iter().filter(|d| kind(d) == "NetworkPolicy").cloned().collect();
+    let reference: Vec<Value> = docs
+        .iter()
+        .filter(|d| kind(d) == "NetworkPolicy")
+        .cloned()
+        .collect();
     let mut rng = Rng(seed ^ 0x00d1_ff00);
-    let mut new: Vec<Value> = reference.iter().filter(|_| !rng.chance(30)).cloned().collect();
+    let mut new: Vec<Value> = reference
+        .iter()
+        .filter(|_| !rng.chance(30))
+        .cloned()
+        .collect();
     let fresh: Vec<Value> = gen_case(seed ^ 0x5eed_0000_0000)
         .into_iter()
         .filter(|d| kind(d) == "NetworkPolicy")
@@ -154,16 +164,31 @@ fn write_case(seed: u64, dir: &Path) -> (usize, usize) {
     std::fs::create_dir_all(dir.join("new")).expect("case dir");
     std::fs::write(dir.join("ns.yaml"), yaml(&namespaces)).expect("write");
     std::fs::write(dir.join("pods.yaml"), yaml(&pods)).expect("write");
-    std::fs::write(dir.join("ref/np.yaml"), yaml(&reference.iter().collect::<Vec<_>>())).expect("write");
-    std::fs::write(dir.join("new/np.yaml"), yaml(&new.iter().collect::<Vec<_>>())).expect("write");
+    std::fs::write(
+        dir.join("ref/np.yaml"),
+        yaml(&reference.iter().collect::<Vec<_>>()),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("new/np.yaml"),
+        yaml(&new.iter().collect::<Vec<_>>()),
+    )
+    .expect("write");
     (reference.len(), new.len())
 }
 
 fn engine_of(dir: &Path, set: &str) -> Engine {
-    let inv = inventory::load_paths(&[dir.join("ns.yaml"), dir.join("pods.yaml"), dir.join(set).join("np.yaml")])
-        .expect("generated case loads");
+    let inv = inventory::load_paths(&[
+        dir.join("ns.yaml"),
+        dir.join("pods.yaml"),
+        dir.join(set).join("np.yaml"),
+    ])
+    .expect("generated case loads");
     let (engine, warnings) = Engine::build(&Objects::from_inventory(&inv.objects));
-    assert!(warnings.is_empty(), "generated policies are valid: {warnings:?}");
+    assert!(
+        warnings.is_empty(),
+        "generated policies are valid: {warnings:?}"
+    );
     engine
 }
 
@@ -179,7 +204,11 @@ fn compare(dir: &Path, nca_out: &str, nca_changed: bool) -> Vec<String> {
         diffs.push(format!(
             "segwatch says {} change, nca says {}",
             if lines.is_empty() { "no" } else { "a" },
-            if nca_changed { "not equivalent" } else { "equivalent" }
+            if nca_changed {
+                "not equivalent"
+            } else {
+                "equivalent"
+            }
         ));
     }
     let pods: Vec<String> = new.endpoints().iter().map(|e| e.id()).collect();
@@ -189,7 +218,12 @@ fn compare(dir: &Path, nca_out: &str, nca_changed: bool) -> Vec<String> {
     for l in &lines {
         let plus = l.after.difference(&l.before);
         let minus = l.before.difference(&l.after);
-        match (pod_of(&l.src), pod_of(&l.dst), range_of(&l.src), range_of(&l.dst)) {
+        match (
+            pod_of(&l.src),
+            pod_of(&l.dst),
+            range_of(&l.src),
+            range_of(&l.dst),
+        ) {
             (Some(a), Some(b), _, _) => {
                 ours_pods.insert((a.to_string(), b.to_string()), (plus, minus));
             }
@@ -212,7 +246,9 @@ fn compare(dir: &Path, nca_out: &str, nca_changed: bool) -> Vec<String> {
             let key = (a.clone(), b.clone());
             let their_plus = added.pods.get(&key).cloned().unwrap_or_default();
             let their_minus = removed.pods.get(&key).cloned().unwrap_or_default();
-            if ports_only(plus) != ports_only(&their_plus) || ports_only(minus) != ports_only(&their_minus) {
+            if ports_only(plus) != ports_only(&their_plus)
+                || ports_only(minus) != ports_only(&their_minus)
+            {
                 diffs.push(format!(
                     "{a} => {b}: segwatch +[{plus}] -[{minus}], nca +[{their_plus}] -[{their_minus}]"
                 ));
@@ -246,8 +282,14 @@ fn compare(dir: &Path, nca_out: &str, nca_changed: bool) -> Vec<String> {
                 let tm = union_at(&removed.external, a, x, src);
                 if ports_only(&plus) != ports_only(&tp) || ports_only(&minus) != ports_only(&tm) {
                     let ip = Ipv4Addr::from(x);
-                    let (s, d) = if src { (a.clone(), ip.to_string()) } else { (ip.to_string(), a.clone()) };
-                    diffs.push(format!("{s} => {d}: segwatch +[{plus}] -[{minus}], nca +[{tp}] -[{tm}]"));
+                    let (s, d) = if src {
+                        (a.clone(), ip.to_string())
+                    } else {
+                        (ip.to_string(), a.clone())
+                    };
+                    diffs.push(format!(
+                        "{s} => {d}: segwatch +[{plus}] -[{minus}], nca +[{tp}] -[{tm}]"
+                    ));
                 }
             }
         }
@@ -298,7 +340,10 @@ fn netpol_diff_agrees_with_nca_semantic_diff_on_random_pairs() {
                     "case seed {s} ({}): nca failed ({}): {}",
                     dir.display(),
                     out.status,
-                    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
                 ));
                 continue;
             }
@@ -313,10 +358,18 @@ fn netpol_diff_agrees_with_nca_semantic_diff_on_random_pairs() {
             ));
         }
     }
-    println!("netpol diff vs nca semantic diff: {cases} cases, {changed} with changes, {} differ", failures.len());
+    println!(
+        "netpol diff vs nca semantic diff: {cases} cases, {changed} with changes, {} differ",
+        failures.len()
+    );
     assert!(changed > 0, "the generator must produce some changes");
     if failures.is_empty() {
         let _ = std::fs::remove_dir_all(&root);
     }
-    assert!(failures.is_empty(), "{} of {cases} cases differ (inputs kept):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases differ (inputs kept):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

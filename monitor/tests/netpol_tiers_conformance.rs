@@ -202,7 +202,8 @@ fn expected_lines(path: &Path) -> Vec<String> {
 }
 
 fn differences(got: &[String], expected: &[String]) -> String {
-    let (g, e): (BTreeSet<&String>, BTreeSet<&String>) = (got.iter().collect(), expected.iter().collect());
+    let (g, e): (BTreeSet<&String>, BTreeSet<&String>) =
+        (got.iter().collect(), expected.iter().collect());
     let missing: Vec<_> = e.difference(&g).take(5).collect();
     let extra: Vec<_> = g.difference(&e).take(5).collect();
     format!(
@@ -224,21 +225,32 @@ fn every_anp_case_matches_and_its_v1alpha2_translation_too() {
         let objects = load(case);
         let cluster = objects
             .iter()
-            .filter(|o| matches!(o, Object::AdminNetworkPolicy(_) | Object::BaselineAdminNetworkPolicy(_)))
+            .filter(|o| {
+                matches!(
+                    o,
+                    Object::AdminNetworkPolicy(_) | Object::BaselineAdminNetworkPolicy(_)
+                )
+            })
             .count();
         assert!(cluster > 0, "{name}: holds ANP/BANP objects, all read");
         let expected = expected_lines(&case.join("expected.txt"));
         let got = listing(&engine(&objects, &name));
         // Order is part of the upstream expectation: compare as lists.
         if got != expected {
-            failures.push(format!("{name} (v1alpha1): {}", differences(&got, &expected)));
+            failures.push(format!(
+                "{name} (v1alpha1): {}",
+                differences(&got, &expected)
+            ));
         }
         let (v2, n) = translate(&objects);
         assert_eq!(n, cluster, "{name}: every ANP/BANP is translated");
         translated_total += n;
         let got2 = listing(&engine(&v2, &format!("{name} (v1alpha2)")));
         if got2 != expected {
-            failures.push(format!("{name} (v1alpha2 translation): {}", differences(&got2, &expected)));
+            failures.push(format!(
+                "{name} (v1alpha2 translation): {}",
+                differences(&got2, &expected)
+            ));
         }
     }
     println!(
@@ -246,7 +258,12 @@ fn every_anp_case_matches_and_its_v1alpha2_translation_too() {
         cases.len(),
         failures.len()
     );
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Drops `{ingress-controller}` lines (no Ingress/Route model here; see
@@ -275,7 +292,8 @@ fn every_diff_pair_matches_its_expected_diff() {
         let reference = engine(&load(&case.join("ref")), &format!("{name} ref"));
         let new = engine(&load(&case.join("new")), &format!("{name} new"));
         let lines = diff::diff(&reference, &new);
-        let text = segwatch::cmd::netpol::render_diff(&lines, segwatch::cmd::netpol::DiffFormat::Txt);
+        let text =
+            segwatch::cmd::netpol::render_diff(&lines, segwatch::cmd::netpol::DiffFormat::Txt);
         let got: Vec<String> = text.lines().map(str::to_string).collect();
         let expected = normalise_expected_diff(
             &std::fs::read_to_string(case.join("expected.txt")).expect("expected.txt"),
@@ -294,7 +312,12 @@ fn every_diff_pair_matches_its_expected_diff() {
         cases.len(),
         failures.len()
     );
-    assert!(failures.is_empty(), "{} of 45 pairs differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 45 pairs differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The CLI on one pair: exit 1 and the same lines; exit 0 on a pair
@@ -315,10 +338,18 @@ fn netpol_diff_cli_exit_codes_and_formats() {
             .expect("segwatch runs")
     };
     let out = run(&case, "txt");
-    assert_eq!(out.status.code(), Some(1), "changes: exit 1; stderr {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "changes: exit 1; stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let expected = std::fs::read_to_string(case.join("expected.txt")).expect("expected");
-    assert_eq!(text, expected, "txt output is the upstream notation, byte for byte");
+    assert_eq!(
+        text, expected,
+        "txt output is the upstream notation, byte for byte"
+    );
 
     let out = run(&case, "json");
     assert_eq!(out.status.code(), Some(1));
@@ -333,7 +364,11 @@ fn netpol_diff_cli_exit_codes_and_formats() {
     let out = run(&case, "md");
     let md = String::from_utf8(out.stdout).expect("utf-8");
     assert_eq!(
-        md.lines().filter(|l| l.starts_with("| changed") || l.starts_with("| added") || l.starts_with("| removed")).count(),
+        md.lines()
+            .filter(|l| l.starts_with("| changed")
+                || l.starts_with("| added")
+                || l.starts_with("| removed"))
+            .count(),
         expected.lines().count() - 1
     );
 
@@ -343,7 +378,13 @@ fn netpol_diff_cli_exit_codes_and_formats() {
     assert!(out.stdout.is_empty(), "no change: no output in txt");
 
     let out = Command::new(bin)
-        .args(["netpol", "diff", "--ref", "/nonexistent/segwatch-ref", "--new"])
+        .args([
+            "netpol",
+            "diff",
+            "--ref",
+            "/nonexistent/segwatch-ref",
+            "--new",
+        ])
         .arg(same.join("new"))
         .output()
         .expect("segwatch runs");

@@ -778,7 +778,8 @@ fn cis_5_3_2(cx: &Context<'_>) -> Control {
             without.push(ns.clone());
             (
                 Verdict::Fail,
-                "no NetworkPolicy in this namespace and no cluster-scoped policy covering it".to_owned(),
+                "no NetworkPolicy in this namespace and no cluster-scoped policy covering it"
+                    .to_owned(),
             )
         } else {
             let mut missing = Vec::new();

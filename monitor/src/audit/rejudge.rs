@@ -240,7 +240,9 @@ impl EngineJudge {
                 Object::CronJob(w) => o.workloads.push(w.workload_ref()),
                 Object::ReplicationController(w) => o.workloads.push(w.workload_ref()),
                 Object::Node(n) => o.nodes.push(n),
-                other => o.cluster_policies.extend(netpol::ClusterPolicyRef::of(other)),
+                other => o
+                    .cluster_policies
+                    .extend(netpol::ClusterPolicyRef::of(other)),
             }
         }
         let (engine, warnings) = Engine::build(&o);

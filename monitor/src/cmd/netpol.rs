@@ -357,7 +357,11 @@ fn policy_files(paths: &[PathBuf], flag: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// The objects of one side: the inventory's, then the set's.
-fn side(inventory: &[inventory::Object], paths: &[PathBuf], flag: &str) -> Result<Vec<inventory::Object>> {
+fn side(
+    inventory: &[inventory::Object],
+    paths: &[PathBuf],
+    flag: &str,
+) -> Result<Vec<inventory::Object>> {
     let files = policy_files(paths, flag)?;
     let mut objects = inventory.to_vec();
     for f in &files {
@@ -386,7 +390,8 @@ fn diff_cmd(a: DiffArgs) -> Result<ExitCode> {
     let lines = crate::netpol::diff::diff(&reference, &new);
     let text = render_diff(&lines, a.output);
     let mut out = io::BufWriter::new(io::stdout().lock());
-    out.write_all(text.as_bytes()).context("writing to stdout")?;
+    out.write_all(text.as_bytes())
+        .context("writing to stdout")?;
     out.flush().context("writing to stdout")?;
     Ok(if lines.is_empty() {
         ExitCode::SUCCESS

@@ -233,7 +233,8 @@ fn cluster_run(
                 Format::Yaml => "clusternetworkpolicies.yaml",
                 Format::Json => "clusternetworkpolicies.json",
             });
-            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
     let mut objects: Vec<Object> = inventory.to_vec();
@@ -243,7 +244,8 @@ fn cluster_run(
             serde_json::from_value(o.clone()).context("a suggested ClusterNetworkPolicy")?,
         ));
     }
-    let (engine, warnings) = crate::netpol::Engine::build(&crate::netpol::Objects::from_inventory(&objects));
+    let (engine, warnings) =
+        crate::netpol::Engine::build(&crate::netpol::Objects::from_inventory(&objects));
     for w in warnings {
         eprintln!("warning: {w}");
     }
@@ -266,12 +268,28 @@ fn cluster_run(
         if !d.allowed {
             let by = d
                 .decided_by()
-                .map(|b| format!("{} {} rule {}", b.kind, b.name, b.rule.map_or("-".into(), |r| r.to_string())))
+                .map(|b| {
+                    format!(
+                        "{} {} rule {}",
+                        b.kind,
+                        b.name,
+                        b.rule.map_or("-".into(), |r| r.to_string())
+                    )
+                })
                 .unwrap_or_default();
-            denied.push(format!("{} -> {}:{} {}: denied by {by}", r.src.ip, r.dst.ip, r.dst.port.unwrap_or(0), r.protocol));
+            denied.push(format!(
+                "{} -> {}:{} {}: denied by {by}",
+                r.src.ip,
+                r.dst.ip,
+                r.dst.port.unwrap_or(0),
+                r.protocol
+            ));
         }
     }
-    eprintln!("ClusterNetworkPolicy guardrails ({} objects):", s.objects.len());
+    eprintln!(
+        "ClusterNetworkPolicy guardrails ({} objects):",
+        s.objects.len()
+    );
     for n in &s.notes {
         eprintln!("  {n}");
     }

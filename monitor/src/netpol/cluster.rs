@@ -116,7 +116,10 @@ pub enum Subject {
     /// Every pod of the namespaces matching the selector.
     Namespaces(Selector),
     /// Pods matching `pods` in namespaces matching `namespaces`.
-    Pods { namespaces: Selector, pods: Selector },
+    Pods {
+        namespaces: Selector,
+        pods: Selector,
+    },
 }
 
 /// One element of `from`/`to`.
@@ -219,7 +222,11 @@ impl Ctx<'_> {
             .ok_or_else(|| self.err(field, format!("expected an object, got {v}")))
     }
 
-    fn list<'v>(&self, field: &str, v: Option<&'v Value>) -> Result<&'v [Value], ClusterPolicyError> {
+    fn list<'v>(
+        &self,
+        field: &str,
+        v: Option<&'v Value>,
+    ) -> Result<&'v [Value], ClusterPolicyError> {
         match v {
             None | Some(Value::Null) => Ok(&[]),
             Some(Value::Array(a)) => Ok(a),
@@ -274,20 +281,34 @@ impl ClusterSpec {
             (_, Some(v)) => ctx.int("spec.priority", v, 0, 1000)? as i32,
         };
         let subject = subject(&ctx, spec.get("subject"))?;
-        let max = if ctx.v2() { MAX_RULES_V1ALPHA2 } else { MAX_RULES };
-        let rules = |dir: &str, peers_field: &str| -> Result<Vec<ClusterRule>, ClusterPolicyError> {
-            let list = ctx.list(&format!("spec.{dir}"), spec.get(dir))?;
-            if list.len() > max {
-                return Err(ctx.err(
-                    format!("spec.{dir}"),
-                    format!("{} rules, at most {max} allowed", list.len()),
-                ));
-            }
-            list.iter()
-                .enumerate()
-                .map(|(i, r)| rule(&ctx, tier, &format!("spec.{dir}[{i}]"), peers_field, dir == "egress", r))
-                .collect()
+        let max = if ctx.v2() {
+            MAX_RULES_V1ALPHA2
+        } else {
+            MAX_RULES
         };
+        let rules =
+            |dir: &str, peers_field: &str| -> Result<Vec<ClusterRule>, ClusterPolicyError> {
+                let list = ctx.list(&format!("spec.{dir}"), spec.get(dir))?;
+                if list.len() > max {
+                    return Err(ctx.err(
+                        format!("spec.{dir}"),
+                        format!("{} rules, at most {max} allowed", list.len()),
+                    ));
+                }
+                list.iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        rule(
+                            &ctx,
+                            tier,
+                            &format!("spec.{dir}[{i}]"),
+                            peers_field,
+                            dir == "egress",
+                            r,
+                        )
+                    })
+                    .collect()
+            };
         let ingress = rules("ingress", "from")?;
         let egress = rules("egress", "to")?;
         Ok(ClusterSpec {
@@ -478,7 +499,9 @@ fn peer(
                     .ok_or_else(|| {
                         ctx.err(
                             format!("{sub}[{i}]"),
-                            format!("{c} is not a CIDR (expected e.g. 10.0.0.0/8 or 2001:db8::/64)"),
+                            format!(
+                                "{c} is not a CIDR (expected e.g. 10.0.0.0/8 or 2001:db8::/64)"
+                            ),
                         )
                     })?;
                 nets.push(net.trunc());
@@ -488,7 +511,11 @@ fn peer(
     })
 }
 
-fn protocol_of(ctx: &Ctx<'_>, field: &str, v: Option<&Value>) -> Result<Protocol, ClusterPolicyError> {
+fn protocol_of(
+    ctx: &Ctx<'_>,
+    field: &str,
+    v: Option<&Value>,
+) -> Result<Protocol, ClusterPolicyError> {
     match v {
         // v1alpha1 AdminNetworkPolicyPort: protocol defaults to TCP.
         None | Some(Value::Null) => Ok(Protocol::Tcp),
@@ -634,7 +661,9 @@ pub struct NamespaceCover {
 fn all_pods(p: &ClusterPeer) -> bool {
     match p {
         ClusterPeer::Namespaces(s) => s.is_everything(),
-        ClusterPeer::Pods { namespaces, pods } => namespaces.is_everything() && pods.is_everything(),
+        ClusterPeer::Pods { namespaces, pods } => {
+            namespaces.is_everything() && pods.is_everything()
+        }
         _ => false,
     }
 }
@@ -661,7 +690,9 @@ pub fn namespace_cover(specs: &[ClusterSpec], labels: &super::selector::Labels) 
     for s in specs {
         let whole = match &s.subject {
             Subject::Namespaces(sel) => sel.matches(labels),
-            Subject::Pods { namespaces, pods } => pods.is_everything() && namespaces.matches(labels),
+            Subject::Pods { namespaces, pods } => {
+                pods.is_everything() && namespaces.matches(labels)
+            }
         };
         if !whole {
             continue;
@@ -730,7 +761,9 @@ spec:
         );
         assert_eq!(
             s.egress[2].peers,
-            vec![ClusterPeer::Unknown("spec.egress[2].to[0].domainNames".into())]
+            vec![ClusterPeer::Unknown(
+                "spec.egress[2].to[0].domainNames".into()
+            )]
         );
         assert_eq!(s.id(), "ClusterNetworkPolicy/guard");
     }
@@ -766,7 +799,10 @@ spec:
             )
             .unwrap_err();
             assert_eq!(err.field, field, "{spec}: {err}");
-            assert!(err.to_string().starts_with("ClusterNetworkPolicy p: "), "{err}");
+            assert!(
+                err.to_string().starts_with("ClusterNetworkPolicy p: "),
+                "{err}"
+            );
         }
     }
 

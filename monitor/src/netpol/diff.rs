@@ -116,7 +116,10 @@ fn listing(engines: &[&Engine]) -> Listing {
     }
     let mut groups: BTreeMap<String, Vec<EndpointId>> = BTreeMap::new();
     for (i, ep) in e.endpoints().iter().enumerate() {
-        groups.entry(ep.group.to_string()).or_default().push(EndpointId(i as u32));
+        groups
+            .entry(ep.group.to_string())
+            .or_default()
+            .push(EndpointId(i as u32));
     }
     for (name, members) in &groups {
         for egress in [true, false] {
@@ -145,7 +148,11 @@ fn listing(engines: &[&Engine]) -> Listing {
                 }
                 if let Some(c) = ported(acc) {
                     let ext = format!("{r}[External]");
-                    let key = if egress { (name.clone(), ext) } else { (ext, name.clone()) };
+                    let key = if egress {
+                        (name.clone(), ext)
+                    } else {
+                        (ext, name.clone())
+                    };
                     out.insert(key, c);
                 }
             }
@@ -160,7 +167,10 @@ pub fn diff(reference: &Engine, new: &Engine) -> Vec<DiffLine> {
     let common = |a: &Engine, b: &Engine| listing(&[a, b]);
     let own = |e: &Engine| listing(&[e]);
     let groups = |e: &Engine| -> BTreeSet<String> {
-        e.endpoints().iter().map(|ep| ep.group.to_string()).collect()
+        e.endpoints()
+            .iter()
+            .map(|ep| ep.group.to_string())
+            .collect()
     };
     let (g_before, g_after) = (groups(reference), groups(new));
     // Which workload of a pair exists on one side only, and which side.

@@ -571,10 +571,18 @@ impl Engine {
     pub fn ip_blocks_of(&self, id: EndpointId, egress: bool) -> Vec<IpBlock> {
         let e = id.0 as usize;
         let mut out: Vec<IpBlock> = Vec::new();
-        let policies = if egress { &self.egress_of[e] } else { &self.ingress_of[e] };
+        let policies = if egress {
+            &self.egress_of[e]
+        } else {
+            &self.ingress_of[e]
+        };
         for &pi in policies {
             let p = &self.policies[pi as usize];
-            for r in if egress { &p.spec.egress } else { &p.spec.ingress } {
+            for r in if egress {
+                &p.spec.egress
+            } else {
+                &p.spec.ingress
+            } {
                 for peer in r.peers.iter().flatten() {
                     if let PeerSpec::IpBlock(b) = peer {
                         if !out.contains(b) {
@@ -706,7 +714,9 @@ impl Engine {
         } else {
             (&self.ingress_of[e], &self.ingress_names[e])
         };
-        if let Some((c, r)) = self.first_cluster_match(&self.admin_of[e], egress, other, dst, protocol, port) {
+        if let Some((c, r)) =
+            self.first_cluster_match(&self.admin_of[e], egress, other, dst, protocol, port)
+        {
             if r.action != Action::Pass {
                 return Direction {
                     isolated: !policies.is_empty(),
@@ -739,11 +749,19 @@ impl Engine {
                 allowed,
                 isolated_by: names.clone(),
                 allowed_by,
-                decided_by: decided_by
-                    .or_else(|| Some(np_decided(&self.policies[policies[0] as usize].id, None, egress, "Deny"))),
+                decided_by: decided_by.or_else(|| {
+                    Some(np_decided(
+                        &self.policies[policies[0] as usize].id,
+                        None,
+                        egress,
+                        "Deny",
+                    ))
+                }),
             };
         }
-        if let Some((c, r)) = self.first_cluster_match(&self.baseline_of[e], egress, other, dst, protocol, port) {
+        if let Some((c, r)) =
+            self.first_cluster_match(&self.baseline_of[e], egress, other, dst, protocol, port)
+        {
             // A Pass in the Baseline tier leaves the default (allowed).
             return Direction {
                 allowed: r.action != Action::Deny,
@@ -770,7 +788,8 @@ impl Engine {
             let c = &self.cluster[ci as usize];
             let rules = if egress { &c.egress } else { &c.ingress };
             for r in rules {
-                if r.peers.matches(other) && cluster_ports_match(r.ports.as_deref(), dst, protocol, port)
+                if r.peers.matches(other)
+                    && cluster_ports_match(r.ports.as_deref(), dst, protocol, port)
                 {
                     return Some((c, r));
                 }
@@ -866,19 +885,39 @@ impl Engine {
         let mut allowed = ConnSet::empty();
         let mut undecided = ConnSet::all();
         let mut passed = ConnSet::empty();
-        self.cluster_conns(&self.admin_of[e], egress, other, dst, &mut undecided, &mut allowed, &mut passed);
+        self.cluster_conns(
+            &self.admin_of[e],
+            egress,
+            other,
+            dst,
+            &mut undecided,
+            &mut allowed,
+            &mut passed,
+        );
         undecided.union(&passed);
         if undecided.is_empty() {
             return allowed;
         }
-        let policies = if egress { &self.egress_of[e] } else { &self.ingress_of[e] };
+        let policies = if egress {
+            &self.egress_of[e]
+        } else {
+            &self.ingress_of[e]
+        };
         if !policies.is_empty() {
             let np = self.np_conns(policies, egress, other, dst);
             allowed.union(&undecided.intersection(&np));
             return allowed;
         }
         let mut passed = ConnSet::empty();
-        self.cluster_conns(&self.baseline_of[e], egress, other, dst, &mut undecided, &mut allowed, &mut passed);
+        self.cluster_conns(
+            &self.baseline_of[e],
+            egress,
+            other,
+            dst,
+            &mut undecided,
+            &mut allowed,
+            &mut passed,
+        );
         // Baseline Pass and no rule at all: the default, allowed.
         allowed.union(&passed);
         allowed.union(&undecided);
@@ -1152,18 +1191,23 @@ fn compile_cluster(
         })
         .collect();
 
-    let select = |nsel: &super::selector::Selector, psel: &super::selector::Selector, set: &mut BitSet| {
-        for (ns, labels) in namespaces {
-            if !nsel.matches(labels) {
-                continue;
-            }
-            for &i in by_ns.get(ns.as_str()).map(Vec::as_slice).unwrap_or_default() {
-                if psel.matches(&endpoints[i as usize].labels) {
-                    set.insert(i);
+    let select =
+        |nsel: &super::selector::Selector, psel: &super::selector::Selector, set: &mut BitSet| {
+            for (ns, labels) in namespaces {
+                if !nsel.matches(labels) {
+                    continue;
+                }
+                for &i in by_ns
+                    .get(ns.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    if psel.matches(&endpoints[i as usize].labels) {
+                        set.insert(i);
+                    }
                 }
             }
-        }
-    };
+        };
     let everything = super::selector::Selector::everything();
     let resolve_rule = |index: usize, r: &super::cluster::ClusterRule| -> ClusterRuleC {
         let mut peers = ClusterPeers {
@@ -1377,13 +1421,17 @@ mod tests {
         w.cluster = cluster
             .iter()
             .map(|y| {
-                let v: serde_json::Value = serde_yaml_ng::from_str(y).expect("cluster policy parses");
+                let v: serde_json::Value =
+                    serde_yaml_ng::from_str(y).expect("cluster policy parses");
                 let kind = match v["kind"].as_str() {
                     Some("AdminNetworkPolicy") => ClusterKind::AdminNetworkPolicy,
                     Some("BaselineAdminNetworkPolicy") => ClusterKind::BaselineAdminNetworkPolicy,
                     _ => ClusterKind::ClusterNetworkPolicy,
                 };
-                (kind, serde_json::from_value(v).expect("cluster policy object"))
+                (
+                    kind,
+                    serde_json::from_value(v).expect("cluster policy object"),
+                )
             })
             .collect();
         w
@@ -1727,23 +1775,54 @@ spec: {podSelector: {}, ingress: [{}]}";
         let (e, w) = tiered(&[allow_all], &[ADMIN_DENY_OTHER_TO_SHOP]).engine();
         assert!(w.is_empty(), "{w:?}");
         let d = ask(&e, "other/client", "shop/web", TCP, 80);
-        assert!(!d.allowed, "Admin Deny wins over a NetworkPolicy allowing everything");
+        assert!(
+            !d.allowed,
+            "Admin Deny wins over a NetworkPolicy allowing everything"
+        );
         let by = d.decided_by().expect("a rule decided");
         assert_eq!(
-            (&*by.kind, &*by.name, &*by.tier, by.rule, by.rule_name.as_deref(), &*by.action, &*by.direction),
-            ("ClusterNetworkPolicy", "tenants", "Admin", Some(1), Some("no-other-tenant"), "Deny", "ingress")
+            (
+                &*by.kind,
+                &*by.name,
+                &*by.tier,
+                by.rule,
+                by.rule_name.as_deref(),
+                &*by.action,
+                &*by.direction
+            ),
+            (
+                "ClusterNetworkPolicy",
+                "tenants",
+                "Admin",
+                Some(1),
+                Some("no-other-tenant"),
+                "Deny",
+                "ingress"
+            )
         );
         let ok = ask(&e, "other/client", "shop/web", Protocol::Udp, 5353);
         assert!(ok.allowed, "the earlier Accept rule matches first");
-        assert_eq!(ok.decided_by().map(|b| (b.rule, &*b.action)), Some((Some(0), "Accept")));
+        assert_eq!(
+            ok.decided_by().map(|b| (b.rule, &*b.action)),
+            Some((Some(0), "Accept"))
+        );
         // Pass hands shop -> shop down to the NetworkPolicy, which allows.
         let p = ask(&e, "shop/api", "shop/web", TCP, 80);
         assert!(p.allowed);
-        let by = p.ingress.decided_by.as_ref().expect("NetworkPolicy decided");
-        assert_eq!((&*by.kind, &*by.name, by.rule, &*by.action), ("NetworkPolicy", "shop/allow-all", Some(0), "Allow"));
+        let by = p
+            .ingress
+            .decided_by
+            .as_ref()
+            .expect("NetworkPolicy decided");
+        assert_eq!(
+            (&*by.kind, &*by.name, by.rule, &*by.action),
+            ("NetworkPolicy", "shop/allow-all", Some(0), "Allow")
+        );
         // The bypass names the deciding Admin rule.
         let f = enforcement_finding(&d, TcpState::Established).expect("finding");
-        let Enforcement::Bypass(v) = f else { panic!("bypass expected") };
+        let Enforcement::Bypass(v) = f else {
+            panic!("bypass expected")
+        };
         assert_eq!(v.rule, "ClusterNetworkPolicy/tenants");
         assert!(
             v.reason.contains("ClusterNetworkPolicy tenants (Admin tier) denies it: ingress rule 1 (\"no-other-tenant\"), action Deny"),
@@ -1758,12 +1837,21 @@ spec: {podSelector: {}, ingress: [{}]}";
     fn baseline_applies_only_where_no_network_policy_isolates() {
         let (e, _) = tiered(&[DB_FROM_API], &[BASELINE_DENY_ALL]).engine();
         let d = ask(&e, "shop/web", "shop/api", TCP, 80);
-        assert!(!d.allowed, "api has no NetworkPolicy: the Baseline deny applies");
+        assert!(
+            !d.allowed,
+            "api has no NetworkPolicy: the Baseline deny applies"
+        );
         assert_eq!(d.decided_by().map(|b| &*b.tier), Some("Baseline"));
         let d = ask(&e, "shop/api", "shop/db", TCP, 5432);
-        assert!(d.allowed, "db is isolated by a NetworkPolicy that allows api: Baseline is not consulted");
+        assert!(
+            d.allowed,
+            "db is isolated by a NetworkPolicy that allows api: Baseline is not consulted"
+        );
         assert_eq!(d.decided_by().map(|b| &*b.kind), Some("NetworkPolicy"));
-        assert!(!ask(&e, "shop/web", "shop/db", TCP, 5432).allowed, "NetworkPolicy denial");
+        assert!(
+            !ask(&e, "shop/web", "shop/db", TCP, 5432).allowed,
+            "NetworkPolicy denial"
+        );
         assert!(
             ask(&e, "10.9.9.9", "shop/api", TCP, 80).allowed,
             "namespaces peers never match an external source"
@@ -1774,7 +1862,10 @@ spec: {podSelector: {}, ingress: [{}]}";
         let (e, _) = tiered(&[], &[ADMIN_DENY_OTHER_TO_SHOP, BASELINE_DENY_ALL]).engine();
         let d = ask(&e, "shop/api", "shop/web", TCP, 80);
         assert!(!d.allowed);
-        assert_eq!(d.decided_by().map(|b| (&*b.name, &*b.action)), Some(("baseline", "Deny")));
+        assert_eq!(
+            d.decided_by().map(|b| (&*b.name, &*b.action)),
+            Some(("baseline", "Deny"))
+        );
     }
 
     #[test]
@@ -1799,11 +1890,26 @@ spec:
      ports: [{portRange: {protocol: TCP, start: 5000, end: 6000}}, {namedPort: http}]}";
         let (e, w) = tiered(&[], &[low, high]).engine();
         assert!(w.is_empty(), "{w:?}");
-        assert_eq!(e.cluster_policy_ids().collect::<Vec<_>>(), ["AdminNetworkPolicy/z-deny", "ClusterNetworkPolicy/a-accept"]);
-        assert!(!ask(&e, "shop/web", "shop/db", TCP, 5432).allowed, "priority 5 denies first");
-        assert!(!ask(&e, "shop/web", "shop/db", TCP, 8080).allowed, "named port http = 8080 on db");
-        assert!(ask(&e, "shop/web", "shop/db", TCP, 7000).allowed, "outside the ports: the Accept at 50");
-        assert!(ask(&e, "shop/api", "shop/db", TCP, 5432).allowed, "api is not a subject of z-deny");
+        assert_eq!(
+            e.cluster_policy_ids().collect::<Vec<_>>(),
+            ["AdminNetworkPolicy/z-deny", "ClusterNetworkPolicy/a-accept"]
+        );
+        assert!(
+            !ask(&e, "shop/web", "shop/db", TCP, 5432).allowed,
+            "priority 5 denies first"
+        );
+        assert!(
+            !ask(&e, "shop/web", "shop/db", TCP, 8080).allowed,
+            "named port http = 8080 on db"
+        );
+        assert!(
+            ask(&e, "shop/web", "shop/db", TCP, 7000).allowed,
+            "outside the ports: the Accept at 50"
+        );
+        assert!(
+            ask(&e, "shop/api", "shop/db", TCP, 5432).allowed,
+            "api is not a subject of z-deny"
+        );
         // Listing: the same logic on whole sets.
         let web = e.endpoint_by_name("shop", "web").unwrap();
         let db = e.endpoint_by_name("shop", "db").unwrap();
@@ -1833,12 +1939,24 @@ spec:
         let (e, warnings) = w.engine();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert!(!ask(&e, "shop/web", "169.254.169.254", TCP, 80).allowed);
-        assert!(!ask(&e, "shop/web", "fd00:ec2::254", TCP, 80).allowed, "IPv6 networks apply");
+        assert!(
+            !ask(&e, "shop/web", "fd00:ec2::254", TCP, 80).allowed,
+            "IPv6 networks apply"
+        );
         assert!(ask(&e, "shop/web", "169.254.169.253", TCP, 80).allowed);
         assert!(!ask(&e, "shop/web", "192.0.2.10", TCP, 10250).allowed);
-        assert!(!ask(&e, "shop/web", "2001:db8::10", TCP, 10250).allowed, "node IPv6 address");
-        assert!(ask(&e, "shop/web", "192.0.2.10", TCP, 22).allowed, "other port");
-        assert!(!ask(&e, "shop/web", "other/client", TCP, 80).allowed, "networks match pod addresses too");
+        assert!(
+            !ask(&e, "shop/web", "2001:db8::10", TCP, 10250).allowed,
+            "node IPv6 address"
+        );
+        assert!(
+            ask(&e, "shop/web", "192.0.2.10", TCP, 22).allowed,
+            "other port"
+        );
+        assert!(
+            !ask(&e, "shop/web", "other/client", TCP, 80).allowed,
+            "networks match pod addresses too"
+        );
         assert!(ask(&e, "shop/web", "shop/api", TCP, 80).allowed);
     }
 
@@ -1863,7 +1981,10 @@ spec:
         let (e, w) = tiered(&[], &[accept, deny]).engine();
         assert!(w.is_empty(), "{w:?}");
         let d = ask(&e, "shop/web", "8.8.8.8", TCP, 443);
-        assert!(d.allowed && d.decided_by().is_none(), "an Accept with an unknown peer matches nothing: {d:?}");
+        assert!(
+            d.allowed && d.decided_by().is_none(),
+            "an Accept with an unknown peer matches nothing: {d:?}"
+        );
         let d = ask(&e, "other/client", "shop/web", TCP, 80);
         assert!(!d.allowed, "a Deny with an unknown peer denies all");
         assert_eq!(d.decided_by().map(|b| &*b.name), Some("future-deny"));
@@ -1883,5 +2004,4 @@ spec: {tier: Admin, priority: 1, subject: {namespaces: {}}, egress: [{action: Al
         );
         assert_eq!(e.cluster_policy_ids().count(), 1);
     }
-
 }

@@ -65,7 +65,11 @@ pub fn connectivity(engine: &Engine) -> Vec<Line> {
 
 /// Like [`connectivity`], with the external destination and source ranges
 /// given (a diff cuts both sides' ranges at the union of their edges).
-pub fn connectivity_over(engine: &Engine, dst_ranges: &[IpRange], src_ranges: &[IpRange]) -> Vec<Line> {
+pub fn connectivity_over(
+    engine: &Engine,
+    dst_ranges: &[IpRange],
+    src_ranges: &[IpRange],
+) -> Vec<Line> {
     let mut groups: BTreeMap<&Group, Vec<EndpointId>> = BTreeMap::new();
     for (i, ep) in engine.endpoints().iter().enumerate() {
         groups

@@ -133,8 +133,7 @@ impl SourceHealth {
         let Some(k) = s.kinds.get_mut(plural) else {
             return false;
         };
-        let crd_absent =
-            k.kind.is_optional_crd() && status.is_some_and(|st| st.code == 404);
+        let crd_absent = k.kind.is_optional_crd() && status.is_some_and(|st| st.code == 404);
         // A watch that worked until now held a live connection until now:
         // that is the last contact, not the start of that watch.
         let was_live = k.contacted && k.failure.is_none();

@@ -33,7 +33,11 @@ const METADATA: [&str; 2] = ["169.254.169.254", "fd00:ec2::254"];
 
 /// Node ports a pod has no business reaching unless allowed: kubelet,
 /// etcd (client and peer), sshd.
-const NODE_PORTS: [(u16, u16, &str); 3] = [(10250, 10250, "kubelet"), (2379, 2380, "etcd"), (22, 22, "sshd")];
+const NODE_PORTS: [(u16, u16, &str); 3] = [
+    (10250, 10250, "kubelet"),
+    (2379, 2380, "etcd"),
+    (22, 22, "sshd"),
+];
 
 /// Priorities of the suggested objects (lower numbers go first).
 const PRIORITY_METADATA: u32 = 100;
@@ -80,7 +84,8 @@ fn host_net(ip: IpAddr) -> String {
 /// Builds the guardrails from flow reports. Only pod-opened flows count.
 pub fn suggest(reports: &[FlowReport]) -> ClusterSuggestion {
     let mut by_ns: BTreeMap<String, Evidence> = BTreeMap::new();
-    let mut metadata_addrs: BTreeSet<IpAddr> = METADATA.iter().filter_map(|a| a.parse().ok()).collect();
+    let mut metadata_addrs: BTreeSet<IpAddr> =
+        METADATA.iter().filter_map(|a| a.parse().ok()).collect();
     for r in reports {
         let (Some(EndpointKind::Pod), Some(ns)) = (r.src.kind, r.src.namespace.as_deref()) else {
             continue;
@@ -109,7 +114,11 @@ pub fn suggest(reports: &[FlowReport]) -> ClusterSuggestion {
                 };
                 if allowed {
                     ev.allowed_to.insert(dns.to_string());
-                } else if r.violations.iter().any(|v| v.kind == ViolationKind::CrossNamespace) {
+                } else if r
+                    .violations
+                    .iter()
+                    .any(|v| v.kind == ViolationKind::CrossNamespace)
+                {
                     *ev.forbidden.entry(dns.to_string()).or_default() += 1;
                 }
             }
@@ -122,11 +131,22 @@ pub fn suggest(reports: &[FlowReport]) -> ClusterSuggestion {
     };
 
     // Metadata API.
-    let keep: BTreeSet<String> = by_ns.iter().filter(|(_, e)| e.metadata_allowed).map(|(n, _)| n.clone()).collect();
+    let keep: BTreeSet<String> = by_ns
+        .iter()
+        .filter(|(_, e)| e.metadata_allowed)
+        .map(|(n, _)| n.clone())
+        .collect();
     let denied: usize = by_ns.values().map(|e| e.metadata_denied).sum();
     out.notes.push(format!(
         "metadata API: Deny for every namespace{}; {denied} observed flow(s) to it were violations",
-        if keep.is_empty() { String::new() } else { format!(" except {} (judged allowed)", keep.iter().cloned().collect::<Vec<_>>().join(", ")) }
+        if keep.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " except {} (judged allowed)",
+                keep.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        }
     ));
     out.objects.push(json!({
         "apiVersion": "policy.networking.k8s.io/v1alpha2",
@@ -145,7 +165,11 @@ pub fn suggest(reports: &[FlowReport]) -> ClusterSuggestion {
     }));
 
     // Node ports.
-    let keep: BTreeSet<String> = by_ns.iter().filter(|(_, e)| e.nodes_allowed).map(|(n, _)| n.clone()).collect();
+    let keep: BTreeSet<String> = by_ns
+        .iter()
+        .filter(|(_, e)| e.nodes_allowed)
+        .map(|(n, _)| n.clone())
+        .collect();
     let denied: usize = by_ns.values().map(|e| e.nodes_denied).sum();
     out.notes.push(format!(
         "node ports {}: Deny for every namespace{}; {denied} observed flow(s) to nodes were violations",
@@ -187,7 +211,9 @@ pub fn suggest(reports: &[FlowReport]) -> ClusterSuggestion {
                 continue;
             }
             if rules.len() == 25 {
-                out.notes.push(format!("{src} -> {dst}: over 25 forbidden destinations, not written"));
+                out.notes.push(format!(
+                    "{src} -> {dst}: over 25 forbidden destinations, not written"
+                ));
                 continue;
             }
             rules.push(json!({
@@ -200,7 +226,8 @@ pub fn suggest(reports: &[FlowReport]) -> ClusterSuggestion {
         if rules.is_empty() {
             continue;
         }
-        out.notes.push(format!("{src}: Deny to {}", evidence.join(", ")));
+        out.notes
+            .push(format!("{src}: Deny to {}", evidence.join(", ")));
         out.objects.push(json!({
             "apiVersion": "policy.networking.k8s.io/v1alpha2",
             "kind": "ClusterNetworkPolicy",
@@ -215,7 +242,10 @@ pub fn suggest(reports: &[FlowReport]) -> ClusterSuggestion {
     }
 
     // Baseline: cluster DNS, then deny everything else.
-    out.notes.push("baseline: DNS to kube-dns, everything else denied where no NetworkPolicy isolates a pod".to_string());
+    out.notes.push(
+        "baseline: DNS to kube-dns, everything else denied where no NetworkPolicy isolates a pod"
+            .to_string(),
+    );
     out.objects.push(json!({
         "apiVersion": "policy.networking.k8s.io/v1alpha2",
         "kind": "ClusterNetworkPolicy",
@@ -250,8 +280,10 @@ pub fn render(objects: &[Value], format: super::Format) -> String {
             s
         }
         super::Format::Json => {
-            let mut s = serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": objects}))
-                .unwrap_or_default();
+            let mut s = serde_json::to_string_pretty(
+                &json!({"apiVersion": "v1", "kind": "List", "items": objects}),
+            )
+            .unwrap_or_default();
             s.push('\n');
             s
         }
@@ -278,7 +310,11 @@ mod tests {
         FlowReport {
             src: ep("10.0.0.1", EndpointKind::Pod, Some(src_ns)),
             dst,
-            verdict: Some(if allowed { Verdict::Allowed } else { Verdict::Violation }),
+            verdict: Some(if allowed {
+                Verdict::Allowed
+            } else {
+                Verdict::Violation
+            }),
             violations: if allowed {
                 vec![]
             } else {
@@ -295,36 +331,76 @@ mod tests {
     #[test]
     fn guardrails_keep_what_was_allowed_and_deny_what_was_not() {
         let reports = vec![
-            flow("kube-system", ep("169.254.169.254", EndpointKind::Metadata, None), true),
-            flow("shop", ep("169.254.169.254", EndpointKind::Metadata, None), false),
-            flow("shop", ep("10.1.0.1", EndpointKind::Pod, Some("pay")), false),
-            flow("shop", ep("10.2.0.1", EndpointKind::Pod, Some("api")), false),
+            flow(
+                "kube-system",
+                ep("169.254.169.254", EndpointKind::Metadata, None),
+                true,
+            ),
+            flow(
+                "shop",
+                ep("169.254.169.254", EndpointKind::Metadata, None),
+                false,
+            ),
+            flow(
+                "shop",
+                ep("10.1.0.1", EndpointKind::Pod, Some("pay")),
+                false,
+            ),
+            flow(
+                "shop",
+                ep("10.2.0.1", EndpointKind::Pod, Some("api")),
+                false,
+            ),
             flow("shop", ep("10.2.0.2", EndpointKind::Pod, Some("api")), true),
         ];
         let s = suggest(&reports);
-        let names: Vec<&str> = s.objects.iter().map(|o| o["metadata"]["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = s
+            .objects
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap())
+            .collect();
         assert_eq!(
             names,
-            ["segwatch-deny-metadata-api", "segwatch-deny-node-ports", "segwatch-deny-from-shop", "segwatch-baseline-default-deny"]
+            [
+                "segwatch-deny-metadata-api",
+                "segwatch-deny-node-ports",
+                "segwatch-deny-from-shop",
+                "segwatch-baseline-default-deny"
+            ]
         );
         assert_eq!(
             s.objects[0]["spec"]["subject"]["namespaces"]["matchExpressions"][0]["values"],
             json!(["kube-system"])
         );
-        assert_eq!(s.objects[2]["spec"]["egress"].as_array().unwrap().len(), 1, "only pay: api has an allowed flow");
+        assert_eq!(
+            s.objects[2]["spec"]["egress"].as_array().unwrap().len(),
+            1,
+            "only pay: api has an allowed flow"
+        );
 
         // The objects are valid and do what they say.
         let objs: Vec<Object> = s
             .objects
             .iter()
-            .map(|o| Object::ClusterNetworkPolicy(serde_json::from_value::<ClusterPolicyObject>(o.clone()).unwrap()))
-            .chain(["kube-system", "shop", "pay"].iter().enumerate().map(|(i, ns)| {
-                Object::Pod(
-                    serde_json::from_value(json!({"metadata": {"name": "p", "namespace": ns},
-                        "status": {"podIPs": [{"ip": format!("10.9.0.{}", i + 1)}]}}))
-                    .unwrap(),
+            .map(|o| {
+                Object::ClusterNetworkPolicy(
+                    serde_json::from_value::<ClusterPolicyObject>(o.clone()).unwrap(),
                 )
-            }))
+            })
+            .chain(
+                ["kube-system", "shop", "pay"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ns)| {
+                        Object::Pod(
+                            serde_json::from_value(
+                                json!({"metadata": {"name": "p", "namespace": ns},
+                        "status": {"podIPs": [{"ip": format!("10.9.0.{}", i + 1)}]}}),
+                            )
+                            .unwrap(),
+                        )
+                    }),
+            )
             .collect();
         let (e, w) = Engine::build(&Objects::from_inventory(&objs));
         assert!(w.is_empty(), "{w:?}");
@@ -336,7 +412,10 @@ mod tests {
                 port,
             })
         };
-        assert!(!q("10.9.0.2", "169.254.169.254", 80).allowed, "shop: metadata denied");
+        assert!(
+            !q("10.9.0.2", "169.254.169.254", 80).allowed,
+            "shop: metadata denied"
+        );
         let d = q("10.9.0.1", "169.254.169.254", 80);
         assert_eq!(
             d.decided_by().map(|b| b.name.to_string()),
@@ -345,7 +424,9 @@ mod tests {
         );
         assert!(!q("10.9.0.2", "10.9.0.3", 80).allowed, "shop -> pay denied");
         assert_eq!(
-            q("10.9.0.2", "10.9.0.3", 80).decided_by().map(|b| (b.tier.to_string(), b.name.to_string())),
+            q("10.9.0.2", "10.9.0.3", 80)
+                .decided_by()
+                .map(|b| (b.tier.to_string(), b.name.to_string())),
             Some(("Admin".to_string(), "segwatch-deny-from-shop".to_string()))
         );
     }

@@ -322,4 +322,3 @@ pub fn parse_conns(s: &str, into: &mut ConnSet) -> Result<(), String> {
 pub fn ports_only(c: &ConnSet) -> (String, String, String) {
     (c.tcp.to_string(), c.udp.to_string(), c.sctp.to_string())
 }
-
