@@ -498,10 +498,12 @@ fn conformance_inventory_resolves_every_pod_ip() {
 #[test]
 fn watched_resources_cover_every_kind() {
     for k in ObjectKind::ALL {
-        let plural = match k {
-            ObjectKind::NetworkPolicy => "networkpolicies".to_string(),
-            ObjectKind::SegmentationPolicy => "segmentationpolicies".to_string(),
-            k => format!("{}s", k.as_str().to_lowercase()),
+        // Every `*Policy` kind (NetworkPolicy, SegmentationPolicy, the
+        // cluster-scoped policy kinds) has the plural `*policies`.
+        let lower = k.as_str().to_lowercase();
+        let plural = match lower.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{lower}s"),
         };
         assert!(
             WATCHED_RESOURCES.iter().any(|(_, r)| *r == plural),
