@@ -53,8 +53,14 @@ fn report(src: &str, dst: &str, state: TcpState) -> FlowReport {
         ip_version: if src.contains(':') { 6 } else { 4 },
         src: Endpoint::bare(src.parse().expect("ip"), Some(40000)),
         dst: Endpoint::bare(dst.parse().expect("ip"), Some(8080)),
-        packets: Counts { sent: 3, received: 2 },
-        bytes: Counts { sent: 300, received: 200 },
+        packets: Counts {
+            sent: 3,
+            received: 2,
+        },
+        bytes: Counts {
+            sent: 300,
+            received: 200,
+        },
         tcp: Some(TcpInfo {
             flags: vec!["SYN".into(), "ACK".into()],
             state,
@@ -69,9 +75,15 @@ fn admin_deny_established_is_a_bypass_naming_the_rule() {
         node_name: "n1".into(),
         ..Default::default()
     });
-    let mut objects = parse_str(Path::new("cluster.yaml"), CLUSTER).expect("cluster parses").objects;
+    let mut objects = parse_str(Path::new("cluster.yaml"), CLUSTER)
+        .expect("cluster parses")
+        .objects;
     let cnp = parse_str(Path::new("cnp.yaml"), TENANTS).expect("policy parses");
-    assert!(cnp.warnings.is_empty(), "the kind is read: {:?}", cnp.warnings);
+    assert!(
+        cnp.warnings.is_empty(),
+        "the kind is read: {:?}",
+        cnp.warnings
+    );
     assert_eq!(cnp.objects[0].kind(), ObjectKind::ClusterNetworkPolicy);
     objects.extend(cnp.objects);
     idx.reset(objects);
@@ -80,12 +92,29 @@ fn admin_deny_established_is_a_bypass_naming_the_rule() {
     for (src, dst) in [("10.1.0.9", "10.1.0.5"), ("fd00:1::9", "fd00:1::5")] {
         let mut r = report(src, dst, TcpState::Established);
         idx.judge(&mut r);
-        let np = r.netpol.as_ref().expect("pod to pod has a NetworkPolicy decision");
+        let np = r
+            .netpol
+            .as_ref()
+            .expect("pod to pod has a NetworkPolicy decision");
         assert!(!np.allowed, "{src} -> {dst}: the Admin Deny denies it");
         let by = np.decided_by.as_ref().expect("decided_by is filled");
         assert_eq!(
-            (&*by.kind, &*by.name, &*by.tier, by.rule, &*by.action, &*by.direction),
-            ("ClusterNetworkPolicy", "tenant-isolation", "Admin", Some(0), "Deny", "ingress")
+            (
+                &*by.kind,
+                &*by.name,
+                &*by.tier,
+                by.rule,
+                &*by.action,
+                &*by.direction
+            ),
+            (
+                "ClusterNetworkPolicy",
+                "tenant-isolation",
+                "Admin",
+                Some(0),
+                "Deny",
+                "ingress"
+            )
         );
         let bypass: Vec<_> = r
             .violations
@@ -95,7 +124,10 @@ fn admin_deny_established_is_a_bypass_naming_the_rule() {
         assert_eq!(bypass.len(), 1, "{:?}", r.violations);
         assert_eq!(bypass[0].rule, "ClusterNetworkPolicy/tenant-isolation");
         assert!(
-            bypass[0].reason.contains("Admin tier") && bypass[0].reason.contains("rule 0 (\"no-other-tenants\"), action Deny"),
+            bypass[0].reason.contains("Admin tier")
+                && bypass[0]
+                    .reason
+                    .contains("rule 0 (\"no-other-tenants\"), action Deny"),
             "{}",
             bypass[0].reason
         );
@@ -108,7 +140,10 @@ fn admin_deny_established_is_a_bypass_naming_the_rule() {
     // Attempted only: enforcement worked, no bypass.
     let mut r = report("10.1.0.9", "10.1.0.5", TcpState::Attempted);
     idx.judge(&mut r);
-    assert!(!r.violations.iter().any(|v| v.kind == ViolationKind::NetpolBypass));
+    assert!(!r
+        .violations
+        .iter()
+        .any(|v| v.kind == ViolationKind::NetpolBypass));
 
     // The other way is not denied (rival is no subject): no decided_by.
     let mut r = report("10.1.0.5", "10.1.0.9", TcpState::Established);
@@ -121,6 +156,13 @@ fn admin_deny_established_is_a_bypass_naming_the_rule() {
     idx.refresh();
     let mut r = report("10.1.0.9", "10.1.0.5", TcpState::Established);
     idx.judge(&mut r);
-    assert!(r.netpol.as_ref().is_some_and(|n| n.allowed), "{:?}", r.netpol);
-    assert!(!r.violations.iter().any(|v| v.kind == ViolationKind::NetpolBypass));
+    assert!(
+        r.netpol.as_ref().is_some_and(|n| n.allowed),
+        "{:?}",
+        r.netpol
+    );
+    assert!(!r
+        .violations
+        .iter()
+        .any(|v| v.kind == ViolationKind::NetpolBypass));
 }

@@ -114,22 +114,24 @@ fn listing(engines: &[&Engine]) -> Listing {
             out.insert((l.src, l.dst), c);
         }
     }
-    let mut groups: BTreeMap<String, Vec<EndpointId>> = BTreeMap::new();
-    for (i, ep) in e.endpoints().iter().enumerate() {
+    let by_group = |eng: &Engine| -> BTreeMap<String, Vec<EndpointId>> {
+        let mut groups: BTreeMap<String, Vec<EndpointId>> = BTreeMap::new();
+        for (i, ep) in eng.endpoints().iter().enumerate() {
+            groups
+                .entry(ep.group.to_string())
+                .or_default()
+                .push(EndpointId(i as u32));
+        }
         groups
-            .entry(ep.group.to_string())
-            .or_default()
-            .push(EndpointId(i as u32));
-    }
-    for (name, members) in &groups {
+    };
+    let all_groups: Vec<BTreeMap<String, Vec<EndpointId>>> =
+        engines.iter().map(|&eng| by_group(eng)).collect();
+    for (name, members) in &all_groups[0] {
         for egress in [true, false] {
             let mut blocks: Vec<IpBlock> = Vec::new();
-            for eng in engines {
-                for (i, ep) in eng.endpoints().iter().enumerate() {
-                    if ep.group.to_string() != *name {
-                        continue;
-                    }
-                    for b in eng.ip_blocks_of(EndpointId(i as u32), egress) {
+            for (eng, groups) in engines.iter().zip(&all_groups) {
+                for &id in groups.get(name).map(Vec::as_slice).unwrap_or_default() {
+                    for b in eng.ip_blocks_of(id, egress) {
                         if !blocks.contains(&b) {
                             blocks.push(b);
                         }
