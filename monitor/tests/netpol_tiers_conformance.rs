@@ -393,3 +393,54 @@ fn netpol_diff_cli_exit_codes_and_formats() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("--ref /nonexistent/segwatch-ref"), "{err}");
 }
+
+/// `netpol eval` names the deciding rule (CONTRACT `decided_by`): here an
+/// Admin Pass hands slytherin -> gryffindor down, no NetworkPolicy
+/// isolates, and the Baseline Deny decides; hufflepuff is in no rule.
+#[test]
+fn netpol_eval_answers_name_the_deciding_rule() {
+    use std::io::Write as _;
+    let case = fixtures("anp").join("anp_banp_core_test");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+        .args(["netpol", "eval", "--inventory"])
+        .arg(&case)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("segwatch runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            br#"{"src":"network-policy-conformance-slytherin/draco-malfoy","dst":"network-policy-conformance-gryffindor/harry-potter","port":80}
+{"src":"network-policy-conformance-hufflepuff/cedric-diggory","dst":"network-policy-conformance-gryffindor/harry-potter","port":80}
+"#,
+        )
+        .expect("queries written");
+    let out = child.wait_with_output().expect("segwatch ends");
+    assert!(out.status.success());
+    let answers: Vec<Value> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON answer per line"))
+        .collect();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0]["allowed"], json!(false));
+    assert_eq!(
+        answers[0]["decided_by"],
+        json!({"kind": "BaselineAdminNetworkPolicy", "name": "default", "tier": "Baseline", "rule": 0,
+               "rule_name": "deny-all-ingress-from-slytherin", "direction": "ingress", "action": "Deny"})
+    );
+    assert_eq!(
+        answers[0]["ingress"]["decided_by"],
+        answers[0]["decided_by"]
+    );
+    assert_eq!(answers[1]["allowed"], json!(true));
+    assert_eq!(
+        answers[1]["decided_by"],
+        Value::Null,
+        "nothing applies: allowed by default"
+    );
+}
