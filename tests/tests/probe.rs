@@ -44,7 +44,8 @@ fn tcp_listen(ns: &Netns, addr: SocketAddr) {
             });
         }
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("listener up");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("listener up");
 }
 
 fn udp_echo(ns: &Netns, addr: SocketAddr) {
@@ -57,7 +58,8 @@ fn udp_echo(ns: &Netns, addr: SocketAddr) {
             let _ = s.send_to(if n == 0 { b"pong" } else { &buf[..n] }, from);
         }
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("udp echo up");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("udp echo up");
 }
 
 fn pod_json(ns: &str, name: &str, p: &Pod, ports: &[u16]) -> Value {
@@ -153,13 +155,24 @@ fn matrix(report: &Value) -> BTreeMap<String, (String, String, String)> {
 
 fn want(rows: &[(&str, &str, &str, &str)]) -> BTreeMap<String, (String, String, String)> {
     rows.iter()
-        .map(|(t, s, e, o)| ((*t).to_owned(), ((*s).to_owned(), (*e).to_owned(), (*o).to_owned())))
+        .map(|(t, s, e, o)| {
+            (
+                (*t).to_owned(),
+                ((*s).to_owned(), (*e).to_owned(), (*o).to_owned()),
+            )
+        })
         .collect()
 }
 
 fn audit(args: &[&str]) -> Value {
     let out = Command::new(segwatch_bin())
-        .args(["audit", "--format", "json", "--generated-at", "2026-12-01T00:00:00Z"])
+        .args([
+            "audit",
+            "--format",
+            "json",
+            "--generated-at",
+            "2026-12-01T00:00:00Z",
+        ])
         .args(args)
         .output()
         .expect("run segwatch audit");
@@ -263,7 +276,11 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
 
     let dir = TempDir::new("probe");
     let inv = dir.0.join("inventory.json");
-    std::fs::write(&inv, serde_json::to_string(&inventory(&topo)).expect("json")).expect("write");
+    std::fs::write(
+        &inv,
+        serde_json::to_string(&inventory(&topo)).expect("json"),
+    )
+    .expect("write");
     let pol = dir.0.join("policy.yaml");
     std::fs::write(&pol, POLICY).expect("write");
     let targets = dir.0.join("targets.txt");
@@ -281,8 +298,20 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
 
     let common = |ns: &str, pod: &str| -> Vec<String> {
         [
-            "--inventory", inv_s, "--policy", pol_s, "--namespace", ns, "--pod-name", pod,
-            "--host-ip", NODE_IP, "--timeout-ms", "500", "--rate", "50",
+            "--inventory",
+            inv_s,
+            "--policy",
+            pol_s,
+            "--namespace",
+            ns,
+            "--pod-name",
+            pod,
+            "--host-ip",
+            NODE_IP,
+            "--timeout-ms",
+            "500",
+            "--rate",
+            "50",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -303,7 +332,12 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
     let args_b = common("team-b", "probe-b");
     let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
     let (ob, rb) = probe(&topo.pods[1].ns.name, &args_b, &out_b, &[]);
-    assert_eq!(ob.status.code(), Some(0), "{}", String::from_utf8_lossy(&ob.stderr));
+    assert_eq!(
+        ob.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ob.stderr)
+    );
 
     // --- the reachability matrices
     let n = |port: &str| format!("{NODE_IP}:{port}");
@@ -315,21 +349,67 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
         (n("22/tcp"), "reachable", "reachable", "as_expected"),
         (n("6443/tcp"), "refused", "blocked", "as_expected"),
         (n("30080/tcp"), "reachable", "blocked", "violation"),
-        ("169.254.169.254:80/tcp".into(), "reachable", "blocked", "violation"),
-        ("[fd00:ec2::254]:80/tcp".into(), "reachable", "blocked", "violation"),
-        ("168.63.129.16:80/tcp".into(), "refused", "blocked", "as_expected"),
-        ("100.100.100.200:80/tcp".into(), "refused", "blocked", "as_expected"),
-        ("169.254.170.2:80/tcp".into(), "refused", "blocked", "as_expected"),
-        ("169.254.170.23:80/tcp".into(), "reachable", "reachable", "as_expected"),
+        (
+            "169.254.169.254:80/tcp".into(),
+            "reachable",
+            "blocked",
+            "violation",
+        ),
+        (
+            "[fd00:ec2::254]:80/tcp".into(),
+            "reachable",
+            "blocked",
+            "violation",
+        ),
+        (
+            "168.63.129.16:80/tcp".into(),
+            "refused",
+            "blocked",
+            "as_expected",
+        ),
+        (
+            "100.100.100.200:80/tcp".into(),
+            "refused",
+            "blocked",
+            "as_expected",
+        ),
+        (
+            "169.254.170.2:80/tcp".into(),
+            "refused",
+            "blocked",
+            "as_expected",
+        ),
+        (
+            "169.254.170.23:80/tcp".into(),
+            "reachable",
+            "reachable",
+            "as_expected",
+        ),
         (n("5353/udp"), "reachable", "blocked", "violation"),
         (n("5354/udp"), "refused", "blocked", "as_expected"),
-        (format!("{}:8080/tcp", topo.pods[1].ip4), "timeout", "blocked", "as_expected"),
+        (
+            format!("{}:8080/tcp", topo.pods[1].ip4),
+            "timeout",
+            "blocked",
+            "as_expected",
+        ),
         // team-b's Service (no kube-proxy here: nothing listens).
-        ("10.96.77.10:80/tcp".into(), "refused", "blocked", "as_expected"),
+        (
+            "10.96.77.10:80/tcp".into(),
+            "refused",
+            "blocked",
+            "as_expected",
+        ),
     ];
-    let a_rows: Vec<(&str, &str, &str, &str)> =
-        a_rows.iter().map(|(t, s, e, o)| (t.as_str(), *s, *e, *o)).collect();
-    assert_eq!(matrix(&ra), want(&a_rows), "team-a (unfiltered) reachability matrix");
+    let a_rows: Vec<(&str, &str, &str, &str)> = a_rows
+        .iter()
+        .map(|(t, s, e, o)| (t.as_str(), *s, *e, *o))
+        .collect();
+    assert_eq!(
+        matrix(&ra),
+        want(&a_rows),
+        "team-a (unfiltered) reachability matrix"
+    );
     let b_rows = [
         (n("10250/tcp"), "timeout", "blocked", "as_expected"),
         (n("10255/tcp"), "refused", "blocked", "as_expected"),
@@ -338,16 +418,52 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
         (n("22/tcp"), "timeout", "blocked", "as_expected"),
         (n("6443/tcp"), "refused", "blocked", "as_expected"),
         (n("30080/tcp"), "timeout", "blocked", "as_expected"),
-        ("169.254.169.254:80/tcp".into(), "timeout", "blocked", "as_expected"),
-        ("[fd00:ec2::254]:80/tcp".into(), "timeout", "blocked", "as_expected"),
-        ("168.63.129.16:80/tcp".into(), "timeout", "blocked", "as_expected"),
-        ("100.100.100.200:80/tcp".into(), "timeout", "blocked", "as_expected"),
-        ("169.254.170.2:80/tcp".into(), "timeout", "blocked", "as_expected"),
-        ("169.254.170.23:80/tcp".into(), "timeout", "reachable", "not_reached"),
+        (
+            "169.254.169.254:80/tcp".into(),
+            "timeout",
+            "blocked",
+            "as_expected",
+        ),
+        (
+            "[fd00:ec2::254]:80/tcp".into(),
+            "timeout",
+            "blocked",
+            "as_expected",
+        ),
+        (
+            "168.63.129.16:80/tcp".into(),
+            "timeout",
+            "blocked",
+            "as_expected",
+        ),
+        (
+            "100.100.100.200:80/tcp".into(),
+            "timeout",
+            "blocked",
+            "as_expected",
+        ),
+        (
+            "169.254.170.2:80/tcp".into(),
+            "timeout",
+            "blocked",
+            "as_expected",
+        ),
+        (
+            "169.254.170.23:80/tcp".into(),
+            "timeout",
+            "reachable",
+            "not_reached",
+        ),
     ];
-    let b_rows: Vec<(&str, &str, &str, &str)> =
-        b_rows.iter().map(|(t, s, e, o)| (t.as_str(), *s, *e, *o)).collect();
-    assert_eq!(matrix(&rb), want(&b_rows), "team-b (behind the node's filter) reachability matrix");
+    let b_rows: Vec<(&str, &str, &str, &str)> = b_rows
+        .iter()
+        .map(|(t, s, e, o)| (t.as_str(), *s, *e, *o))
+        .collect();
+    assert_eq!(
+        matrix(&rb),
+        want(&b_rows),
+        "team-b (behind the node's filter) reachability matrix"
+    );
 
     assert_eq!(ra["complete"], true);
     assert_eq!(ra["cluster_view"], "inventory");
@@ -368,7 +484,9 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
         .iter()
         .find(|r| r["target"] == n("10250/tcp"))
         .expect("kubelet result");
-    let finding = kubelet["finding"].as_str().expect("a violation carries a finding");
+    let finding = kubelet["finding"]
+        .as_str()
+        .expect("a violation carries a finding");
     assert!(
         finding.starts_with(&format!(
             "expected blocked, was reachable: team-a/probe-a connected to {NODE_IP}:10250/tcp (node/n1 kubelet API); pod in team-a -> node n1 on 10250/TCP: host access is not in hostAccess of SegmentationPolicy probe-lab"
@@ -415,58 +533,94 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
             .iter()
             .map(|(s, _)| (s.clone(), metric_value(&text, s)))
             .collect();
-        panic!("probe flow counts never reached the expected values: {got:?}\n{}", daemon.stderr())
+        panic!(
+            "probe flow counts never reached the expected values: {got:?}\n{}",
+            daemon.stderr()
+        )
     });
     let probe_total: f64 = text
         .lines()
         .filter(|l| l.starts_with("segwatch_probe_flows_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
-    assert_eq!(probe_total, 30.0, "17 + 13 probe connections, each counted once");
+    assert_eq!(
+        probe_total, 30.0,
+        "17 + 13 probe connections, each counted once"
+    );
     for ns in ["team-a", "team-b"] {
         assert!(
-            !text.lines().any(|l| l.starts_with("segwatch_violations_total{")
-                && l.contains(&format!("src_namespace=\"{ns}\""))),
+            !text
+                .lines()
+                .any(|l| l.starts_with("segwatch_violations_total{")
+                    && l.contains(&format!("src_namespace=\"{ns}\""))),
             "probe connections must not be counted as violations (they would page):\n{text}"
         );
     }
     assert_eq!(daemon.stop(), 0, "daemon exits cleanly");
     let reports = daemon.reports();
-    let pod_ips: Vec<String> = topo.pods.iter().flat_map(|p| [p.ip4.to_string(), p.ip6.to_string()]).collect();
+    let pod_ips: Vec<String> = topo
+        .pods
+        .iter()
+        .flat_map(|p| [p.ip4.to_string(), p.ip6.to_string()])
+        .collect();
     let from_probes: Vec<&Value> = reports
         .iter()
         .filter(|r| pod_ips.iter().any(|ip| r["src"]["ip"] == *ip.as_str()))
         .filter(|r| r["protocol"] == "TCP" || r["protocol"] == "UDP")
         .collect();
-    assert!(!from_probes.is_empty(), "the daemon saw the probes' connections");
+    assert!(
+        !from_probes.is_empty(),
+        "the daemon saw the probes' connections"
+    );
     for r in &from_probes {
         assert_eq!(r["probe"], true, "a probe pod's connection is tagged: {r}");
     }
     let find = |src: IpAddr, port: u16| {
         from_probes
             .iter()
-            .find(|r| r["src"]["ip"] == src.to_string() && r["dst"]["ip"] == NODE_IP && r["dst"]["port"] == port)
+            .find(|r| {
+                r["src"]["ip"] == src.to_string()
+                    && r["dst"]["ip"] == NODE_IP
+                    && r["dst"]["port"] == port
+            })
             .unwrap_or_else(|| panic!("no flow report {src} -> {NODE_IP}:{port}"))
     };
     let a_kubelet = find(topo.pods[0].ip4, 10250);
     assert_eq!(a_kubelet["verdict"], "violation");
     assert_eq!(a_kubelet["violations"][0]["kind"], "host_access");
     assert!(
-        matches!(a_kubelet["tcp"]["state"].as_str(), Some("closed" | "established")),
+        matches!(
+            a_kubelet["tcp"]["state"].as_str(),
+            Some("closed" | "established")
+        ),
         "team-a reached the kubelet: {a_kubelet}"
     );
-    assert_eq!(find(topo.pods[1].ip4, 10250)["tcp"]["state"], "attempted", "dropped for team-b");
-    assert_eq!(find(topo.pods[1].ip4, 2379)["tcp"]["state"], "rejected", "reset for team-b");
+    assert_eq!(
+        find(topo.pods[1].ip4, 10250)["tcp"]["state"],
+        "attempted",
+        "dropped for team-b"
+    );
+    assert_eq!(
+        find(topo.pods[1].ip4, 2379)["tcp"]["state"],
+        "rejected",
+        "reset for team-b"
+    );
 
     // --- the audit verdicts that follow from the reports
-    let (a_s, b_s) = (out_a.to_str().expect("utf-8"), out_b.to_str().expect("utf-8"));
+    let (a_s, b_s) = (
+        out_a.to_str().expect("utf-8"),
+        out_b.to_str().expect("utf-8"),
+    );
     let only_b = audit(&["--probes", b_s, "--inventory", inv_s, "--policy", pol_s]);
     assert_eq!(
         verdicts(&only_b),
         BTreeMap::from([
             ("Host ports".to_owned(), "PASS".to_owned()),
             ("Metadata API".to_owned(), "PASS".to_owned()),
-            ("NetworkPolicy enforcement".to_owned(), "NOT VERIFIED".to_owned()),
+            (
+                "NetworkPolicy enforcement".to_owned(),
+                "NOT VERIFIED".to_owned()
+            ),
         ]),
         "team-b behind the filter reaches nothing it should not"
     );
@@ -474,8 +628,23 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
     assert_eq!(host["counts"]["probe_blocked"], 7);
     assert_eq!(host["counts"]["probe_violating"], 0);
     let meta = control(&only_b, "Metadata API");
-    assert_eq!((meta["counts"]["probe_blocked"].clone(), meta["counts"]["probe_allowed"].clone()), (json!(5), json!(1)));
-    let both = audit(&["--probes", a_s, "--probes", b_s, "--inventory", inv_s, "--policy", pol_s]);
+    assert_eq!(
+        (
+            meta["counts"]["probe_blocked"].clone(),
+            meta["counts"]["probe_allowed"].clone()
+        ),
+        (json!(5), json!(1))
+    );
+    let both = audit(&[
+        "--probes",
+        a_s,
+        "--probes",
+        b_s,
+        "--inventory",
+        inv_s,
+        "--policy",
+        pol_s,
+    ]);
     assert_eq!(
         verdicts(&both),
         BTreeMap::from([
@@ -486,9 +655,19 @@ fn probe_matrix_daemon_tags_and_audit_verdicts() {
         "team-a reaches the kubelet and the metadata API; the denied pod port was blocked"
     );
     assert_eq!(control(&both, "Host ports")["counts"]["probe_violating"], 4);
-    assert_eq!(control(&both, "Metadata API")["counts"]["probe_violating"], 2);
-    assert_eq!(control(&both, "NetworkPolicy enforcement")["counts"]["probe_blocked"], 1);
-    assert_eq!(both["inputs"]["probes"].as_array().map(Vec::len), Some(2), "probe files are hashed inputs");
+    assert_eq!(
+        control(&both, "Metadata API")["counts"]["probe_violating"],
+        2
+    );
+    assert_eq!(
+        control(&both, "NetworkPolicy enforcement")["counts"]["probe_blocked"],
+        1
+    );
+    assert_eq!(
+        both["inputs"]["probes"].as_array().map(Vec::len),
+        Some(2),
+        "probe files are hashed inputs"
+    );
 }
 
 /// An empty network namespace (loopback only) to run a probe in.
@@ -498,7 +677,10 @@ fn bare_netns() -> Netns {
 }
 
 fn stderr_lines(o: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&o.stderr).lines().map(str::to_owned).collect()
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -506,13 +688,27 @@ fn bad_input_is_one_line_each_and_partial_results_are_kept_and_marked() {
     let ns = bare_netns();
     let dir = TempDir::new("probe-bad");
     let targets = dir.0.join("targets.txt");
-    std::fs::write(&targets, "127.0.0.1:9\nthis is garbage\n[::1]:9/udp\n127.0.0.1:99999\n").expect("write");
+    std::fs::write(
+        &targets,
+        "127.0.0.1:9\nthis is garbage\n[::1]:9/udp\n127.0.0.1:99999\n",
+    )
+    .expect("write");
     let t = targets.display().to_string();
     let out = dir.0.join("report.json");
     let missing = dir.0.join("no-such-inventory.json");
     let base = [
-        "--namespace", "team-x", "--pod-name", "ghost", "--host-ip", "127.0.0.1",
-        "--timeout-ms", "300", "--rate", "100", "--targets", &t,
+        "--namespace",
+        "team-x",
+        "--pod-name",
+        "ghost",
+        "--host-ip",
+        "127.0.0.1",
+        "--timeout-ms",
+        "300",
+        "--rate",
+        "100",
+        "--targets",
+        &t,
     ];
 
     // A missing inventory and two garbage lines: still probes, marks it.
@@ -520,24 +716,56 @@ fn bad_input_is_one_line_each_and_partial_results_are_kept_and_marked() {
     let missing_s = missing.display().to_string();
     args.extend(["--inventory", &missing_s]);
     let (o, r) = probe(&ns.name, &args, &out, &[]);
-    assert_eq!(o.status.code(), Some(3), "an incomplete report exits 3: {:?}", stderr_lines(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "an incomplete report exits 3: {:?}",
+        stderr_lines(&o)
+    );
     assert_eq!(r["complete"], false);
     assert_eq!(r["cluster_view"], "none");
-    let errors: Vec<&str> = r["errors"].as_array().expect("errors").iter().filter_map(Value::as_str).collect();
+    let errors: Vec<&str> = r["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert_eq!(errors.len(), 3, "{errors:?}");
-    assert!(errors[0].starts_with(&format!("--targets {t}:2: `this is garbage`")), "{errors:?}");
-    assert!(errors[1].starts_with(&format!("--targets {t}:4: `127.0.0.1:99999`")), "{errors:?}");
-    assert!(errors[2].contains(&missing_s) && errors[2].contains("probing without a cluster view"), "{errors:?}");
+    assert!(
+        errors[0].starts_with(&format!("--targets {t}:2: `this is garbage`")),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with(&format!("--targets {t}:4: `127.0.0.1:99999`")),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].contains(&missing_s) && errors[2].contains("probing without a cluster view"),
+        "{errors:?}"
+    );
     let lines = stderr_lines(&o);
     for e in &errors {
-        assert!(lines.iter().any(|l| l.ends_with(e)), "each error is one stderr line: {e}\n{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.ends_with(e)),
+            "each error is one stderr line: {e}\n{lines:?}"
+        );
     }
     // 6 admin ports on the host IP, 6 metadata endpoints, 2 good lines.
     let m = matrix(&r);
     assert_eq!(m.len(), 14, "{m:?}");
-    assert_eq!(m["127.0.0.1:9/tcp"], ("refused".into(), "unknown".into(), "unjudged".into()));
-    assert_eq!(m["[::1]:9/udp"], ("refused".into(), "unknown".into(), "unjudged".into()), "ICMP port unreachable");
-    assert_eq!(m["169.254.169.254:80/tcp"].0, "refused", "no route in an empty namespace");
+    assert_eq!(
+        m["127.0.0.1:9/tcp"],
+        ("refused".into(), "unknown".into(), "unjudged".into())
+    );
+    assert_eq!(
+        m["[::1]:9/udp"],
+        ("refused".into(), "unknown".into(), "unjudged".into()),
+        "ICMP port unreachable"
+    );
+    assert_eq!(
+        m["169.254.169.254:80/tcp"].0, "refused",
+        "no route in an empty namespace"
+    );
     assert!(
         m.values().all(|(_, e, _)| e == "unknown"),
         "without a cluster view nothing is expected, never allowed by default"
@@ -552,11 +780,25 @@ fn bad_input_is_one_line_each_and_partial_results_are_kept_and_marked() {
     .expect("write");
     let (o, r) = probe(&ns.name, &base, &out, &[("KUBECONFIG", &kubeconfig)]);
     assert_eq!(o.status.code(), Some(3), "{:?}", stderr_lines(&o));
-    let errors: Vec<&str> = r["errors"].as_array().expect("errors").iter().filter_map(Value::as_str).collect();
-    for what in ["namespaces", "nodes", "pods", "services", "networkpolicies", "segmentationpolicies"] {
+    let errors: Vec<&str> = r["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for what in [
+        "namespaces",
+        "nodes",
+        "pods",
+        "services",
+        "networkpolicies",
+        "segmentationpolicies",
+    ] {
         assert!(
-            errors.iter().any(|e| e.starts_with("API server http://127.0.0.1:1/: cannot list ")
-                && e.contains(&format!("cannot list {what}: "))),
+            errors.iter().any(
+                |e| e.starts_with("API server http://127.0.0.1:1/: cannot list ")
+                    && e.contains(&format!("cannot list {what}: "))
+            ),
             "the unreachable API server is named for {what}: {errors:?}"
         );
     }
@@ -566,16 +808,34 @@ fn bad_input_is_one_line_each_and_partial_results_are_kept_and_marked() {
     // The deadline: at 1 attempt/s, 1.5 s leave room for two.
     let missing_path = m_path(&missing);
     let args: Vec<&str> = vec![
-        "--namespace", "team-x", "--pod-name", "ghost", "--host-ip", "127.0.0.1",
-        "--timeout-ms", "300", "--inventory", &missing_path, "--rate", "1", "--deadline-ms", "1500",
+        "--namespace",
+        "team-x",
+        "--pod-name",
+        "ghost",
+        "--host-ip",
+        "127.0.0.1",
+        "--timeout-ms",
+        "300",
+        "--inventory",
+        &missing_path,
+        "--rate",
+        "1",
+        "--deadline-ms",
+        "1500",
     ];
     let (o, r) = probe(&ns.name, &args, &out, &[]);
     assert_eq!(o.status.code(), Some(3));
-    assert_eq!(r["summary"]["tried"], 2, "slots at 0 s and 1 s, the next at 2 s is past the deadline");
+    assert_eq!(
+        r["summary"]["tried"], 2,
+        "slots at 0 s and 1 s, the next at 2 s is past the deadline"
+    );
     assert_eq!(r["summary"]["planned"], 12);
     assert_eq!(r["summary"]["not_tried"], 10);
     assert_eq!(r["not_tried"].as_array().map(Vec::len), Some(10));
-    assert_eq!(r["settings"], json!({"timeout_ms": 300, "rate": 1, "deadline_ms": 1500}));
+    assert_eq!(
+        r["settings"],
+        json!({"timeout_ms": 300, "rate": 1, "deadline_ms": 1500})
+    );
 }
 
 fn m_path(p: &Path) -> String {

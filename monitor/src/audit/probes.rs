@@ -113,10 +113,9 @@ fn evidence(p: &SourcedProbe, i: usize, r: &ProbeResult, netpol: bool) -> FlowEv
         (
             n.map(|n| n.policies.join(", ")).filter(|s| !s.is_empty()),
             Some(match n {
-                Some(n) if !n.allowed => format!(
-                    "probe: denied by NetworkPolicy; {}",
-                    r.status.as_str()
-                ),
+                Some(n) if !n.allowed => {
+                    format!("probe: denied by NetworkPolicy; {}", r.status.as_str())
+                }
                 _ => format!("probe: allowed by NetworkPolicy; {}", r.status.as_str()),
             }),
         )
@@ -202,7 +201,10 @@ fn apply_one(c: &mut Control, probes: &[SourcedProbe], scope: Scope, cap: usize)
     let (what, bad) = match scope {
         Scope::HostPorts => ("node ports", "expected blocked and reachable"),
         Scope::Metadata => ("metadata endpoints", "expected blocked and reachable"),
-        Scope::Netpol => ("targets NetworkPolicies deny or select", "denied by NetworkPolicy and reachable"),
+        Scope::Netpol => (
+            "targets NetworkPolicies deny or select",
+            "denied by NetworkPolicy and reachable",
+        ),
     };
     let unjudged_flows = c.counts.get("unjudged").copied().unwrap_or(0) > 0;
     let before = c.verdict;
@@ -225,7 +227,10 @@ fn apply_one(c: &mut Control, probes: &[SourcedProbe], scope: Scope, cap: usize)
             ),
         )
     } else if b.judged() == 0 {
-        (before, format!("Probes: none of the probe results concern {what}."))
+        (
+            before,
+            format!("Probes: none of the probe results concern {what}."),
+        )
     } else if before == Verdict::Fail || (before == Verdict::NotVerified && unjudged_flows) {
         (
             before,
@@ -261,10 +266,22 @@ fn apply_one(c: &mut Control, probes: &[SourcedProbe], scope: Scope, cap: usize)
         c.counts.insert(k.to_owned(), v as u64);
     }
     let titles: [(&str, &str, &[(&SourcedProbe, usize, &ProbeResult)]); 4] = [
-        ("probe_violating", "Probe: expected blocked, was reachable", &b.violating),
-        ("probe_blocked", "Probe: expected blocked, was blocked (enforcement held)", &b.blocked),
+        (
+            "probe_violating",
+            "Probe: expected blocked, was reachable",
+            &b.violating,
+        ),
+        (
+            "probe_blocked",
+            "Probe: expected blocked, was blocked (enforcement held)",
+            &b.blocked,
+        ),
         ("probe_allowed", "Probe: expected reachable", &b.allowed),
-        ("probe_undetermined", "Probe: reachable, no expectation", &b.undetermined),
+        (
+            "probe_undetermined",
+            "Probe: reachable, no expectation",
+            &b.undetermined,
+        ),
     ];
     for (name, title, items) in titles {
         if let Some(g) = group(name, title, items, cap, netpol) {
@@ -319,7 +336,10 @@ pub fn parse_probe_report(file: &str, text: &str) -> anyhow::Result<ProbeReport>
         if path.is_empty() || path == "." {
             anyhow::anyhow!("{file}: not a segwatch probe report: {}", e.inner())
         } else {
-            anyhow::anyhow!("{file}: not a segwatch probe report: at `{path}`: {}", e.inner())
+            anyhow::anyhow!(
+                "{file}: not a segwatch probe report: at `{path}`: {}",
+                e.inner()
+            )
         }
     })?;
     de.end()

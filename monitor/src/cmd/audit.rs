@@ -27,7 +27,11 @@ use crate::segpolicy::CompiledPolicy;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Flow log written by `segwatch run` (repeatable; one per node is fine).
-    #[arg(long = "flows", value_name = "FILE", required_unless_present = "probes")]
+    #[arg(
+        long = "flows",
+        value_name = "FILE",
+        required_unless_present = "probes"
+    )]
     pub flows: Vec<PathBuf>,
     /// `segwatch probe` reports (repeatable): active evidence for "Host
     /// ports", "Metadata API" and "NetworkPolicy enforcement".

@@ -20,11 +20,13 @@ use chrono::Utc;
 use crate::index::{ClusterIndex, IndexConfig, Resolved};
 use crate::inventory::{self, Object};
 use crate::probe::expect::Judge;
+use crate::probe::judged_result;
 use crate::probe::model::{ProbeReport, Settings, Source, Status, Summary, SCHEMA};
 use crate::probe::pace::{Pacer, Step};
 use crate::probe::plan::{plan, PlanInput};
-use crate::probe::targets::{metadata_meant_reachable, parse_targets, Target, TargetKind, Transport};
-use crate::probe::judged_result;
+use crate::probe::targets::{
+    metadata_meant_reachable, parse_targets, Target, TargetKind, Transport,
+};
 
 /// Where Kubernetes mounts the pod's service account (namespace, token).
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -207,12 +209,15 @@ async fn probe(
     let service_account = args
         .service_account
         .clone()
-        .or_else(|| pod.as_ref().and_then(|p| p.service_account.as_deref().map(str::to_owned)))
+        .or_else(|| {
+            pod.as_ref()
+                .and_then(|p| p.service_account.as_deref().map(str::to_owned))
+        })
         .or_else(token_service_account);
-    let node = args
-        .node_name
-        .clone()
-        .or_else(|| pod.as_ref().and_then(|p| p.node.as_deref().map(str::to_owned)));
+    let node = args.node_name.clone().or_else(|| {
+        pod.as_ref()
+            .and_then(|p| p.node.as_deref().map(str::to_owned))
+    });
     let mut ips = args.pod_ip.clone();
     if ips.is_empty() {
         ips = pod.as_ref().map(|p| p.ips.clone()).unwrap_or_default();
@@ -337,7 +342,10 @@ async fn cluster_view(args: &Args, errors: &mut Vec<String>) -> (Vec<Object>, &'
                 (inv.objects, "inventory")
             }
             Err(e) => {
-                note(errors, format!("--inventory {e}; probing without a cluster view"));
+                note(
+                    errors,
+                    format!("--inventory {e}; probing without a cluster view"),
+                );
                 (Vec::new(), "none")
             }
         };
@@ -356,7 +364,10 @@ async fn cluster_view(args: &Args, errors: &mut Vec<String>) -> (Vec<Object>, &'
     let client = match kube::Client::try_from(config) {
         Ok(c) => c,
         Err(e) => {
-            note(errors, format!("API server {url}: cannot configure the client: {e}"));
+            note(
+                errors,
+                format!("API server {url}: cannot configure the client: {e}"),
+            );
             return (Vec::new(), "none");
         }
     };
@@ -369,7 +380,11 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Lists what the probe needs. Returns the objects and whether every list
 /// failed. A missing SegmentationPolicy CRD (404) is no error.
-async fn list_api(client: &kube::Client, url: &str, errors: &mut Vec<String>) -> (Vec<Object>, bool) {
+async fn list_api(
+    client: &kube::Client,
+    url: &str,
+    errors: &mut Vec<String>,
+) -> (Vec<Object>, bool) {
     use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     use kube::api::{Api, ListParams};
@@ -398,7 +413,10 @@ async fn list_api(client: &kube::Client, url: &str, errors: &mut Vec<String>) ->
             Err(_) => {
                 note(
                     errors,
-                    format!("API server {url}: cannot list {what}: no answer within {} s", LIST_TIMEOUT.as_secs()),
+                    format!(
+                        "API server {url}: cannot list {what}: no answer within {} s",
+                        LIST_TIMEOUT.as_secs()
+                    ),
                 );
                 None
             }
@@ -406,11 +424,51 @@ async fn list_api(client: &kube::Client, url: &str, errors: &mut Vec<String>) ->
     }
     let c = client.clone();
     let parts = [
-        list(Api::<Namespace>::all(c.clone()), "namespaces", url, errors, Object::Namespace, false).await,
-        list(Api::<Node>::all(c.clone()), "nodes", url, errors, Object::Node, false).await,
-        list(Api::<Pod>::all(c.clone()), "pods", url, errors, Object::Pod, false).await,
-        list(Api::<Service>::all(c.clone()), "services", url, errors, Object::Service, false).await,
-        list(Api::<NetworkPolicy>::all(c.clone()), "networkpolicies", url, errors, Object::NetworkPolicy, false).await,
+        list(
+            Api::<Namespace>::all(c.clone()),
+            "namespaces",
+            url,
+            errors,
+            Object::Namespace,
+            false,
+        )
+        .await,
+        list(
+            Api::<Node>::all(c.clone()),
+            "nodes",
+            url,
+            errors,
+            Object::Node,
+            false,
+        )
+        .await,
+        list(
+            Api::<Pod>::all(c.clone()),
+            "pods",
+            url,
+            errors,
+            Object::Pod,
+            false,
+        )
+        .await,
+        list(
+            Api::<Service>::all(c.clone()),
+            "services",
+            url,
+            errors,
+            Object::Service,
+            false,
+        )
+        .await,
+        list(
+            Api::<NetworkPolicy>::all(c.clone()),
+            "networkpolicies",
+            url,
+            errors,
+            Object::NetworkPolicy,
+            false,
+        )
+        .await,
         list(
             Api::<crate::segpolicy::SegmentationPolicy>::all(c),
             "segmentationpolicies",
@@ -489,9 +547,13 @@ fn classify(e: &std::io::Error) -> Result<(Status, Option<String>), String> {
     match e.raw_os_error() {
         // ICMP host/net unreachable (also "administratively prohibited",
         // RFC 1812 5.2.7.1), no route, or a local firewall's reject.
-        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES | libc::EPERM | libc::EADDRNOTAVAIL) => {
-            Ok((Status::Refused, Some(e.to_string())))
-        }
+        Some(
+            libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::EACCES
+            | libc::EPERM
+            | libc::EADDRNOTAVAIL,
+        ) => Ok((Status::Refused, Some(e.to_string()))),
         _ => Err(e.to_string()),
     }
 }
@@ -499,19 +561,23 @@ fn classify(e: &std::io::Error) -> Result<(Status, Option<String>), String> {
 async fn attempt(t: &Target, timeout: Duration) -> Result<(Status, Option<String>), String> {
     let addr = SocketAddr::new(t.address, t.port);
     match t.transport {
-        Transport::Tcp => match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-            Err(_) => Ok((Status::Timeout, None)),
-            // Closed at once (FIN): nothing is sent to the service.
-            Ok(Ok(_stream)) => Ok((Status::Reachable, None)),
-            Ok(Err(e)) => classify(&e),
-        },
+        Transport::Tcp => {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                Err(_) => Ok((Status::Timeout, None)),
+                // Closed at once (FIN): nothing is sent to the service.
+                Ok(Ok(_stream)) => Ok((Status::Reachable, None)),
+                Ok(Err(e)) => classify(&e),
+            }
+        }
         Transport::Udp => {
             let bind: SocketAddr = if t.address.is_ipv4() {
                 (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
             } else {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             };
-            let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
+            let sock = tokio::net::UdpSocket::bind(bind)
+                .await
+                .map_err(|e| e.to_string())?;
             if let Err(e) = sock.connect(addr).await {
                 return classify(&e);
             }

@@ -573,11 +573,27 @@ fn probe_pods_are_tagged_and_counted_apart_from_violations() {
     idx.apply(crate::inventory::Object::Pod(pod));
     let m = Metrics::new();
     let mut obs = Observer::new(Duration::from_secs(600));
-    let mut r = report("10.1.0.9", 1, "192.168.1.1", Some(10250), "TCP", Some(TcpState::Attempted));
+    let mut r = report(
+        "10.1.0.9",
+        1,
+        "192.168.1.1",
+        Some(10250),
+        "TCP",
+        Some(TcpState::Attempted),
+    );
     idx.judge(&mut r);
-    assert!(r.probe, "a flow of a pod labelled segwatch.dev/probe=true is tagged");
-    assert_eq!(r.verdict, Some(Verdict::Violation), "the verdict stays what it is");
-    assert!(serde_json::to_string(&r).expect("json").contains("\"probe\":true"));
+    assert!(
+        r.probe,
+        "a flow of a pod labelled segwatch.dev/probe=true is tagged"
+    );
+    assert_eq!(
+        r.verdict,
+        Some(Verdict::Violation),
+        "the verdict stays what it is"
+    );
+    assert!(serde_json::to_string(&r)
+        .expect("json")
+        .contains("\"probe\":true"));
     assert!(obs.announce(&m, &r));
     obs.observe(&m, &r, false);
     assert_eq!(
@@ -588,7 +604,14 @@ fn probe_pods_are_tagged_and_counted_apart_from_violations() {
         metric_line(&m, "segwatch_violations_total{").is_empty(),
         "probe traffic must not page as a violation"
     );
-    let mut web = report("10.1.0.5", 2, "192.168.1.1", Some(10250), "TCP", Some(TcpState::Attempted));
+    let mut web = report(
+        "10.1.0.5",
+        2,
+        "192.168.1.1",
+        Some(10250),
+        "TCP",
+        Some(TcpState::Attempted),
+    );
     idx.judge(&mut web);
     assert!(!web.probe);
     assert!(

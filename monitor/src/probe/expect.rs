@@ -44,8 +44,18 @@ pub struct Judge<'a> {
 impl<'a> Judge<'a> {
     /// `pod`: the probe's own pod as the index knows it (`None` when the
     /// cluster view lacks it); `ips`: its addresses.
-    pub fn new(index: &'a ClusterIndex, pod: Option<&'a PodEntry>, who: String, ips: Vec<IpAddr>) -> Self {
-        Judge { index, pod, who, ips }
+    pub fn new(
+        index: &'a ClusterIndex,
+        pod: Option<&'a PodEntry>,
+        who: String,
+        ips: Vec<IpAddr>,
+    ) -> Self {
+        Judge {
+            index,
+            pod,
+            who,
+            ips,
+        }
     }
 
     fn src_ip(&self, dst: IpAddr) -> Option<IpAddr> {
@@ -126,7 +136,10 @@ impl<'a> Judge<'a> {
                     verdict: "not_judged".into(),
                     rule: None,
                     reason: Some(match dst {
-                        End::External => "an outside address, and the SegmentationPolicy has no external section".to_owned(),
+                        End::External => {
+                            "an outside address, and the SegmentationPolicy has no external section"
+                                .to_owned()
+                        }
                         _ => format!("{} is an address no cluster object accounts for", t.address),
                     }),
                 },
@@ -179,7 +192,11 @@ impl<'a> Judge<'a> {
                 .map(|s| s.to_string())
                 .collect()
         } else {
-            let dir = if d.egress.allowed { &d.ingress } else { &d.egress };
+            let dir = if d.egress.allowed {
+                &d.ingress
+            } else {
+                &d.egress
+            };
             dir.isolated_by.iter().map(|s| s.to_string()).collect()
         };
         Some(NetpolJudgement {

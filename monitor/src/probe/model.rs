@@ -274,6 +274,11 @@ mod tests {
             "host access is not in hostAccess",
         )
         .expect("a violation has a finding");
-        assert!(f.starts_with("expected blocked, was reachable: team-a/probe connected to 10.0.0.1:10250/tcp"), "{f}");
+        assert!(
+            f.starts_with(
+                "expected blocked, was reachable: team-a/probe connected to 10.0.0.1:10250/tcp"
+            ),
+            "{f}"
+        );
     }
 }

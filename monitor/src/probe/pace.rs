@@ -108,8 +108,7 @@ mod tests {
     fn never_more_than_rate_attempts_in_any_second() {
         for rate in [1u32, 3, 10, 50] {
             let starts = |stalls: bool| -> Vec<Duration> {
-                let mut p =
-                    Pacer::new(rate, Duration::from_millis(500), Duration::from_secs(3600));
+                let mut p = Pacer::new(rate, Duration::from_millis(500), Duration::from_secs(3600));
                 // Stalls of 2.5 s before every 7th attempt: late starts,
                 // never a burst to catch up.
                 drive(&mut p, 500, |i| {
@@ -154,7 +153,10 @@ mod tests {
             );
         }
         // The last ones get a shortened timeout.
-        assert_eq!(steps[19], (Duration::from_millis(1900), Duration::from_millis(100)));
+        assert_eq!(
+            steps[19],
+            (Duration::from_millis(1900), Duration::from_millis(100))
+        );
         assert_eq!(steps[0].1, Duration::from_millis(800));
         // Asked after the deadline: stop, whatever is left.
         assert_eq!(p.next(Duration::from_secs(5)), Step::Stop);

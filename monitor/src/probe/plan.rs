@@ -44,7 +44,11 @@ fn transport(p: Option<&str>) -> Option<Transport> {
     }
 }
 
-fn node_targets(name: &str, addrs: &[IpAddr], node_ports: &[(u16, Transport, String)]) -> Vec<Target> {
+fn node_targets(
+    name: &str,
+    addrs: &[IpAddr],
+    node_ports: &[(u16, Transport, String)],
+) -> Vec<Target> {
     let mut out = Vec::new();
     for &a in addrs {
         for &(port, what) in NODE_ADMIN_PORTS {
@@ -91,7 +95,9 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Target> {
                 let name = s.metadata.name.as_deref().unwrap_or("");
                 let Some(spec) = &s.spec else { continue };
                 for p in spec.ports.iter().flatten() {
-                    let Some(t) = transport(p.protocol.as_deref()) else { continue };
+                    let Some(t) = transport(p.protocol.as_deref()) else {
+                        continue;
+                    };
                     if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
                         node_ports.push((np, t, format!("{ns}/{name}")));
                     }
@@ -108,7 +114,12 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Target> {
                         .ports
                         .iter()
                         .flatten()
-                        .filter_map(|p| Some((u16::try_from(p.port).ok()?, transport(p.protocol.as_deref())?)))
+                        .filter_map(|p| {
+                            Some((
+                                u16::try_from(p.port).ok()?,
+                                transport(p.protocol.as_deref())?,
+                            ))
+                        })
                         .collect();
                     services.push((format!("{ns}/{name}"), ip, ports));
                 }
@@ -165,7 +176,11 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Target> {
     let mut own_addrs: Vec<IpAddr> = input.host_ips.to_vec();
     own_addrs.extend(nodes.get(own).into_iter().flatten().copied());
     out.extend(node_targets(own_label, &own_addrs, &node_ports));
-    for (name, addrs) in nodes.iter().filter(|(n, _)| n.as_str() != own).take(input.sample) {
+    for (name, addrs) in nodes
+        .iter()
+        .filter(|(n, _)| n.as_str() != own)
+        .take(input.sample)
+    {
         out.extend(node_targets(name, addrs, &node_ports));
     }
     // 2. Metadata endpoints.

@@ -220,7 +220,10 @@ pub fn parse_targets(file: &Path, text: &str) -> (Vec<Target>, Vec<TargetLineErr
 /// Keeps the first target of each (address, port, transport).
 pub fn dedup(targets: Vec<Target>) -> Vec<Target> {
     let mut seen = std::collections::HashSet::new();
-    targets.into_iter().filter(|t| seen.insert(t.key())).collect()
+    targets
+        .into_iter()
+        .filter(|t| seen.insert(t.key()))
+        .collect()
 }
 
 impl fmt::Display for Target {

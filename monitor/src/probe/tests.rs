@@ -110,31 +110,87 @@ fn expectations_follow_the_segmentation_policy_and_the_network_policies() {
     use Expected::{Blocked as B, Reachable as R, Unknown as U};
     let cases: &[(&Judge<'_>, Target, Expected, &str)] = &[
         // hostAccess allows team-a 22/TCP only; the kubelet is forbidden.
-        (&ja, t("192.168.1.1", 22, TargetKind::Node), R, "hostAccess 22"),
+        (
+            &ja,
+            t("192.168.1.1", 22, TargetKind::Node),
+            R,
+            "hostAccess 22",
+        ),
         (&ja, t("192.168.1.1", 10250, TargetKind::Node), B, "kubelet"),
-        (&jb, t("192.168.1.1", 22, TargetKind::Node), B, "team-b has no host access"),
-        (&ja, t("192.168.1.2", 2379, TargetKind::Node), B, "another node's etcd"),
+        (
+            &jb,
+            t("192.168.1.1", 22, TargetKind::Node),
+            B,
+            "team-b has no host access",
+        ),
+        (
+            &ja,
+            t("192.168.1.2", 2379, TargetKind::Node),
+            B,
+            "another node's etcd",
+        ),
         // Metadata: forbidden by the whitelist (no metadataApi section);
         // EKS Pod Identity is meant for every pod.
-        (&ja, t("169.254.169.254", 80, TargetKind::Metadata), B, "IMDS"),
-        (&ja, t("168.63.129.16", 80, TargetKind::Metadata), B, "WireServer judged as metadata"),
-        (&ja, t("169.254.170.23", 80, TargetKind::Metadata), R, "EKS Pod Identity"),
+        (
+            &ja,
+            t("169.254.169.254", 80, TargetKind::Metadata),
+            B,
+            "IMDS",
+        ),
+        (
+            &ja,
+            t("168.63.129.16", 80, TargetKind::Metadata),
+            B,
+            "WireServer judged as metadata",
+        ),
+        (
+            &ja,
+            t("169.254.170.23", 80, TargetKind::Metadata),
+            R,
+            "EKS Pod Identity",
+        ),
         // team-b's egress policy excepts IMDS, so Pod Identity is allowed.
-        (&jb, t("169.254.170.23", 80, TargetKind::Metadata), R, "Pod Identity for team-b"),
+        (
+            &jb,
+            t("169.254.170.23", 80, TargetKind::Metadata),
+            R,
+            "Pod Identity for team-b",
+        ),
         // Cross-namespace: a-to-api allows 8080 to app=api only.
         (&ja, t("10.1.0.7", 8080, TargetKind::Pod), R, "whitelisted"),
         (&ja, t("10.1.0.7", 9999, TargetKind::Pod), B, "other port"),
-        (&ja, t("10.1.0.8", 5432, TargetKind::Pod), B, "db: whitelist and netpol"),
+        (
+            &ja,
+            t("10.1.0.8", 5432, TargetKind::Pod),
+            B,
+            "db: whitelist and netpol",
+        ),
         // Inside team-b (not micro-segmented): the NetworkPolicy decides.
-        (&jb, t("10.1.0.8", 5432, TargetKind::Pod), B, "db-only-from-api"),
-        (&jb, t("10.1.0.7", 8080, TargetKind::Pod), R, "same namespace, open"),
+        (
+            &jb,
+            t("10.1.0.8", 5432, TargetKind::Pod),
+            B,
+            "db-only-from-api",
+        ),
+        (
+            &jb,
+            t("10.1.0.7", 8080, TargetKind::Pod),
+            R,
+            "same namespace, open",
+        ),
         // An address nothing accounts for inside the pod network.
-        (&ja, t("10.1.0.99", 80, TargetKind::Listed), U, "unknown address"),
+        (
+            &ja,
+            t("10.1.0.99", 80, TargetKind::Listed),
+            U,
+            "unknown address",
+        ),
     ];
     for (j, target, want, what) in cases {
         let e = j.expect(target);
         assert_eq!(
-            e.expected, *want,
+            e.expected,
+            *want,
             "{what}: {} should be expected {want:?} ({})",
             target.spec(),
             e.why
@@ -147,23 +203,43 @@ fn expectations_follow_the_segmentation_policy_and_the_network_policies() {
     assert!(!np.allowed && np.isolated);
     let e = ja.expect(&t("192.168.1.1", 10250, TargetKind::Node));
     assert!(
-        e.why.contains("host access is not in hostAccess of SegmentationPolicy lab"),
+        e.why
+            .contains("host access is not in hostAccess of SegmentationPolicy lab"),
         "{}",
         e.why
     );
     let e = jb.expect(&t("169.254.169.254", 80, TargetKind::Metadata));
     assert_eq!(e.expected, B);
-    assert_eq!(e.netpol.map(|n| n.allowed), Some(false), "the egress policy excepts IMDS");
+    assert_eq!(
+        e.netpol.map(|n| n.allowed),
+        Some(false),
+        "the egress policy excepts IMDS"
+    );
 }
 
 #[test]
 fn an_unknown_own_pod_judges_nothing() {
     let idx = index();
-    let j = Judge::new(&idx, None, "team-x/ghost".into(), vec!["10.1.0.50".parse().expect("ip")]);
+    let j = Judge::new(
+        &idx,
+        None,
+        "team-x/ghost".into(),
+        vec!["10.1.0.50".parse().expect("ip")],
+    );
     let e = j.expect(&t("192.168.1.1", 10250, TargetKind::Node));
     assert_eq!(e.expected, Expected::Unknown);
-    assert!(e.why.contains("team-x/ghost is not in the cluster view"), "{}", e.why);
-    let r = judged_result(&j, "team-x/ghost", &t("192.168.1.1", 10250, TargetKind::Node), Status::Reachable, None);
+    assert!(
+        e.why.contains("team-x/ghost is not in the cluster view"),
+        "{}",
+        e.why
+    );
+    let r = judged_result(
+        &j,
+        "team-x/ghost",
+        &t("192.168.1.1", 10250, TargetKind::Node),
+        Status::Reachable,
+        None,
+    );
     assert_eq!(r.outcome, Outcome::Unjudged, "never allowed by default");
 }
 
@@ -221,9 +297,26 @@ fn the_plan_covers_own_node_nodeports_metadata_listed_and_other_namespaces() {
         "hostIP and the Node's InternalIP are one address, tried once"
     );
     assert_eq!(targets[6].name, "node/n1 NodePort of team-b/web");
-    assert_eq!(specs.iter().filter(|s| s.starts_with("192.168.1.2:")).count(), 7, "n2 sampled");
-    assert_eq!(specs.iter().filter(|s| s.ends_with(":80/tcp") && !s.starts_with("10.")).count(), 6, "metadata endpoints");
-    assert!(specs.contains(&"10.9.9.9:443/tcp".to_owned()), "listed target kept");
+    assert_eq!(
+        specs
+            .iter()
+            .filter(|s| s.starts_with("192.168.1.2:"))
+            .count(),
+        7,
+        "n2 sampled"
+    );
+    assert_eq!(
+        specs
+            .iter()
+            .filter(|s| s.ends_with(":80/tcp") && !s.starts_with("10."))
+            .count(),
+        6,
+        "metadata endpoints"
+    );
+    assert!(
+        specs.contains(&"10.9.9.9:443/tcp".to_owned()),
+        "listed target kept"
+    );
     // Other namespaces only: team-b's pods on declared ports (SCTP skipped),
     // the probe-b pod has none; the Service on its port.
     let pods: Vec<&str> = targets
@@ -233,7 +326,10 @@ fn the_plan_covers_own_node_nodeports_metadata_listed_and_other_namespaces() {
         .collect();
     assert_eq!(pods, ["team-b/api-0", "team-b/api-0", "team-b/db-0"]);
     assert!(specs.contains(&"10.1.0.7:9000/udp".to_owned()));
-    assert!(!specs.iter().any(|s| s.contains(":7000/")), "SCTP is not probed");
+    assert!(
+        !specs.iter().any(|s| s.contains(":7000/")),
+        "SCTP is not probed"
+    );
     assert!(specs.contains(&"10.96.0.7:80/tcp".to_owned()));
     assert_eq!(targets.len(), 14 + 6 + 1 + 3 + 1);
 }
