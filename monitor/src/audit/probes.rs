@@ -35,12 +35,15 @@ enum Scope {
     Netpol,
 }
 
+/// A result with the report it is in and its index there.
+type Item<'a> = (&'a SourcedProbe, usize, &'a ProbeResult);
+
 #[derive(Default)]
 struct Buckets<'a> {
-    violating: Vec<(&'a SourcedProbe, usize, &'a ProbeResult)>,
-    blocked: Vec<(&'a SourcedProbe, usize, &'a ProbeResult)>,
-    allowed: Vec<(&'a SourcedProbe, usize, &'a ProbeResult)>,
-    undetermined: Vec<(&'a SourcedProbe, usize, &'a ProbeResult)>,
+    violating: Vec<Item<'a>>,
+    blocked: Vec<Item<'a>>,
+    allowed: Vec<Item<'a>>,
+    undetermined: Vec<Item<'a>>,
 }
 
 impl Buckets<'_> {
@@ -171,7 +174,7 @@ fn evidence(p: &SourcedProbe, i: usize, r: &ProbeResult, netpol: bool) -> FlowEv
 fn group(
     name: &str,
     title: &str,
-    items: &[(&SourcedProbe, usize, &ProbeResult)],
+    items: &[Item<'_>],
     cap: usize,
     netpol: bool,
 ) -> Option<EvidenceGroup> {
@@ -265,7 +268,7 @@ fn apply_one(c: &mut Control, probes: &[SourcedProbe], scope: Scope, cap: usize)
     ] {
         c.counts.insert(k.to_owned(), v as u64);
     }
-    let titles: [(&str, &str, &[(&SourcedProbe, usize, &ProbeResult)]); 4] = [
+    let titles: [(&str, &str, &[Item<'_>]); 4] = [
         (
             "probe_violating",
             "Probe: expected blocked, was reachable",

@@ -485,6 +485,10 @@ async fn list_api(
 
 type Tried = Vec<(Target, Status, Option<String>)>;
 
+/// What one attempt says: a status (with the socket error behind it), or
+/// a local failure that says nothing about the target.
+type AttemptResult = Result<(Status, Option<String>), String>;
+
 /// Tries every target, paced; returns the results in target order, the
 /// targets the deadline left, and attempts that failed locally (not a
 /// network answer: e.g. out of file descriptors).
@@ -513,7 +517,7 @@ async fn attempt_all(targets: &[Target], s: Settings) -> (Tried, Vec<Target>, Ve
             }
         }
     }
-    let mut done: Vec<(usize, Target, Result<(Status, Option<String>), String>)> = Vec::new();
+    let mut done: Vec<(usize, Target, AttemptResult)> = Vec::new();
     while let Some(j) = set.join_next().await {
         match j {
             Ok(r) => done.push(r),
@@ -537,7 +541,7 @@ async fn attempt_all(targets: &[Target], s: Settings) -> (Tried, Vec<Target>, Ve
 
 /// What a socket error says about the target: refused (RST, ICMP errors,
 /// no route) or a local failure (`Err`) that says nothing about it.
-fn classify(e: &std::io::Error) -> Result<(Status, Option<String>), String> {
+fn classify(e: &std::io::Error) -> AttemptResult {
     if e.kind() == std::io::ErrorKind::ConnectionRefused {
         return Ok((Status::Refused, None));
     }
@@ -558,7 +562,7 @@ fn classify(e: &std::io::Error) -> Result<(Status, Option<String>), String> {
     }
 }
 
-async fn attempt(t: &Target, timeout: Duration) -> Result<(Status, Option<String>), String> {
+async fn attempt(t: &Target, timeout: Duration) -> AttemptResult {
     let addr = SocketAddr::new(t.address, t.port);
     match t.transport {
         Transport::Tcp => {
