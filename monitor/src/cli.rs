@@ -32,6 +32,9 @@ pub enum Command {
     Suggest(cmd::suggest::Args),
     /// Kubernetes NetworkPolicy semantics on an inventory: `eval` queries, `matrix` listing.
     Netpol(cmd::netpol::Args),
+    /// Active evidence from inside a pod: try node admin ports, NodePorts,
+    /// cloud metadata endpoints and other namespaces; judge against the policies.
+    Probe(cmd::probe::Args),
 }
 
 /// The log filter without `--log-level` or RUST_LOG. kube's client and
@@ -108,5 +111,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(args) => cmd::audit::run(args),
         Command::Suggest(args) => cmd::suggest::run(args),
         Command::Netpol(args) => cmd::netpol::run(args),
+        Command::Probe(args) => cmd::probe::run(args),
     }
 }

@@ -97,6 +97,14 @@ fn end<'a>(r: &Resolved<'a>) -> End<'a> {
     }
 }
 
+/// Opened by a `segwatch probe` pod: the label deploy/probe sets. Who may
+/// set it should be restricted (README "Active evidence"): its flows are
+/// kept out of the violation metrics.
+fn is_probe(src: &Resolved<'_>) -> bool {
+    matches!(src, Resolved::Pod(p)
+        if p.labels.get(crate::probe::PROBE_LABEL).map(String::as_str) == Some("true"))
+}
+
 /// ICMPv6 link control: MLD (130-132, 143), router and neighbour discovery
 /// and redirects (133-137), per the IANA ICMPv6 type registry.
 fn is_link_control(report: &FlowReport) -> bool {
@@ -134,8 +142,10 @@ impl ClusterIndex {
             // connection between workloads and every CNI lets them through.
             // Judging them would flag every IPv6 pod as reaching its node.
             report.verdict = Some(Verdict::Allowed);
+            report.probe = false;
             return;
         }
+        report.probe = is_probe(&src);
         let decision = self.policy().evaluate(&FlowView {
             src: end(&src),
             dst: end(&dst),
@@ -241,6 +251,7 @@ enum Family {
     Bytes,
     Violations,
     WorkloadFlows,
+    Probe,
 }
 
 type ConnId = (IpAddr, Option<u16>, IpAddr, Option<u16>, String);
@@ -292,6 +303,7 @@ impl Observer {
             Family::Bytes => &m.flow_bytes,
             Family::Violations => &m.violations,
             Family::WorkloadFlows => &m.workload_flows,
+            Family::Probe => &m.probe_flows,
         };
         vec.with_label_values(&refs).inc_by(by);
         self.series.entry((fam, labels)).or_insert(names);
@@ -333,10 +345,10 @@ impl Observer {
         }
         if first {
             self.count_connection(m, r);
-        } else if r
-            .violations
-            .iter()
-            .any(|v| v.kind == ViolationKind::NetpolBypass)
+        } else if !r.probe
+            && r.violations
+                .iter()
+                .any(|v| v.kind == ViolationKind::NetpolBypass)
             && !self.bypass_counted.contains(&Self::conn_id(r))
         {
             self.count_violations(m, r, true);
@@ -354,6 +366,12 @@ impl Observer {
     }
 
     fn count_connection(&mut self, m: &Metrics, r: &FlowReport) {
+        if r.probe {
+            // Deliberate test traffic: its own counter, never a violation
+            // or a workload edge (it would page, and suggest would allow it).
+            self.count_probe(m, r);
+            return;
+        }
         self.count_violations(m, r, false);
         if r.src.kind.is_none() || r.dst.kind.is_none() {
             m.flows_unattributed.inc();
@@ -372,6 +390,30 @@ impl Observer {
             vec![src_ns, src_wl, dst_ns, dst_wl, port, r.protocol.clone()],
             1,
             names,
+        );
+    }
+
+    fn count_probe(&mut self, m: &Metrics, r: &FlowReport) {
+        let src_ns = namespace_label(&r.src).to_owned();
+        let dst_kind = match r.dst.kind {
+            Some(EndpointKind::Pod) => "pod",
+            Some(EndpointKind::Service) => "service",
+            Some(EndpointKind::Node) => "node",
+            Some(EndpointKind::Metadata) => "metadata",
+            Some(EndpointKind::External) => "external",
+            None => "unknown",
+        };
+        let verdict = match r.verdict {
+            Some(Verdict::Allowed) => "allowed",
+            Some(Verdict::Violation) => "violation",
+            None => "unjudged",
+        };
+        self.inc(
+            m,
+            Family::Probe,
+            vec![src_ns.clone(), dst_kind.to_owned(), verdict.to_owned()],
+            1,
+            vec![(src_ns, None)],
         );
     }
 
@@ -471,6 +513,7 @@ impl Observer {
                 Family::Bytes => &m.flow_bytes,
                 Family::Violations => &m.violations,
                 Family::WorkloadFlows => &m.workload_flows,
+                Family::Probe => &m.probe_flows,
             };
             let _ = vec.remove_label_values(&refs);
             false

@@ -23,6 +23,7 @@ pub mod inventory;
 pub mod judge;
 pub mod metrics;
 pub mod netpol;
+pub mod probe;
 pub mod report;
 pub mod segpolicy;
 pub mod sources;

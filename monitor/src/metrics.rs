@@ -16,6 +16,10 @@ pub struct Metrics {
     pub violations: IntCounterVec,
     /// `segwatch_workload_flows_total{src_namespace,src_workload,dst_namespace,dst_workload,dst_port,protocol}`
     pub workload_flows: IntCounterVec,
+    /// `segwatch_probe_flows_total{src_namespace,dst_kind,verdict}`:
+    /// connections of `segwatch probe` pods (label `segwatch.dev/probe`),
+    /// counted here instead of in the violation and workload metrics.
+    pub probe_flows: IntCounterVec,
     /// `segwatch_events_lost_total{stage}`: every loss, kernel and userspace.
     pub events_lost: IntCounterVec,
     /// `segwatch_interfaces_attached`
@@ -96,6 +100,11 @@ impl Metrics {
                 "dst_port",
                 "protocol",
             ],
+        );
+        let probe_flows = counter_vec(
+            "segwatch_probe_flows_total",
+            "Connections opened by segwatch probe pods (label segwatch.dev/probe=true), counted once per connection; not counted as violations.",
+            &["src_namespace", "dst_kind", "verdict"],
         );
         let workload_flows = counter_vec(
             "segwatch_workload_flows_total",
@@ -202,6 +211,7 @@ impl Metrics {
             flow_bytes,
             violations,
             workload_flows,
+            probe_flows,
             events_lost,
             interfaces_attached,
             flows_unattributed,

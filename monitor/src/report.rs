@@ -53,6 +53,12 @@ pub struct FlowReport {
     /// shutdown); `false` for an active-timeout report of a flow that goes on.
     #[serde(default = "default_true")]
     pub ended: bool,
+    /// Extension: opened by a `segwatch probe` pod (label
+    /// `segwatch.dev/probe: "true"`): deliberate test traffic, counted in
+    /// `segwatch_probe_flows_total` instead of the violation metrics.
+    /// Omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 fn default_true() -> bool {
@@ -107,6 +113,7 @@ impl Default for FlowReport {
             opener: None,
             observer: None,
             ended: true,
+            probe: false,
         }
     }
 }

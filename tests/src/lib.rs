@@ -132,6 +132,8 @@ pub struct Pod {
 
 /// A node namespace with pods routed through it.
 pub struct Topo {
+    /// Start of every name this topology made (`sw` unless chosen).
+    pub prefix: String,
     pub tag: String,
     pub pods: Vec<Pod>,
     pub node: Netns,
@@ -142,17 +144,25 @@ impl Topo {
     /// the node side .1 / ::1. `offload` false turns TSO/GSO/GRO off on
     /// both veth ends, so every skb is one wire packet (what tshark counts).
     pub fn new(n: usize, offload: bool) -> Self {
+        Self::with_prefix("sw", n, offload)
+    }
+
+    /// [`Topo::new`] with names starting with `prefix` instead of `sw`
+    /// (namespaces `<prefix>-node-<tag>`, `<prefix>-pod-<tag>-<i>`,
+    /// interfaces `<prefix><tag>p<i>`), for tests that must not share a
+    /// name space with others running at the same time.
+    pub fn with_prefix(prefix: &str, n: usize, offload: bool) -> Self {
         require_root();
         let tag = unique_tag();
-        let node = Netns::new(format!("sw-node-{tag}"));
+        let node = Netns::new(format!("{prefix}-node-{tag}"));
         for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
             sh_in(&node.name, &["sysctl", "-q", "-w", key]);
         }
         let mut pods = Vec::new();
         for i in 0..n {
-            let ns = Netns::new(format!("sw-pod-{tag}-{i}"));
-            let host_if = format!("sw{tag}p{i}");
-            let tmp = format!("sw{tag}t{i}");
+            let ns = Netns::new(format!("{prefix}-pod-{tag}-{i}"));
+            let host_if = format!("{prefix}{tag}p{i}");
+            let tmp = format!("{prefix}{tag}t{i}");
             sh_in(
                 &node.name,
                 &[
@@ -223,14 +233,19 @@ impl Topo {
                 gw6: gw6.parse().expect("valid"),
             });
         }
-        Topo { tag, pods, node }
+        Topo {
+            prefix: prefix.to_owned(),
+            tag,
+            pods,
+            node,
+        }
     }
 
     /// Adds an address to the node (on a node-side veth whose peer end is
     /// a dead-end namespace), e.g. a node IP or the metadata address, so
     /// that `ip route get` in the node says `local`.
     pub fn add_node_address(&self, cidr: &str) {
-        let dev = format!("sw{}l", self.tag);
+        let dev = format!("{}{}l", self.prefix, self.tag);
         let exists = Command::new("ip")
             .args(["netns", "exec", &self.node.name, "ip", "link", "show", &dev])
             .output()

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tests::*;
 
 /// Fields a flow report may have (CONTRACT.md "Flow report" plus the
-/// documented extensions `opener`, `observer`, `ended`). A new field must
+/// documented extensions `opener`, `observer`, `ended`, `probe`). A new field must
 /// be checked for payload before it is added here.
 const REPORT_FIELDS: &[&str] = &[
     "time",
@@ -39,6 +39,7 @@ const REPORT_FIELDS: &[&str] = &[
     "opener",
     "observer",
     "ended",
+    "probe",
 ];
 const ENDPOINT_FIELDS: &[&str] = &[
     "ip",

@@ -16,6 +16,7 @@
 pub mod controls;
 pub mod judge;
 pub mod model;
+pub mod probes;
 pub mod rejudge;
 pub mod render;
 

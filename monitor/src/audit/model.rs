@@ -43,6 +43,9 @@ pub struct Inputs {
     pub flows: Vec<InputFile>,
     pub inventory: Vec<InputFile>,
     pub policy: Vec<InputFile>,
+    /// `segwatch probe` reports (`--probes`); records: results read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<InputFile>,
 }
 
 /// One input file, so the report can be reproduced and checked.

@@ -23,11 +23,20 @@ use crate::segpolicy::CompiledPolicy;
 /// Examples:
 ///   segwatch audit --flows flows.jsonl --inventory cluster.json --format html -o audit.html
 ///   segwatch audit --flows n1.jsonl --flows n2.jsonl --inventory inv/ --policy seg.yaml --format json
+///   segwatch audit --flows flows.jsonl --probes probe-team-a.json --inventory inv/ --format md
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Flow log written by `segwatch run` (repeatable; one per node is fine).
-    #[arg(long = "flows", value_name = "FILE", required = true)]
+    #[arg(
+        long = "flows",
+        value_name = "FILE",
+        required_unless_present = "probes"
+    )]
     pub flows: Vec<PathBuf>,
+    /// `segwatch probe` reports (repeatable): active evidence for "Host
+    /// ports", "Metadata API" and "NetworkPolicy enforcement".
+    #[arg(long = "probes", value_name = "FILE")]
+    pub probes: Vec<PathBuf>,
     /// Cluster objects: files or directories (repeatable).
     #[arg(long = "inventory", value_name = "PATH", required = true)]
     pub inventory: Vec<PathBuf>,
@@ -161,10 +170,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let objects: Vec<Object> = inv.objects;
     let declared = audit::load_declared_policies(&args.policy, &objects)?;
 
+    let mut probes = Vec::new();
+    let mut probe_files = Vec::new();
+    for path in &args.probes {
+        let (sha256, bytes, raw) = sha256_file(path)?;
+        let file = path.display().to_string();
+        let report = audit::probes::parse_probe_report(&file, &String::from_utf8_lossy(&raw))?;
+        probe_files.push(InputFile {
+            path: file.clone(),
+            sha256,
+            bytes,
+            records: report.results.len() as u64,
+        });
+        probes.push(audit::probes::SourcedProbe { report, file });
+    }
     let inputs = Inputs {
         flows: flow_files,
         inventory: hash_paths(&args.inventory)?,
         policy: hash_paths(&args.policy)?,
+        probes: probe_files,
     };
 
     // Segmentation verdicts: re-judged against the declared policy when
@@ -193,7 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     warnings.sort();
     warnings.dedup();
-    let report = audit::build(AuditInput {
+    let mut report = audit::build(AuditInput {
         flows,
         objects: &objects,
         policies: &declared.raw,
@@ -206,6 +230,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         evidence_cap: args.max_evidence,
         warnings,
     });
+    if !probes.is_empty() {
+        audit::probes::apply(&mut report, &probes, args.max_evidence);
+    }
     let text = render::render(&report, format);
     match &args.output {
         Some(path) => std::fs::write(path, text)

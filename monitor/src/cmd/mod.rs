@@ -4,5 +4,6 @@
 pub mod audit;
 pub mod crd;
 pub mod netpol;
+pub mod probe;
 pub mod run;
 pub mod suggest;

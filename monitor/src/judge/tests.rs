@@ -559,3 +559,65 @@ fn series_of_gone_workloads_are_dropped_after_the_ttl() {
         "the namespace shop still exists"
     );
 }
+
+#[test]
+fn probe_pods_are_tagged_and_counted_apart_from_violations() {
+    let mut idx = cluster(true);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "segwatch-probe-x", "namespace": "shop",
+                     "labels": {"segwatch.dev/probe": "true"}},
+        "spec": {"nodeName": "n1", "containers": []},
+        "status": {"phase": "Running", "podIPs": [{"ip": "10.1.0.9"}]}
+    }))
+    .expect("pod builds");
+    idx.apply(crate::inventory::Object::Pod(pod));
+    let m = Metrics::new();
+    let mut obs = Observer::new(Duration::from_secs(600));
+    let mut r = report(
+        "10.1.0.9",
+        1,
+        "192.168.1.1",
+        Some(10250),
+        "TCP",
+        Some(TcpState::Attempted),
+    );
+    idx.judge(&mut r);
+    assert!(
+        r.probe,
+        "a flow of a pod labelled segwatch.dev/probe=true is tagged"
+    );
+    assert_eq!(
+        r.verdict,
+        Some(Verdict::Violation),
+        "the verdict stays what it is"
+    );
+    assert!(serde_json::to_string(&r)
+        .expect("json")
+        .contains("\"probe\":true"));
+    assert!(obs.announce(&m, &r));
+    obs.observe(&m, &r, false);
+    assert_eq!(
+        metric_line(&m, "segwatch_probe_flows_total{"),
+        ["segwatch_probe_flows_total{dst_kind=\"node\",src_namespace=\"shop\",verdict=\"violation\"} 1"]
+    );
+    assert!(
+        metric_line(&m, "segwatch_violations_total{").is_empty(),
+        "probe traffic must not page as a violation"
+    );
+    let mut web = report(
+        "10.1.0.5",
+        2,
+        "192.168.1.1",
+        Some(10250),
+        "TCP",
+        Some(TcpState::Attempted),
+    );
+    idx.judge(&mut web);
+    assert!(!web.probe);
+    assert!(
+        !serde_json::to_string(&web).expect("json").contains("probe"),
+        "the field is omitted for ordinary flows"
+    );
+    obs.observe(&m, &web, true);
+    assert_eq!(metric_line(&m, "segwatch_violations_total{").len(), 1);
+}

@@ -284,9 +284,16 @@ impl Observed {
         let mut open: HashMap<Tuple, (DateTime<Utc>, bool)> = HashMap::new();
         let mut ignored = 0u64;
         let mut link_local = 0u64;
+        let mut probes = 0u64;
         for r in order {
             if is_link_signalling(r, cat) {
                 link_local += 1;
+                continue;
+            }
+            // `segwatch probe` tries what should be blocked on purpose; a
+            // policy allowing it would defeat the probe.
+            if r.probe {
+                probes += 1;
                 continue;
             }
             let tuple = (
@@ -361,6 +368,12 @@ impl Observed {
             obs.notes.insert(Note::Ignored {
                 what: LINK_SIGNALLING.to_string(),
                 count: link_local,
+            });
+        }
+        if probes > 0 {
+            obs.notes.insert(Note::Ignored {
+                what: "flow report(s) of segwatch probe pods (probe: true)".to_string(),
+                count: probes,
             });
         }
         obs.resolve(cat);

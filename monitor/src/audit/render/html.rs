@@ -665,6 +665,7 @@ pub fn render(r: &AuditReport) -> String {
     inputs_rows(&mut s, "flows", &r.inputs.flows);
     inputs_rows(&mut s, "inventory", &r.inputs.inventory);
     inputs_rows(&mut s, "policy", &r.inputs.policy);
+    inputs_rows(&mut s, "probes", &r.inputs.probes);
     s.push_str("</tbody></table>");
     if !r.warnings.is_empty() {
         s.push_str("<h2>Warnings</h2><ul>");

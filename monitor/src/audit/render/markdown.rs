@@ -250,6 +250,7 @@ pub fn render(r: &AuditReport) -> String {
     inputs(&mut o, "flows", &r.inputs.flows);
     inputs(&mut o, "inventory", &r.inputs.inventory);
     inputs(&mut o, "policy", &r.inputs.policy);
+    inputs(&mut o, "probes", &r.inputs.probes);
     if !r.warnings.is_empty() {
         let _ = writeln!(o, "\n## Warnings\n");
         for w in &r.warnings {
