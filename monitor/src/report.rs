@@ -53,6 +53,18 @@ pub struct FlowReport {
     /// shutdown); `false` for an active-timeout report of a flow that goes on.
     #[serde(default = "default_true")]
     pub ended: bool,
+    /// Extension: the connection's identity, the same in every report of
+    /// it and unique across the cluster's flow logs (the reporting node is
+    /// part of it). Readers count connections by it, not reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// Extension: 1 for the connection's first report, 2 for the next
+    /// (active timeout), ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
+    /// The kernel's connection key (daemon only; never written).
+    #[serde(skip)]
+    pub conn: Option<crate::flows::ConnKey>,
 }
 
 fn default_true() -> bool {
@@ -80,9 +92,75 @@ pub struct Endpoint {
     pub labels: Option<Arc<BTreeMap<String, String>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Arc<str>>,
-    /// `namespace/name` of the Service whose ClusterIP this is.
+    /// The Service the client addressed: on a `kind: service` end (no
+    /// backend known) or on the backend pod the kernel chose for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<Arc<str>>,
+    pub service: Option<ServiceRef>,
+}
+
+/// A Service as the client addressed it (CONTRACT "Services in a flow
+/// report"): `{"namespace","name","ip","port"}`. Flow logs of earlier
+/// versions wrote `"namespace/name"`; that still reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceRef {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// The address the client connected to (ClusterIP, node address of a
+    /// NodePort, external or load-balancer IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// The port the client connected to (the Service `port`, or the
+    /// `nodePort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl ServiceRef {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Full {
+            namespace: Arc<str>,
+            name: Arc<str>,
+            #[serde(default)]
+            ip: Option<IpAddr>,
+            #[serde(default)]
+            port: Option<u16>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Id(String),
+            Full(Full),
+        }
+        match Either::deserialize(d)? {
+            Either::Id(id) => {
+                let (ns, name) = id.split_once('/').ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "service {id:?}: expected \"namespace/name\" or an object"
+                    ))
+                })?;
+                Ok(ServiceRef {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    ip: None,
+                    port: None,
+                })
+            }
+            Either::Full(f) => Ok(ServiceRef {
+                namespace: f.namespace,
+                name: f.name,
+                ip: f.ip,
+                port: f.port,
+            }),
+        }
+    }
 }
 
 impl Default for FlowReport {
@@ -107,6 +185,9 @@ impl Default for FlowReport {
             opener: None,
             observer: None,
             ended: true,
+            connection: None,
+            seq: None,
+            conn: None,
         }
     }
 }
@@ -197,6 +278,9 @@ pub struct NetpolInfo {
 pub enum Verdict {
     Allowed,
     Violation,
+    /// An end could not be attributed (not in the cluster view in time) or
+    /// the flow could not be judged: never reported as `allowed`.
+    Unjudged,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +322,82 @@ impl ViolationKind {
 pub enum OpenerSource {
     Observed,
     Inferred,
+}
+
+impl FlowReport {
+    /// Folds a later report of the same connection (same `connection`)
+    /// into this one: counts add up, the interval widens, TCP flags and
+    /// violations are the union, the later handshake state and NetworkPolicy
+    /// finding hold, and the verdict is the worst of both.
+    pub fn absorb(&mut self, later: &FlowReport) {
+        self.time = self.time.max(later.time);
+        self.start = self.start.min(later.start);
+        self.end = self.end.max(later.end);
+        self.packets.sent += later.packets.sent;
+        self.packets.received += later.packets.received;
+        self.bytes.sent += later.bytes.sent;
+        self.bytes.received += later.bytes.received;
+        match (&mut self.tcp, &later.tcp) {
+            (Some(a), Some(b)) => {
+                for f in &b.flags {
+                    if !a.flags.contains(f) {
+                        a.flags.push(f.clone());
+                    }
+                }
+                a.state = b.state;
+            }
+            (None, Some(b)) => self.tcp = Some(b.clone()),
+            _ => {}
+        }
+        for v in &later.violations {
+            if !self.violations.iter().any(|x| x.kind == v.kind) {
+                self.violations.push(v.clone());
+            }
+        }
+        if later.netpol.is_some() {
+            self.netpol.clone_from(&later.netpol);
+        }
+        let rank = |v: Option<Verdict>| match v {
+            Some(Verdict::Violation) => 3,
+            Some(Verdict::Unjudged) => 2,
+            Some(Verdict::Allowed) => 1,
+            None => 0,
+        };
+        if rank(later.verdict) > rank(self.verdict) {
+            self.verdict = later.verdict;
+        }
+        self.ended = later.ended;
+        self.seq = self.seq.max(later.seq);
+    }
+}
+
+/// One entry per connection: reports carrying the same (`observer`,
+/// `connection`) are folded into the first (see [`FlowReport::absorb`]);
+/// reports without a `connection` (older flow logs) stay as they are.
+/// Keeps the order of first appearance.
+pub fn by_connection<T>(items: Vec<T>, report: impl Fn(&mut T) -> &mut FlowReport) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    let mut at: std::collections::HashMap<(Option<String>, String), usize> =
+        std::collections::HashMap::new();
+    for mut item in items {
+        let r = report(&mut item);
+        let Some(id) = r.connection.clone() else {
+            out.push(item);
+            continue;
+        };
+        let key = (r.observer.clone(), id);
+        match at.get(&key) {
+            Some(&i) => {
+                let later = report(&mut item).clone();
+                report(&mut out[i]).absorb(&later);
+            }
+            None => {
+                at.insert(key, out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
 }
 
 /// Reads flow reports from JSON lines; a bad line is an error naming the
