@@ -195,13 +195,21 @@ fn ruleset() -> String {
   chain svc-db {
     numgen random mod 2 vmap { 0 : goto ep-db-a, 1 : goto ep-db-b }
   }
-  chain ep-db-a { meta l4proto tcp dnat to 10.81.1.6:5432 }
-  chain ep-db-b { meta l4proto tcp dnat to 10.81.2.2:5432 }
+  chain ep-db-a {
+    meta l4proto tcp dnat to 10.81.1.6:5432
+  }
+  chain ep-db-b {
+    meta l4proto tcp dnat to 10.81.2.2:5432
+  }
   chain svc-api {
     numgen random mod 2 vmap { 0 : goto ep-api-a, 1 : goto ep-api-b }
   }
-  chain ep-api-a { meta l4proto tcp dnat to 10.81.1.10:8080 }
-  chain ep-api-b { meta l4proto tcp dnat to 10.81.2.6:8080 }
+  chain ep-api-a {
+    meta l4proto tcp dnat to 10.81.1.10:8080
+  }
+  chain ep-api-b {
+    meta l4proto tcp dnat to 10.81.2.6:8080
+  }
 }
 "#
     .to_owned()
