@@ -527,7 +527,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
             if fired.is_empty() {
                 println!("  none of the rules in {} fires", rel(rules));
             } else {
-                println!("  {} on this daemon's /metrics would fire:", rel(rules));
+                println!("  {} on the daemons' /metrics would fire:", rel(rules));
             }
             for a in &fired {
                 let sev = if a.severity == "critical" {

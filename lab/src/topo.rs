@@ -219,7 +219,7 @@ pub fn build(world: &World, mut progress: impl FnMut(&str)) -> Result<()> {
         }
     }
     progress(&format!(
-        "{} pods in {} namespaces, each wired to the node by a veth pair (IPv4 + IPv6)",
+        "{} pods in {} namespaces, each wired to its node by a veth pair (IPv4 + IPv6)",
         world.pods.len(),
         world
             .namespaces
