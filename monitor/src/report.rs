@@ -485,6 +485,72 @@ mod tests {
     }
 
     #[test]
+    fn services_read_in_both_shapes_and_write_the_object() {
+        let old: Endpoint =
+            serde_json::from_str(r#"{"ip":"10.96.0.7","kind":"service","service":"api/backend"}"#)
+                .expect("the earlier string form reads");
+        let svc = old.service.expect("service");
+        assert_eq!(
+            (svc.id(), svc.ip, svc.port),
+            ("api/backend".into(), None, None)
+        );
+        let new: Endpoint = serde_json::from_str(
+            r#"{"ip":"10.1.0.7","port":5432,"kind":"pod","service":{"namespace":"pay","name":"db","ip":"10.96.0.10","port":80}}"#,
+        )
+        .expect("the contract's object form reads");
+        let text = serde_json::to_string(&new).expect("writes");
+        assert!(
+            text.contains(
+                r#""service":{"namespace":"pay","name":"db","ip":"10.96.0.10","port":80}"#
+            ),
+            "{text}"
+        );
+        assert!(
+            serde_json::from_str::<Endpoint>(r#"{"ip":"10.1.0.7","service":"no-slash"}"#).is_err(),
+            "a string without namespace is an error, not a guess"
+        );
+    }
+
+    #[test]
+    fn reports_of_one_connection_fold_into_one() {
+        let mk =
+            |conn: Option<&str>, seq: u32, sent: u64, ended: bool, verdict: Verdict| FlowReport {
+                connection: conn.map(str::to_owned),
+                seq: Some(seq),
+                observer: Some("n1".into()),
+                bytes: Counts { sent, received: 1 },
+                packets: Counts {
+                    sent: 1,
+                    received: 1,
+                },
+                ended,
+                verdict: Some(verdict),
+                ..FlowReport::default()
+            };
+        let folded = by_connection(
+            vec![
+                mk(Some("a"), 1, 100, false, Verdict::Allowed),
+                mk(Some("b"), 1, 5, true, Verdict::Allowed),
+                mk(Some("a"), 2, 50, true, Verdict::Violation),
+                mk(None, 1, 7, true, Verdict::Allowed),
+                mk(None, 1, 7, true, Verdict::Allowed),
+            ],
+            |r| r,
+        );
+        assert_eq!(
+            folded.len(),
+            4,
+            "a's two reports are one; reports without id stay apart"
+        );
+        let a = &folded[0];
+        assert_eq!(
+            (a.bytes.sent, a.packets.sent, a.seq, a.ended, a.verdict),
+            (150, 2, Some(2), true, Some(Verdict::Violation))
+        );
+        assert_eq!(folded[1].bytes.sent, 5);
+    }
+
+    #[test]
     fn contract_example_round_trips() {
         let line = r#"{"time":"2026-01-01T00:00:02Z","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:01Z","interface":"veth1","protocol":"TCP","ip_version":4,"src":{"ip":"10.1.0.5","port":40312,"kind":"pod","namespace":"shop","pod":"web-0","workload":"Deployment/web","service_account":"web","labels":{"app":"web"},"node":"n1"},"dst":{"ip":"10.2.0.7","port":8080,"kind":"service","namespace":"api","service":"api/backend"},"packets":{"sent":12,"received":10},"bytes":{"sent":1432,"received":88123},"tcp":{"flags":["SYN","ACK","FIN"],"state":"closed"},"netpol":{"allowed":true,"ingress":["api/allow-web"],"egress":[]},"verdict":"violation","violations":[{"kind":"cross_namespace","rule":"baseline","reason":"shop -> api:8080/TCP is not whitelisted"}]}"#;
         let r: FlowReport = serde_json::from_str(line).expect("contract example must parse");
