@@ -972,7 +972,7 @@ impl crate::daemon::Judge for ClusterJudge {
         // connection (flows that end without a final report included).
         let mut gone = Vec::new();
         for (id, st) in &mut self.conns {
-            let alive = st.key.as_ref().is_some_and(|k| open(k)) || std::mem::take(&mut st.seen);
+            let alive = st.key.as_ref().is_some_and(open) || std::mem::take(&mut st.seen);
             if !alive && st.held.is_empty() {
                 gone.push(id.clone());
             }

@@ -236,6 +236,10 @@ fn nft(netns: &str, rules: &str) {
     );
 }
 
+/// A connection the test made: the client (ip, port), the Service address
+/// it dialled (if any), and whether the policy forbids it.
+type Conn = ((IpAddr, u16), Option<(&'static str, u16)>, bool);
+
 /// Who accepted which client (ip, port): the kernel's real choice.
 type Accepted = Arc<Mutex<HashMap<(IpAddr, u16), &'static str>>>;
 
@@ -394,7 +398,7 @@ fn two_nodes_report_each_connection_once_naming_the_backend_the_kernel_chose() {
     let db = start(&b, "node-b", &inv, &tag, 'b');
 
     // (client, via, forbidden): every connection the test makes.
-    let mut conns: Vec<((IpAddr, u16), Option<(&str, u16)>, bool)> = Vec::new();
+    let mut conns: Vec<Conn> = Vec::new();
     for _ in 0..4 {
         conns.push((
             connect(&a.pods["web-a"], "10.81.1.2", DB_VIP, 80),
