@@ -124,14 +124,21 @@ pub trait Lookup {
     /// What NAT did to the connection observed as `tuple` (one or two
     /// lookups).
     fn nat_of(&mut self, tuple: &Tuple) -> Result<Nat, CtError> {
+        Ok(self.nat_tracked(tuple)?.0)
+    }
+
+    /// [`Lookup::nat_of`], and whether conntrack tracks the connection (an
+    /// answer that will not change; untracked may be "not yet").
+    fn nat_tracked(&mut self, tuple: &Tuple) -> Result<(Nat, bool), CtError> {
         let direct = self.get(tuple)?;
         if let Some(e) = &direct {
             if e.orig == *tuple {
-                return Ok(classify(tuple, Some(e), None));
+                return Ok((classify(tuple, Some(e), None), true));
             }
         }
         let inverse = self.get(&tuple.inverse())?;
-        Ok(classify(tuple, direct.as_ref(), inverse.as_ref()))
+        let tracked = direct.is_some() || inverse.is_some();
+        Ok((classify(tuple, direct.as_ref(), inverse.as_ref()), tracked))
     }
 }
 

@@ -666,9 +666,12 @@ impl ClusterJudge {
             dport,
             proto,
         };
-        match ct.nat_of(&tuple) {
-            Ok(n) => {
-                if n != Nat::None {
+        match ct.nat_tracked(&tuple) {
+            Ok((n, tracked)) => {
+                // Kept once conntrack knows the connection; asked again
+                // while it does not (the entry is confirmed only after
+                // the first packet passed the hooks).
+                if tracked {
                     self.conns.entry(id).or_insert_with(ConnState::new).nat = Some(n);
                 }
                 n
