@@ -7,10 +7,10 @@
 //!  World (plain data) ─► inventory.json, policy.yaml      (written to the out dir)
 //!        │            └─► topo::build: netns + veths + nft  (serve: listeners)
 //!        ▼
-//!  segwatch run (in the node netns) ◄── traffic::steps from inside the pods
-//!        │
-//!        ├─► flows.jsonl ─┐
-//!        └─► /metrics ────┴─► show: flow table, violations, alerts ─► Outcome
+//!  segwatch run (one per node netns) ◄── traffic::steps from inside the pods
+//!        │   (each connection reported once, by the opener's node)
+//!        ├─► flows.jsonl, flows-node2.jsonl ─┐
+//!        └─► /metrics of both ───────────────┴─► show: flow table, violations, alerts ─► Outcome
 //!  teardown: daemon SIGTERM (flush) ─► listeners stop ─► namespaces deleted
 //! ```
 //!
@@ -64,29 +64,34 @@ pub struct Options {
 pub struct Outcome {
     pub world: World,
     pub done: Vec<traffic::Done>,
-    /// Every flow report the daemon wrote.
+    /// Every flow report the daemons wrote (both nodes).
     pub reports: Vec<Value>,
-    /// /metrics once every flow had been reported.
+    /// /metrics of both daemons (node 1's exposition, then node 2's) once
+    /// every flow had been reported: summing a series over it sums the
+    /// cluster.
     pub metrics: String,
     pub rows: Vec<show::Row>,
     pub alerts: Vec<show::Alert>,
     /// Extra outputs (suggested policies, audit report) and whether they worked.
     pub extras: Vec<(String, Result<PathBuf, String>)>,
+    /// Node 1's flow log.
     pub flow_log: PathBuf,
+    /// Every node's flow log.
+    pub flow_logs: Vec<PathBuf>,
 }
 
 /// The running lab; tears everything down when dropped unless kept.
 struct Running {
     prefix: String,
-    daemon: Option<Child>,
+    daemons: Vec<Child>,
     servers: Option<serve::Servers>,
     keep: bool,
 }
 
 impl Running {
-    /// SIGTERM to the daemon (it flushes every open flow), then wait.
+    /// SIGTERM to the daemons (they flush every open flow), then wait.
     fn stop_daemon(&mut self) -> Result<()> {
-        if let Some(mut child) = self.daemon.take() {
+        for mut child in std::mem::take(&mut self.daemons) {
             let status = sys::stop_child(&mut child, Duration::from_secs(15))
                 .context("waiting for segwatch")?;
             if !status.success() {
@@ -102,7 +107,7 @@ impl Drop for Running {
         if self.keep {
             return;
         }
-        if let Some(mut child) = self.daemon.take() {
+        for mut child in std::mem::take(&mut self.daemons) {
             let _ = sys::stop_child(&mut child, Duration::from_secs(15));
         }
         if let Some(s) = self.servers.take() {
@@ -246,7 +251,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
 
     let mut lab = Running {
         prefix: opts.prefix.clone(),
-        daemon: None,
+        daemons: Vec::new(),
         servers: None,
         keep: false,
     };
@@ -261,73 +266,82 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
     heading(st, "segwatch");
     let node = world.node_ns();
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
-    let args: Vec<String> = [
-        "run",
-        "--inventory",
-        path_str(&inventory)?,
-        "--policy",
-        path_str(&policy)?,
-        "--flow-log",
-        path_str(&flow_log)?,
-        "--metrics-addr",
-        &metrics_addr,
-        "--node-name",
-        &world.node_name(),
-        "--interface",
-        "lxc*",
-        "--idle-timeout",
-        "2",
-        "--active-timeout",
-        "10",
-        "--sweep-interval-ms",
-        "200",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let flow_log2 = dir.join("flows-node2.jsonl");
+    let _ = std::fs::remove_file(&flow_log2);
+    let flow_logs = vec![flow_log.clone(), flow_log2];
+    for (n, log_file) in [(1u8, &flow_logs[0]), (2, &flow_logs[1])] {
+        let node_ns = world.node_ns_of(n);
+        let args: Vec<String> = [
+            "run",
+            "--inventory",
+            path_str(&inventory)?,
+            "--policy",
+            path_str(&policy)?,
+            "--flow-log",
+            path_str(log_file)?,
+            "--metrics-addr",
+            &metrics_addr,
+            "--node-name",
+            &world.node_name_of(n),
+            "--interface",
+            "lxc*",
+            "--idle-timeout",
+            "2",
+            "--active-timeout",
+            "10",
+            "--sweep-interval-ms",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log_path = dir.join(if n == 1 {
+            "segwatch.log".to_owned()
+        } else {
+            format!("segwatch-node{n}.log")
+        });
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node_ns])
+            .arg(&opts.segwatch)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // Its own session: Ctrl-C in the terminal reaches only us, and we stop
+        // the daemon with SIGTERM so that it flushes its flows first.
+        // SAFETY: setsid is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            })
+        };
+        progress(
+            st,
+            &format!(
+                "ip netns exec {node_ns} {} {}",
+                opts.segwatch.display(),
+                args.iter()
+                    .map(|a| if a.contains('*') {
+                        format!("'{a}'")
+                    } else {
+                        rel_str(a)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        );
+        lab.daemons.push(cmd.spawn().context("starting segwatch")?);
+        let veths = world.pods.iter().filter(|p| p.node == n).count();
+        wait_ready(&mut lab, &node_ns, veths, &log_path)?;
+        progress(
+            st,
+            &format!("ready: /readyz 200, attached to all {veths} lxc* veths of {node_ns}"),
+        );
+    }
     let log_path = dir.join("segwatch.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &node])
-        .arg(&opts.segwatch)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    // Its own session: Ctrl-C in the terminal reaches only us, and we stop
-    // the daemon with SIGTERM so that it flushes its flows first.
-    // SAFETY: setsid is async-signal-safe and touches no memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        })
-    };
-    progress(
-        st,
-        &format!(
-            "ip netns exec {node} {} {}",
-            opts.segwatch.display(),
-            args.iter()
-                .map(|a| if a.contains('*') {
-                    format!("'{a}'")
-                } else {
-                    rel_str(a)
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-    );
-    lab.daemon = Some(cmd.spawn().context("starting segwatch")?);
-    wait_ready(&mut lab, &node, world.pods.len(), &log_path)?;
-    progress(
-        st,
-        &format!(
-            "ready: /readyz 200, attached to all {} lxc* veths",
-            world.pods.len()
-        ),
-    );
 
     heading(st, "Traffic");
     let steps = traffic::steps();
@@ -361,7 +375,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         sys::check_interrupt()?;
-        let reports = read_reports(&flow_log)?;
+        let reports = read_all(&flow_logs)?;
         let missing = done
             .iter()
             .filter(|d| !reports.iter().any(|r| report_is(r, d)))
@@ -383,11 +397,21 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (code, metrics) = http_get(&node, METRICS_PORT, "/metrics").context("scraping /metrics")?;
-    if code != 200 {
-        bail!("/metrics answered {code}");
+    let mut metrics = String::new();
+    for n in [1u8, 2] {
+        let (code, text) = http_get(&world.node_ns_of(n), METRICS_PORT, "/metrics")
+            .context("scraping /metrics")?;
+        if code != 200 {
+            bail!("/metrics of {} answered {code}", world.node_name_of(n));
+        }
+        let file = if n == 1 {
+            "metrics.txt".to_owned()
+        } else {
+            format!("metrics-node{n}.txt")
+        };
+        write(&dir.join(file), &text)?;
+        metrics.push_str(&text);
     }
-    write(&dir.join("metrics.txt"), &metrics)?;
     if opts.keep.is_none() {
         lab.stop_daemon()?;
         progress(
@@ -395,7 +419,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
             "segwatch stopped (SIGTERM: open flows flushed, programs detached)",
         );
     }
-    let reports = read_reports(&flow_log)?;
+    let reports = read_all(&flow_logs)?;
     let rows = show::rows(&world, &reports, &done);
     let (shown, housekeeping): (Vec<_>, Vec<_>) =
         rows.iter().cloned().partition(|r| !r.housekeeping);
@@ -412,15 +436,15 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
     println!(
         "  {}",
         st.dim(&format!(
-            "{} flow reports in {}; # = the traffic step above",
+            "{} flow reports, one per connection, in {} and {} (each written by the node where the connection was opened); # = the traffic step above",
             reports.len(),
-            rel(&flow_log)
+            rel(&flow_logs[0]),
+            rel(&flow_logs[1])
         ))
     );
-    let judged = reports.iter().any(|r| r.get("verdict").is_some());
     // Did each step get the verdict it should?
     let mut mismatches = Vec::new();
-    if judged {
+    {
         for (i, d) in done.iter().enumerate() {
             let mut got: Vec<String> = reports
                 .iter()
@@ -451,12 +475,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
 
     heading(st, "Violations");
     let viol = show::violations(&reports);
-    if !judged {
-        println!(
-            "  {}",
-            st.yellow("this segwatch build reports flows without verdicts (no attribution yet)")
-        );
-    } else if viol.is_empty() {
+    if viol.is_empty() {
         println!("  {}", st.green("none"));
     }
     for (kind, edge, port, reason, n) in &viol {
@@ -508,7 +527,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
             if fired.is_empty() {
                 println!("  none of the rules in {} fires", rel(rules));
             } else {
-                println!("  {} on this daemon's /metrics would fire:", rel(rules));
+                println!("  {} on the daemons' /metrics would fire:", rel(rules));
             }
             for a in &fired {
                 let sev = if a.severity == "critical" {
@@ -546,7 +565,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         ))
     );
 
-    let extras = run_extras(&opts.segwatch, &dir, &inventory, &policy, &flow_log, st);
+    let extras = run_extras(&opts.segwatch, &dir, &inventory, &policy, &flow_logs, st);
 
     if let Some(keeper) = opts.keep.as_mut() {
         if let Some(s) = lab.servers.take() {
@@ -595,6 +614,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         alerts,
         extras,
         flow_log,
+        flow_logs,
     })
 }
 
@@ -609,9 +629,9 @@ fn wait_ready(lab: &mut Running, node: &str, interfaces: usize, log: &Path) -> R
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         sys::check_interrupt()?;
-        if let Some(child) = lab.daemon.as_mut() {
+        if let Some(child) = lab.daemons.last_mut() {
             if let Some(status) = child.try_wait()? {
-                lab.daemon = None;
+                lab.daemons.pop();
                 bail!(
                     "segwatch exited ({status}) before it was ready:\n{}",
                     std::fs::read_to_string(log).unwrap_or_default().trim_end()
@@ -642,56 +662,48 @@ fn wait_ready(lab: &mut Running, node: &str, interfaces: usize, log: &Path) -> R
     }
 }
 
-/// `segwatch suggest` and `segwatch audit`, when this build has them.
+/// `segwatch suggest` and `segwatch audit` over every node's flow log.
 fn run_extras(
     segwatch: &Path,
     dir: &Path,
     inventory: &Path,
     policy: &Path,
-    flow_log: &Path,
+    flow_logs: &[PathBuf],
     st: Style,
 ) -> Vec<(String, Result<PathBuf, String>)> {
-    let help = Command::new(segwatch)
-        .arg("--help")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let has = |sub: &str| {
-        help.lines()
-            .any(|l| l.trim_start().starts_with(&format!("{sub} ")))
-    };
     let mut out = Vec::new();
-    if has("suggest") {
-        heading(st, "Suggested NetworkPolicies");
-        let target = dir.join("suggested");
-        let _ = std::fs::remove_dir_all(&target);
-        let r = Command::new(segwatch)
-            .arg("suggest")
-            .arg("--flows")
-            .arg(flow_log)
-            .arg("--inventory")
-            .arg(inventory)
-            .arg("--out-dir")
-            .arg(&target)
-            .output();
-        out.push(("suggest".to_string(), report_extra(r, &target, st)));
-    }
-    if has("audit") {
-        heading(st, "Audit report");
-        let target = dir.join("audit.html");
-        let r = Command::new(segwatch)
-            .arg("audit")
-            .arg("--flows")
-            .arg(flow_log)
-            .arg("--inventory")
-            .arg(inventory)
-            .arg("--policy")
-            .arg(policy)
-            .args(["--format", "html", "-o"])
-            .arg(&target)
-            .output();
-        out.push(("audit".to_string(), report_extra(r, &target, st)));
-    }
+    let flows = |cmd: &mut Command| {
+        for f in flow_logs {
+            cmd.arg("--flows").arg(f);
+        }
+    };
+    heading(st, "Suggested NetworkPolicies");
+    let target = dir.join("suggested");
+    let _ = std::fs::remove_dir_all(&target);
+    let mut cmd = Command::new(segwatch);
+    cmd.arg("suggest");
+    flows(&mut cmd);
+    let r = cmd
+        .arg("--inventory")
+        .arg(inventory)
+        .arg("--out-dir")
+        .arg(&target)
+        .output();
+    out.push(("suggest".to_string(), report_extra(r, &target, st)));
+    heading(st, "Audit report");
+    let target = dir.join("audit.html");
+    let mut cmd = Command::new(segwatch);
+    cmd.arg("audit");
+    flows(&mut cmd);
+    let r = cmd
+        .arg("--inventory")
+        .arg(inventory)
+        .arg("--policy")
+        .arg(policy)
+        .args(["--format", "html", "-o"])
+        .arg(&target)
+        .output();
+    out.push(("audit".to_string(), report_extra(r, &target, st)));
     out
 }
 
@@ -735,6 +747,15 @@ pub fn keep_serving(prefix: &str) -> Result<()> {
     }
     servers.stop();
     Ok(())
+}
+
+/// The reports of several flow logs, one after the other.
+pub fn read_all(paths: &[PathBuf]) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend(read_reports(p)?);
+    }
+    Ok(out)
 }
 
 pub fn read_reports(path: &Path) -> Result<Vec<Value>> {

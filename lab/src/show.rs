@@ -75,7 +75,7 @@ pub fn endpoint(e: &Value) -> String {
     let ip = s(e, "ip");
     match s(e, "kind") {
         "pod" if !s(e, "pod").is_empty() => format!("{}/{}", s(e, "namespace"), s(e, "pod")),
-        "service" if !s(e, "service").is_empty() => format!("svc {}", s(e, "service")),
+        "service" if e.get("service").is_some() => format!("svc {}", service_id(&e["service"])),
         "node" => format!(
             "node {}",
             if s(e, "node").is_empty() {
@@ -87,6 +87,15 @@ pub fn endpoint(e: &Value) -> String {
         "metadata" => format!("metadata API {ip}"),
         "external" => format!("external {ip}"),
         _ => ip.to_string(),
+    }
+}
+
+/// `namespace/name` of a `service` field (an object; older flow logs wrote
+/// the string).
+fn service_id(v: &Value) -> String {
+    match v.as_str() {
+        Some(id) => id.to_string(),
+        None => format!("{}/{}", s(v, "namespace"), s(v, "name")),
     }
 }
 
@@ -107,7 +116,7 @@ fn kinds(r: &Value) -> Vec<String> {
 
 /// Groups the flow log into rows (one per connection) and links each to the
 /// lab step that made it (by source address and port).
-pub fn rows(world: &World, reports: &[Value], done: &[Done]) -> Vec<Row> {
+pub fn rows(_world: &World, reports: &[Value], done: &[Done]) -> Vec<Row> {
     let mut by_conn: BTreeMap<(String, String, u64), Vec<&Value>> = BTreeMap::new();
     let mut order = Vec::new();
     for r in reports {
@@ -120,30 +129,30 @@ pub fn rows(world: &World, reports: &[Value], done: &[Done]) -> Vec<Row> {
     let mut rows = Vec::new();
     for k in order {
         let rs = &by_conn[&k];
-        // The report the opener's own veth wrote comes first: it carries the
-        // address the pod dialled (a ClusterIP stays a ClusterIP there).
-        let first = rs
-            .iter()
-            .find(|r| s(&r["dst"], "kind") == "service" || is_cluster_ip(world, s(&r["dst"], "ip")))
-            .unwrap_or(&rs[0]);
-        let mut to = endpoint(&first["dst"]);
-        let dsts: Vec<String> = rs.iter().map(|r| s(&r["dst"], "ip").to_string()).collect();
-        if let Some(backend) = rs
-            .iter()
-            .find(|r| s(&r["dst"], "ip") != s(&first["dst"], "ip"))
-        {
+        // One report per connection: a Service connection names the
+        // Service the client dialled and the backend the kernel chose.
+        let first = rs[0];
+        let dst = &first["dst"];
+        let mut to = endpoint(dst);
+        let mut dsts: Vec<String> = rs.iter().map(|r| s(&r["dst"], "ip").to_string()).collect();
+        let mut port = dst["port"]
+            .as_u64()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        if let Some(svc) = dst.get("service").filter(|_| s(dst, "kind") == "pod") {
             // The backend pod, without repeating the Service's namespace.
-            let svc_ns = s(&first["dst"], "service")
-                .split_once('/')
-                .map(|(ns, _)| ns.to_string())
-                .unwrap_or_default();
-            let pod = &backend["dst"];
-            let name = if s(pod, "kind") == "pod" && s(pod, "namespace") == svc_ns {
-                s(pod, "pod").to_string()
+            let name = if s(dst, "namespace") == s(svc, "namespace") {
+                s(dst, "pod").to_string()
             } else {
-                endpoint(pod)
+                endpoint(dst)
             };
-            to = format!("{to} → {name}");
+            to = format!("svc {} → {name}", service_id(svc));
+            dsts.push(s(svc, "ip").to_string());
+            if let Some(sp) = svc["port"].as_u64() {
+                if sp.to_string() != port {
+                    port = format!("{sp}→{port}");
+                }
+            }
         }
         let mut all_kinds: Vec<String> = rs.iter().flat_map(|r| kinds(r)).collect();
         all_kinds.sort();
@@ -162,10 +171,6 @@ pub fn rows(world: &World, reports: &[Value], done: &[Done]) -> Vec<Row> {
                 && d.src.port() == src_port
                 && dsts.iter().any(|ip| ip.parse().ok() == Some(d.dst.ip()))
         });
-        let port = first["dst"]["port"]
-            .as_u64()
-            .map(|p| p.to_string())
-            .unwrap_or_default();
         let state = first["tcp"]["state"].as_str().unwrap_or("").to_string();
         // Counts: the interval reports of one connection on one interface
         // add up; the second interface saw the same packets.
@@ -198,16 +203,6 @@ pub fn rows(world: &World, reports: &[Value], done: &[Done]) -> Vec<Row> {
     // In the order of the story; what no step made goes last.
     rows.sort_by_key(|r| r.step.unwrap_or(usize::MAX));
     rows
-}
-
-fn is_cluster_ip(world: &World, ip: &str) -> bool {
-    let Ok(ip) = ip.parse::<IpAddr>() else {
-        return false;
-    };
-    world
-        .services
-        .iter()
-        .any(|s| s.ip(false) == ip || s.ip(true) == ip)
 }
 
 /// The flow table, aligned, with coloured verdicts.

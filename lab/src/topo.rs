@@ -19,8 +19,8 @@ use anyhow::{Context as _, Result};
 
 use crate::sys::{cmd, cmd_in, netns_with_prefix, nft_in};
 use crate::world::{
-    World, CLOUD_IP4, CLOUD_IP6, METADATA_IP4, METADATA_IP6, NODE_IP4, NODE_IP6, POD_CIDR4,
-    POD_CIDR6, POD_GW6,
+    World, CLOUD_IP4, CLOUD_IP6, METADATA_IP4, METADATA_IP6, NODE2_IP4, NODE2_IP6, NODE_IP4,
+    NODE_IP6, POD2_CIDR4, POD2_CIDR6, POD_CIDR4, POD_CIDR6, POD_GW6, UNDERLAY1_IP4, UNDERLAY1_IP6,
 };
 
 fn new_netns(name: &str) -> Result<()> {
@@ -94,9 +94,49 @@ pub fn build(world: &World, mut progress: impl FnMut(&str)) -> Result<()> {
         world.node_name()
     ));
 
+    // The second node, joined to the first by an underlay link; each routes
+    // the other's pod networks over it (as a CNI's native routing does).
+    let node2 = world.node_ns_of(2);
+    new_netns(&node2)?;
+    for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        cmd_in(&node2, &["sysctl", "-q", "-w", key])?;
+    }
+    cmd_in(
+        &node,
+        &[
+            "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "under2",
+        ],
+    )?;
+    cmd_in(&node, &["ip", "link", "set", "under2", "netns", &node2])?;
+    cmd_in(&node2, &["ip", "link", "set", "under2", "name", "eth0"])?;
+    let (u4, u6) = (UNDERLAY1_IP4.to_string(), UNDERLAY1_IP6.to_string());
+    let (n24, n26) = (NODE2_IP4.to_string(), NODE2_IP6.to_string());
+    for (ns, dev, a4, a6) in [
+        (&node, "eth1", format!("{u4}/24"), format!("{u6}/64")),
+        (&node2, "eth0", format!("{n24}/24"), format!("{n26}/64")),
+    ] {
+        cmd_in(ns, &["ip", "addr", "add", &a4, "dev", dev])?;
+        cmd_in(ns, &["ip", "-6", "addr", "add", &a6, "dev", dev, "nodad"])?;
+        cmd_in(ns, &["ip", "link", "set", dev, "up"])?;
+    }
+    cmd_in(&node, &["ip", "route", "add", POD2_CIDR4, "via", &n24])?;
+    cmd_in(
+        &node,
+        &["ip", "-6", "route", "add", POD2_CIDR6, "via", &n26],
+    )?;
+    cmd_in(&node2, &["ip", "route", "add", "default", "via", &u4])?;
+    cmd_in(&node2, &["ip", "-6", "route", "add", "default", "via", &u6])?;
+    progress(&format!(
+        "node {} ({NODE2_IP4}, {NODE2_IP6}), routed to {} over an underlay link",
+        world.node_name_of(2),
+        world.node_name()
+    ));
+
     let gw6 = POD_GW6.to_string();
     for p in &world.pods {
         let ns = world.pod_ns(p);
+        let node = world.node_ns_of(p.node);
+        let node4 = world.node_ip(p.node, false).to_string();
         new_netns(&ns)?;
         let tmp = format!("{}-p", p.host_if);
         let tmp = &tmp[..tmp.len().min(15)];
@@ -179,7 +219,7 @@ pub fn build(world: &World, mut progress: impl FnMut(&str)) -> Result<()> {
         }
     }
     progress(&format!(
-        "{} pods in {} namespaces, each wired to the node by a veth pair (IPv4 + IPv6)",
+        "{} pods in {} namespaces, each wired to its node by a veth pair (IPv4 + IPv6)",
         world.pods.len(),
         world
             .namespaces
@@ -188,9 +228,11 @@ pub fn build(world: &World, mut progress: impl FnMut(&str)) -> Result<()> {
             .count()
     ));
 
-    nft_in(&node, &world.nft_ruleset()).context("installing the Service rules")?;
+    for n in [&node, &node2] {
+        nft_in(n, &world.nft_ruleset()).context("installing the Service rules")?;
+    }
     progress(&format!(
-        "{} Services as kube-proxy's nftables mode does them (table ip/ip6 kube-proxy)",
+        "{} Services as kube-proxy's nftables mode does them on both nodes (table ip/ip6 kube-proxy)",
         world.services.len()
     ));
     Ok(())

@@ -24,6 +24,16 @@ pub const METADATA_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0
 pub const POD_GW6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 pub const POD_CIDR4: &str = "10.98.0.0/24";
 pub const POD_CIDR6: &str = "fd98::/64";
+/// The second node: its address on the underlay link to the first (which
+/// has 10.99.1.1 / fd99:1::1 there), and its pods' networks.
+pub const NODE2_IP4: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 2);
+pub const NODE2_IP6: Ipv6Addr = Ipv6Addr::new(0xfd99, 1, 0, 0, 0, 0, 0, 2);
+pub const UNDERLAY1_IP4: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 1);
+pub const UNDERLAY1_IP6: Ipv6Addr = Ipv6Addr::new(0xfd99, 1, 0, 0, 0, 0, 0, 1);
+pub const POD2_CIDR4: &str = "10.98.1.0/24";
+pub const POD2_CIDR6: &str = "fd98:1::/64";
+/// Labels of segwatch's DaemonSet pods (what `--agent-selector` matches).
+pub const AGENT_LABEL: (&str, &str) = ("app.kubernetes.io/name", "segwatch");
 /// Ports the node listens on, as a real node does: kubelet, etcd, sshd.
 pub const NODE_PORTS: [(u16, &str); 3] = [(10250, "kubelet"), (2379, "etcd"), (22, "sshd")];
 
@@ -68,6 +78,8 @@ pub struct PodSpec {
     pub ports: Vec<(&'static str, u16, Proto)>,
     /// Host-side veth name (Cilium calls its pod veths lxc*).
     pub host_if: &'static str,
+    /// The node it runs on: 1 or 2.
+    pub node: u8,
 }
 
 impl PodSpec {
@@ -124,14 +136,23 @@ pub struct World {
     pub services: Vec<ServiceSpec>,
 }
 
-fn v4(d: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 98, 0, d)
+/// 10.98.<node-1>.<d>: node 1's pods in 10.98.0.0/24, node 2's in 10.98.1.0/24.
+fn v4n(node: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 98, node - 1, d)
 }
 
-/// fd98::<d>, written with the same digits as the IPv4 host part.
-fn v6(d: u16) -> Ipv6Addr {
+/// fd98:<node-1>::<d>, written with the same digits as the IPv4 host part.
+fn v6n(node: u8, d: u16) -> Ipv6Addr {
     let hex = u16::from_str_radix(&d.to_string(), 16).expect("decimal digits are hex digits");
-    Ipv6Addr::new(0xfd98, 0, 0, 0, 0, 0, 0, hex)
+    Ipv6Addr::new(0xfd98, u16::from(node - 1), 0, 0, 0, 0, 0, hex)
+}
+
+fn v4(d: u8) -> Ipv4Addr {
+    v4n(1, d)
+}
+
+fn v6(d: u16) -> Ipv6Addr {
+    v6n(1, d)
 }
 
 fn svc6(d: u16) -> Ipv6Addr {
@@ -154,6 +175,7 @@ impl World {
                 ip6: v6(10),
                 ports: vec![("http", 8080, Tcp)],
                 host_if: "lxcweb1",
+                node: 1,
             },
             PodSpec {
                 namespace: "storefront",
@@ -161,10 +183,11 @@ impl World {
                 labels: vec![("app", "web"), ("pod-template-hash", "5c8f7d9b6")],
                 service_account: "web",
                 owner: deploy("web", "5c8f7d9b6"),
-                ip4: v4(11),
-                ip6: v6(11),
+                ip4: v4n(2, 11),
+                ip6: v6n(2, 11),
                 ports: vec![("http", 8080, Tcp)],
                 host_if: "lxcweb2",
+                node: 2,
             },
             PodSpec {
                 namespace: "payments",
@@ -172,10 +195,11 @@ impl World {
                 labels: vec![("app", "payments-api"), ("pod-template-hash", "7b9c5d4f8")],
                 service_account: "payments-api",
                 owner: deploy("payments-api", "7b9c5d4f8"),
-                ip4: v4(20),
-                ip6: v6(20),
+                ip4: v4n(2, 20),
+                ip6: v6n(2, 20),
                 ports: vec![("https", 8443, Tcp)],
                 host_if: "lxcpayapi",
+                node: 2,
             },
             PodSpec {
                 namespace: "payments",
@@ -186,10 +210,11 @@ impl World {
                 ],
                 service_account: "ledger-db",
                 owner: Owner::StatefulSet { name: "ledger-db" },
-                ip4: v4(21),
-                ip6: v6(21),
+                ip4: v4n(2, 21),
+                ip6: v6n(2, 21),
                 ports: vec![("postgres", 5432, Tcp)],
                 host_if: "lxcledger",
+                node: 2,
             },
             PodSpec {
                 namespace: "analytics",
@@ -202,6 +227,7 @@ impl World {
                 ip6: v6(30),
                 ports: vec![],
                 host_if: "lxcreporter",
+                node: 1,
             },
             PodSpec {
                 namespace: "kube-system",
@@ -213,6 +239,7 @@ impl World {
                 ip6: v6(40),
                 ports: vec![("dns", 53, Udp), ("dns-tcp", 53, Tcp)],
                 host_if: "lxccoredns",
+                node: 1,
             },
             PodSpec {
                 namespace: "kube-system",
@@ -227,6 +254,7 @@ impl World {
                 ip6: v6(41),
                 ports: vec![],
                 host_if: "lxcebscsi",
+                node: 1,
             },
             PodSpec {
                 namespace: "kube-system",
@@ -241,6 +269,7 @@ impl World {
                 ip6: v6(42),
                 ports: vec![],
                 host_if: "lxcmetrics",
+                node: 1,
             },
         ];
         let services = vec![
@@ -287,9 +316,34 @@ impl World {
         format!("{}-node", self.prefix)
     }
 
-    /// The node's network namespace (the "host").
+    /// The first node's network namespace (the "host").
     pub fn node_ns(&self) -> String {
         format!("{}-node", self.prefix)
+    }
+
+    /// Name of node `n` (1 or 2).
+    pub fn node_name_of(&self, n: u8) -> String {
+        if n == 1 {
+            self.node_name()
+        } else {
+            format!("{}-node{n}", self.prefix)
+        }
+    }
+
+    /// Network namespace of node `n` (1 or 2).
+    pub fn node_ns_of(&self, n: u8) -> String {
+        self.node_name_of(n)
+    }
+
+    /// The address node `n`'s pods use as their gateway (and the Node's
+    /// InternalIP).
+    pub fn node_ip(&self, n: u8, v6: bool) -> IpAddr {
+        match (n, v6) {
+            (1, false) => IpAddr::V4(NODE_IP4),
+            (1, true) => IpAddr::V6(NODE_IP6),
+            (_, false) => IpAddr::V4(NODE2_IP4),
+            (_, true) => IpAddr::V6(NODE2_IP6),
+        }
     }
 
     /// The cloud provider's side of the node's uplink, holding the metadata API.
@@ -303,7 +357,7 @@ impl World {
 
     /// Every network namespace of the lab, node first.
     pub fn all_netns(&self) -> Vec<String> {
-        let mut v = vec![self.node_ns(), self.cloud_ns()];
+        let mut v = vec![self.node_ns(), self.node_ns_of(2), self.cloud_ns()];
         v.extend(self.pods.iter().map(|p| self.pod_ns(p)));
         v
     }
@@ -351,6 +405,9 @@ impl World {
         }
         if ip == IpAddr::V4(NODE_IP4) || ip == IpAddr::V6(NODE_IP6) {
             return format!("node {}", self.node_name());
+        }
+        if ip == IpAddr::V4(NODE2_IP4) || ip == IpAddr::V6(NODE2_IP6) {
+            return format!("node {}", self.node_name_of(2));
         }
         if ip == IpAddr::V4(METADATA_IP4) || ip == IpAddr::V6(METADATA_IP6) {
             return "metadata API".to_string();
@@ -432,7 +489,10 @@ impl World {
                 "status": {"phase": "Active"},
             }));
         }
-        items.push(self.node_object());
+        for n in [1, 2] {
+            items.push(self.node_object(n));
+            items.push(self.agent_pod(n));
+        }
         let mut sas: Vec<(&str, &str)> = self
             .namespaces
             .iter()
@@ -487,8 +547,39 @@ impl World {
         })
     }
 
-    fn node_object(&self) -> Value {
-        let name = self.node_name();
+    /// segwatch's own DaemonSet pod on node `n` (hostNetwork): tells every
+    /// agent that this node runs one too.
+    fn agent_pod(&self, n: u8) -> Value {
+        let name = format!("segwatch-{}", ["x7k2p", "m4q9d"][usize::from(n - 1)]);
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": meta("Pod", Some("segwatch"), &name, &[AGENT_LABEL]),
+            "spec": {
+                "serviceAccountName": "segwatch",
+                "nodeName": self.node_name_of(n),
+                "hostNetwork": true,
+                "containers": [{"name": "segwatch", "image": "ghcr.io/segwatch/segwatch:0.1.0"}],
+            },
+            "status": {
+                "phase": "Running",
+                "hostIP": self.node_ip(n, false).to_string(),
+                "podIP": self.node_ip(n, false).to_string(),
+                "podIPs": [{"ip": self.node_ip(n, false).to_string()}, {"ip": self.node_ip(n, true).to_string()}],
+            },
+        })
+    }
+
+    fn node_object(&self, n: u8) -> Value {
+        let name = self.node_name_of(n);
+        let (c4, c6) = if n == 1 {
+            (POD_CIDR4, POD_CIDR6)
+        } else {
+            (POD2_CIDR4, POD2_CIDR6)
+        };
+        let (a4, a6) = (
+            self.node_ip(n, false).to_string(),
+            self.node_ip(n, true).to_string(),
+        );
         json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": meta("Node", None, &name, &[
@@ -496,11 +587,11 @@ impl World {
                 ("kubernetes.io/os", "linux"),
                 ("node-role.kubernetes.io/control-plane", ""),
             ]),
-            "spec": {"podCIDR": POD_CIDR4, "podCIDRs": [POD_CIDR4, POD_CIDR6]},
+            "spec": {"podCIDR": c4, "podCIDRs": [c4, c6]},
             "status": {
                 "addresses": [
-                    {"type": "InternalIP", "address": NODE_IP4.to_string()},
-                    {"type": "InternalIP", "address": NODE_IP6.to_string()},
+                    {"type": "InternalIP", "address": a4},
+                    {"type": "InternalIP", "address": a6},
                     {"type": "Hostname", "address": name},
                 ],
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
@@ -528,7 +619,7 @@ impl World {
             "metadata": m,
             "spec": {
                 "serviceAccountName": p.service_account,
-                "nodeName": self.node_name(),
+                "nodeName": self.node_name_of(p.node),
                 "containers": [{
                     "name": container_name,
                     "image": format!("registry.example/lab/{container_name}:1.0"),
@@ -539,8 +630,8 @@ impl World {
             },
             "status": {
                 "phase": "Running",
-                "hostIP": NODE_IP4.to_string(),
-                "hostIPs": [{"ip": NODE_IP4.to_string()}, {"ip": NODE_IP6.to_string()}],
+                "hostIP": self.node_ip(p.node, false).to_string(),
+                "hostIPs": [{"ip": self.node_ip(p.node, false).to_string()}, {"ip": self.node_ip(p.node, true).to_string()}],
                 "podIP": p.ip4.to_string(),
                 "podIPs": [{"ip": p.ip4.to_string()}, {"ip": p.ip6.to_string()}],
                 "conditions": [{"type": "Ready", "status": "True"}],
@@ -746,7 +837,11 @@ impl World {
                     chains.push_str(&format!(
                         "  chain {svc_chain} {{\n    {daddr} {} {p} dport {port} {saddr} != {} jump mark-for-masquerade\n    numgen random mod {} vmap {{ {pick} }}\n  }}\n",
                         s.ip(v6),
-                        if v6 { POD_CIDR6 } else { POD_CIDR4 },
+                        if v6 {
+                            format!("{{ {POD_CIDR6}, {POD2_CIDR6} }}")
+                        } else {
+                            format!("{{ {POD_CIDR4}, {POD2_CIDR4} }}")
+                        },
                         ep_chains.len(),
                     ));
                 }

@@ -116,6 +116,11 @@ impl Tracker {
         self.conns.len()
     }
 
+    /// Is this connection still tracked (open, not yet ended)?
+    pub fn tracks(&self, key: &ConnKey) -> bool {
+        self.conns.contains_key(key)
+    }
+
     /// One pass over the kernel table at monotonic time `now`. With
     /// `shutdown`, every open connection is reported (as not ended unless it
     /// did end) and nothing is deleted.

@@ -78,6 +78,10 @@ pub struct IndexConfig {
     /// Pod networks known beforehand (in addition to Nodes' `spec.podCIDRs`);
     /// an address inside them that no pod has is "unattributed", not external.
     pub pod_cidrs: Vec<IpNet>,
+    /// Labels of segwatch's own agent pods (`--agent-selector`): a node
+    /// with such a pod runs an agent, which reports the connections its
+    /// pods open. `None`: only this node is known to run one.
+    pub agent_selector: Option<Labels>,
 }
 
 type Key = (String, String);
@@ -121,6 +125,16 @@ pub struct ServiceEntry {
     pub selector: Labels,
     pub ips: Vec<IpAddr>,
     pub masks: PeerMasks,
+    /// `spec.ports`: what a client addresses and where it lands.
+    pub ports: Vec<SvcPort>,
+}
+
+/// One `spec.ports` entry of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SvcPort {
+    pub protocol: String,
+    pub port: u16,
+    pub node_port: Option<u16>,
 }
 
 /// What an address is.
@@ -221,6 +235,16 @@ pub struct ClusterIndex {
     svc_entries: HashMap<Key, Arc<ServiceEntry>>,
     by_ip_svc: IpMap<Arc<ServiceEntry>>,
     by_ip_node: IpMap<Arc<str>>,
+    /// externalIPs and load-balancer ingress IPs of Services.
+    by_ip_svc_ext: IpMap<Arc<ServiceEntry>>,
+    /// (nodePort, protocol) of NodePort/LoadBalancer Services.
+    by_node_port: HashMap<(u16, String), Arc<ServiceEntry>>,
+    /// Pod networks of each Node (`spec.podCIDRs`).
+    node_pod_nets: Vec<(IpNet, Arc<str>)>,
+    /// Agent pods (see [`IndexConfig::agent_selector`]) per node.
+    agent_nodes: HashMap<Arc<str>, usize>,
+    /// The agent pods counted in `agent_nodes`, with their node.
+    agent_pods: HashMap<Key, Arc<str>>,
     metadata: HashSet<IpAddr, foldhash::fast::RandomState>,
     pod_nets: Vec<IpNet>,
     /// (namespace, workload label) of every pod, with pod counts.
@@ -611,6 +635,47 @@ impl ClusterIndex {
         Resolved::External
     }
 
+    /// Does an agent run on `node`? This node does; others when an agent
+    /// pod (see [`IndexConfig::agent_selector`]) is known there.
+    pub fn runs_agent(&self, node: &str) -> bool {
+        node == self.cfg.node_name || self.agent_nodes.contains_key(node)
+    }
+
+    /// The node a pod address lives on: the pod's `spec.nodeName`, else the
+    /// Node whose `spec.podCIDRs` hold it (a pod not in the index yet).
+    pub fn pod_node_of(&self, ip: IpAddr) -> Option<&Arc<str>> {
+        if let Some(p) = self.by_ip_pod.get(&ip) {
+            return p.node.as_ref();
+        }
+        self.node_pod_nets
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, n)| n)
+    }
+
+    /// Is `ip` a pod of this node (known, or inside this node's pod CIDRs)?
+    pub fn is_local_pod(&self, ip: IpAddr) -> bool {
+        self.pod_node_of(ip)
+            .is_some_and(|n| **n == *self.cfg.node_name)
+    }
+
+    /// The Service a client addressed at `ip:port`: a ClusterIP, an
+    /// externalIP or load-balancer IP, or a node address with a nodePort.
+    pub fn service_at(&self, ip: IpAddr, port: u16, protocol: &str) -> Option<&Arc<ServiceEntry>> {
+        if let Some(s) = self
+            .by_ip_svc
+            .get(&ip)
+            .or_else(|| self.by_ip_svc_ext.get(&ip))
+        {
+            return Some(s);
+        }
+        if self.by_ip_node.contains_key(&ip) {
+            return self.by_node_port.get(&(port, protocol.to_owned()));
+        }
+        None
+    }
+
     fn facts<'a>(
         &'a self,
         namespace: &'a str,
@@ -670,6 +735,14 @@ impl ClusterIndex {
     }
 
     fn recompute_pod(&mut self, key: &Key) {
+        if let Some(node) = self.agent_pods.remove(key) {
+            if let Some(n) = self.agent_nodes.get_mut(&node) {
+                *n -= 1;
+                if *n == 0 {
+                    self.agent_nodes.remove(&node);
+                }
+            }
+        }
         if let Some(old) = self.pod_entries.remove(key) {
             for ip in &old.ips {
                 self.unclaim(*ip, key);
@@ -703,7 +776,23 @@ impl ClusterIndex {
                 self.by_ip_pod.insert(*ip, entry.clone());
             }
         }
+        // A finished agent pod runs no agent any more.
+        if !matches!(phase, Some("Succeeded" | "Failed")) {
+            if let Some(node) = self.agent_node_of(&entry) {
+                *self.agent_nodes.entry(node.clone()).or_default() += 1;
+                self.agent_pods.insert(key.clone(), node);
+            }
+        }
         self.pod_entries.insert(key.clone(), entry);
+    }
+
+    /// The node an agent pod runs on, if `e` is one.
+    fn agent_node_of(&self, e: &PodEntry) -> Option<Arc<str>> {
+        let sel = self.cfg.agent_selector.as_ref()?;
+        if sel.is_empty() || !sel.iter().all(|(k, v)| e.labels.get(k) == Some(v)) {
+            return None;
+        }
+        e.node.clone()
     }
 
     fn unclaim(&mut self, ip: IpAddr, key: &Key) {
@@ -813,6 +902,8 @@ impl ClusterIndex {
                     self.by_ip_svc.remove(ip);
                 }
             }
+            self.by_ip_svc_ext.retain(|_, e| !Arc::ptr_eq(e, &old));
+            self.by_node_port.retain(|_, e| !Arc::ptr_eq(e, &old));
         }
         let Some(svc) = self.services.get(key) else {
             return;
@@ -829,6 +920,35 @@ impl ClusterIndex {
         // names resolve to pod IPs, which attribute as pods.
         let selector = spec.and_then(|s| s.selector.clone()).unwrap_or_default();
         let masks = self.policy.masks(&self.facts(&key.0, &selector, None));
+        let ports: Vec<SvcPort> = spec
+            .and_then(|s| s.ports.as_ref())
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| {
+                        Some(SvcPort {
+                            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                            port: u16::try_from(p.port).ok()?,
+                            node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // externalIPs and load-balancer ingress IPs are addressed like the
+        // ClusterIP (kube-proxy DNATs them the same way).
+        let mut ext: Vec<&str> = spec
+            .and_then(|s| s.external_ips.as_ref())
+            .map(|v| v.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        ext.extend(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()),
+        );
         let entry = Arc::new(ServiceEntry {
             namespace: key.0.as_str().into(),
             name: key.1.clone(),
@@ -836,9 +956,19 @@ impl ClusterIndex {
             ips: parse_ips(ips),
             selector,
             masks,
+            ports,
         });
         for ip in &entry.ips {
             self.by_ip_svc.insert(*ip, entry.clone());
+        }
+        for ip in parse_ips(ext) {
+            self.by_ip_svc_ext.insert(ip, entry.clone());
+        }
+        for p in &entry.ports {
+            if let Some(np) = p.node_port {
+                self.by_node_port
+                    .insert((np, p.protocol.clone()), entry.clone());
+            }
         }
         self.svc_entries.insert(key.clone(), entry);
     }
@@ -846,6 +976,7 @@ impl ClusterIndex {
     fn rebuild_nodes(&mut self) {
         let mut by_ip: IpMap<Arc<str>> = IpMap::default();
         let mut nets: Vec<IpNet> = self.cfg.pod_cidrs.clone();
+        let mut node_nets: Vec<(IpNet, Arc<str>)> = Vec::new();
         let mut names: Vec<&String> = self.nodes.keys().collect();
         names.sort();
         for name in names {
@@ -863,7 +994,10 @@ impl ClusterIndex {
             }
             if let Some(spec) = &node.spec {
                 let cidrs = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
-                nets.extend(cidrs.filter_map(|c| c.parse::<IpNet>().ok()));
+                for c in cidrs.filter_map(|c| c.parse::<IpNet>().ok()) {
+                    nets.push(c);
+                    node_nets.push((c, n.clone()));
+                }
             }
         }
         let local: Arc<str> = Arc::from(self.cfg.node_name.as_str());
@@ -874,6 +1008,7 @@ impl ClusterIndex {
         nets.dedup();
         self.by_ip_node = by_ip;
         self.pod_nets = nets;
+        self.node_pod_nets = node_nets;
     }
 }
 

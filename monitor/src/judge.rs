@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use crate::index::{ClusterIndex, Resolved, BARE_POD_WORKLOAD};
 use crate::metrics::Metrics;
 use crate::netpol;
-use crate::report::{Endpoint, EndpointKind, FlowReport, TcpState, Verdict, ViolationKind};
+use crate::report::{
+    Endpoint, EndpointKind, FlowReport, ServiceRef, TcpState, Verdict, Violation, ViolationKind,
+};
 use crate::segpolicy::{Decision, End, FlowView, L4};
 
 /// The index shared between the sources (writers) and the judge (reader).
@@ -67,7 +69,12 @@ fn fill(ep: &mut Endpoint, r: &Resolved<'_>) {
         Resolved::Service(s) => {
             ep.kind = Some(EndpointKind::Service);
             ep.namespace = Some(s.namespace.clone());
-            ep.service = Some(s.id.clone());
+            ep.service = Some(ServiceRef {
+                namespace: s.namespace.clone(),
+                name: s.name.as_str().into(),
+                ip: Some(ip),
+                port,
+            });
         }
         Resolved::Node(n) => {
             ep.kind = Some(EndpointKind::Node);
@@ -162,8 +169,9 @@ impl ClusterIndex {
         report.verdict = if !report.violations.is_empty() {
             Some(Verdict::Violation)
         } else if matches!(decision, Decision::NotJudged) && unknown_end {
-            // An end we cannot name: nothing honest to say.
-            None
+            // An end we cannot name: nothing honest to say, and never
+            // "allowed" by default.
+            Some(Verdict::Unjudged)
         } else {
             Some(Verdict::Allowed)
         };
@@ -224,11 +232,7 @@ fn workload_label(ep: &Endpoint) -> String {
             .unwrap_or(BARE_POD_WORKLOAD)
             .to_owned(),
         Some(EndpointKind::Service) => {
-            let name = ep
-                .service
-                .as_deref()
-                .and_then(|s| s.split_once('/'))
-                .map_or("", |(_, n)| n);
+            let name = ep.service.as_ref().map_or("", |s| &*s.name);
             format!("Service/{name}")
         }
         Some(EndpointKind::Node) => format!("node/{}", ep.node.as_deref().unwrap_or("")),
@@ -309,31 +313,34 @@ impl Observer {
         self.series.entry((fam, labels)).or_insert(names);
     }
 
-    /// Per report: flows and bytes. Per connection (`first`): violations,
-    /// workload edges, unattributed ends. A `netpol_bypass` found only in a
-    /// later report (the handshake completed after the first) is counted
-    /// then, once.
-    pub fn observe(&mut self, m: &Metrics, r: &FlowReport, first: bool) {
+    /// Per report: bytes. At the connection's first report (`first`):
+    /// `segwatch_flows_total`, and unless `announced` (counted then) the
+    /// violations, workload edges and unattributed ends. A `netpol_bypass`
+    /// found only in a later report (the handshake completed after the
+    /// first) is counted then, once.
+    pub fn observe(&mut self, m: &Metrics, r: &FlowReport, first: bool, announced: bool) {
         let src_ns = namespace_label(&r.src).to_owned();
         let dst_ns = namespace_label(&r.dst).to_owned();
         let verdict = match r.verdict {
             Some(Verdict::Allowed) => "allowed",
             Some(Verdict::Violation) => "violation",
-            None => "unjudged",
+            Some(Verdict::Unjudged) | None => "unjudged",
         };
         let ns_names = vec![(src_ns.clone(), None), (dst_ns.clone(), None)];
-        self.inc(
-            m,
-            Family::Flows,
-            vec![
-                src_ns.clone(),
-                dst_ns.clone(),
-                r.protocol.clone(),
-                verdict.to_owned(),
-            ],
-            1,
-            ns_names.clone(),
-        );
+        if first {
+            self.inc(
+                m,
+                Family::Flows,
+                vec![
+                    src_ns.clone(),
+                    dst_ns.clone(),
+                    r.protocol.clone(),
+                    verdict.to_owned(),
+                ],
+                1,
+                ns_names.clone(),
+            );
+        }
         for (dir, n) in [("sent", r.bytes.sent), ("received", r.bytes.received)] {
             self.inc(
                 m,
@@ -343,7 +350,7 @@ impl Observer {
                 ns_names.clone(),
             );
         }
-        if first {
+        if first && !announced {
             self.count_connection(m, r);
         } else if !r.probe
             && r.violations
@@ -354,8 +361,23 @@ impl Observer {
             self.count_violations(m, r, true);
         }
         if r.ended {
-            self.bypass_counted.remove(&Self::conn_id(r));
+            self.forget(r);
         }
+    }
+
+    /// Drops what is kept about the connection of `r` (it ended, or left
+    /// the kernel table without a final report).
+    pub fn forget(&mut self, r: &FlowReport) {
+        self.bypass_counted.remove(&Self::conn_id(r));
+    }
+
+    fn forget_id(&mut self, id: &ConnId) {
+        self.bypass_counted.remove(id);
+    }
+
+    /// Connections remembered (bypass counted), for bounds checks.
+    pub fn remembered(&self) -> usize {
+        self.bypass_counted.len()
     }
 
     /// A new connection announced by the kernel: counts its per-connection
@@ -524,13 +546,91 @@ impl Observer {
     }
 }
 
+/// Why this node leaves a connection it saw to one report made elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotOurs {
+    /// The opener is a pod on another node that runs an agent.
+    OpenerNode,
+    /// The copy of a Service connection after DNAT; the client's veth on
+    /// this node carries the copy that is reported (naming the backend).
+    NatCopy,
+}
+
+impl NotOurs {
+    fn label(self) -> &'static str {
+        match self {
+            NotOurs::OpenerNode => "opener_node",
+            NotOurs::NatCopy => "nat_copy",
+        }
+    }
+}
+
+/// What the judge keeps per open connection (keyed by its `connection`
+/// id). Bounded by the kernel flow table: removed when the connection
+/// ends, and after every sweep for connections no longer in the table.
+struct ConnState {
+    key: Option<crate::flows::ConnKey>,
+    /// NAT found in conntrack (looked up again while `None`: the entry may
+    /// not be confirmed yet when the first packet is announced).
+    nat: Option<crate::conntrack::Nat>,
+    not_ours: Option<NotOurs>,
+    /// Reports published so far (the next one's `seq` is this + 1).
+    published: u32,
+    /// Violations and workload edge counted (at the announcement, or at a
+    /// published report).
+    counted: bool,
+    /// `segwatch_service_flows_without_backend_total` counted.
+    backendless_counted: bool,
+    /// The Service translation applied to the connection's reports:
+    /// (client end, backend end, the Service addressed).
+    translated: Option<(Endpoint, Endpoint, Option<ServiceRef>)>,
+    /// The observer's key for it (to forget it when the state goes).
+    obs_id: Option<ConnId>,
+    /// Reports held until the index names both ends.
+    held: Vec<FlowReport>,
+    held_since: Option<Instant>,
+    /// A report (or the announcement) was seen at the last sweep or since.
+    seen: bool,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            key: None,
+            nat: None,
+            not_ours: None,
+            published: 0,
+            counted: false,
+            backendless_counted: false,
+            translated: None,
+            obs_id: None,
+            held: Vec::new(),
+            held_since: None,
+            seen: true,
+        }
+    }
+}
+
+/// Reports held at most, over all connections; past it a report is
+/// published at once as it is (`unjudged` if it cannot be judged).
+const MAX_HELD: usize = 65_536;
+
 /// The daemon's judge: the shared index, the readiness of its sources and
-/// the metrics observer. Plug it into `daemon::run`.
+/// the metrics observer; decides which connections this node reports
+/// ([`crate::reporter`]), resolves Service connections to their backend
+/// from conntrack, and holds reports whose ends the index does not know
+/// yet. Plug it into `daemon::run`.
 pub struct ClusterJudge {
     index: SharedIndex,
     ready: ReadyFlag,
     health: crate::sources::SourceHealth,
     observer: Observer,
+    conntrack: Option<Box<dyn crate::conntrack::Lookup + Send>>,
+    conns: HashMap<String, ConnState>,
+    held: usize,
+    /// How long a report waits for the index to name its ends.
+    identity_wait: Duration,
+    ct_warned: bool,
 }
 
 impl ClusterJudge {
@@ -540,6 +640,11 @@ impl ClusterJudge {
             ready,
             health: crate::sources::SourceHealth::default(),
             observer: Observer::new(metrics_ttl),
+            conntrack: None,
+            conns: HashMap::new(),
+            held: 0,
+            identity_wait: Duration::from_secs(15),
+            ct_warned: false,
         }
     }
 
@@ -549,29 +654,380 @@ impl ClusterJudge {
         self
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, ClusterIndex> {
+    /// Reads Service backends from this connection tracking table.
+    pub fn with_conntrack(mut self, ct: Box<dyn crate::conntrack::Lookup + Send>) -> Self {
+        self.conntrack = Some(ct);
+        self
+    }
+
+    /// How long a report with an end the index does not know waits for it
+    /// (`--identity-wait`).
+    pub fn with_identity_wait(mut self, wait: Duration) -> Self {
+        self.identity_wait = wait;
+        self
+    }
+
+    /// Connections with state kept (for bounds checks).
+    pub fn tracked(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn conn_key(report: &FlowReport) -> String {
+        report.connection.clone().unwrap_or_else(|| {
+            format!(
+                "{}:{}>{}:{}/{}",
+                report.src.ip,
+                report.src.port.unwrap_or(0),
+                report.dst.ip,
+                report.dst.port.unwrap_or(0),
+                report.protocol
+            )
+        })
+    }
+
+    /// What conntrack says about the connection, once found.
+    fn nat(&mut self, report: &FlowReport, metrics: Option<&Metrics>) -> crate::conntrack::Nat {
+        use crate::conntrack::{Nat, Tuple};
+        let id = Self::conn_key(report);
+        if let Some(n) = self.conns.get(&id).and_then(|s| s.nat) {
+            return n;
+        }
+        let proto = match report.protocol.as_str() {
+            "TCP" => 6,
+            "UDP" => 17,
+            "SCTP" => 132,
+            _ => return Nat::None,
+        };
+        let (Some(sport), Some(dport), Some(ct)) =
+            (report.src.port, report.dst.port, self.conntrack.as_mut())
+        else {
+            return Nat::None;
+        };
+        let tuple = Tuple {
+            src: report.src.ip,
+            dst: report.dst.ip,
+            sport,
+            dport,
+            proto,
+        };
+        match ct.nat_tracked(&tuple) {
+            Ok((n, tracked)) => {
+                // Kept once conntrack knows the connection; asked again
+                // while it does not (the entry is confirmed only after
+                // the first packet passed the hooks).
+                if tracked {
+                    self.conns.entry(id).or_insert_with(ConnState::new).nat = Some(n);
+                }
+                n
+            }
+            Err(e) => {
+                if let Some(m) = metrics {
+                    m.conntrack_errors.inc();
+                }
+                if !self.ct_warned {
+                    self.ct_warned = true;
+                    tracing::warn!(error = %e, "conntrack lookup failed: Service connections are reported without backend");
+                }
+                Nat::None
+            }
+        }
+    }
+
+    /// Attribution and verdict of one report, with the Service translation
+    /// applied; returns why it is not ours to report, if it is not.
+    fn judge_one(&mut self, report: &mut FlowReport, metrics: Option<&Metrics>) -> Option<NotOurs> {
+        use crate::conntrack::Nat;
+        let id = Self::conn_key(report);
+        let done = self.conns.get(&id).and_then(|s| s.translated.clone());
+        let nat = if done.is_some() {
+            Nat::None
+        } else {
+            self.nat(report, metrics)
+        };
+        let index = self.index.clone();
         // A writer that panicked left a consistent-enough index (every
         // method completes its update before the next); keep judging.
-        self.index.read().unwrap_or_else(|e| e.into_inner())
+        let idx = index.read().unwrap_or_else(|e| e.into_inner());
+        let protocol = report.protocol.clone();
+        let svc_ref = |s: &crate::index::ServiceEntry, ip: IpAddr, port: u16| ServiceRef {
+            namespace: s.namespace.clone(),
+            name: s.name.as_str().into(),
+            ip: Some(ip),
+            port: Some(port),
+        };
+        let translated = match (done, nat) {
+            (Some(t), _) => Some(t),
+            (None, Nat::Before { backend }) => {
+                // The client's view: the Service address it dialled. The
+                // kernel sent it to `backend`; judge that (what
+                // NetworkPolicy sees), and name the Service too.
+                let service = report.dst.port.and_then(|port| {
+                    idx.service_at(report.dst.ip, port, &protocol)
+                        .map(|s| svc_ref(s, report.dst.ip, port))
+                });
+                Some((
+                    Endpoint::bare(report.src.ip, report.src.port),
+                    Endpoint::bare(backend.0, Some(backend.1)),
+                    service,
+                ))
+            }
+            (None, Nat::After { client, addressed }) => {
+                if idx.is_local_pod(client.0) {
+                    // The client's veth is on this node: its copy (before
+                    // DNAT) is the one reported.
+                    return Some(NotOurs::NatCopy);
+                }
+                let service = idx
+                    .service_at(addressed.0, addressed.1, &protocol)
+                    .map(|s| svc_ref(s, addressed.0, addressed.1));
+                // The client as it opened the connection (before a
+                // masquerade), the backend as it is.
+                Some((
+                    Endpoint::bare(client.0, Some(client.1)),
+                    Endpoint::bare(report.dst.ip, report.dst.port),
+                    service,
+                ))
+            }
+            (None, Nat::None) => None,
+        };
+        let mut service = None;
+        if let Some((src, dst, svc)) = &translated {
+            report.src = src.clone();
+            report.dst = dst.clone();
+            service.clone_from(svc);
+            self.conns
+                .entry(id)
+                .or_insert_with(ConnState::new)
+                .translated
+                .clone_from(&translated);
+        }
+        let opener = report.src.ip;
+        if let crate::reporter::Choice::OpenerNode(_) = crate::reporter::choose(&idx, opener) {
+            return Some(NotOurs::OpenerNode);
+        }
+        idx.judge(report);
+        if service.is_some() {
+            report.dst.service = service;
+        }
+        // Traffic that left a pod veth of this node is from a pod even
+        // before the index names it: reaching a node or the metadata API
+        // is a violation at once (no rule can allow an unknown pod).
+        if report.src.kind.is_none() && idx.is_local_pod(report.src.ip) {
+            let kind = match report.dst.kind {
+                Some(EndpointKind::Metadata) => Some((
+                    ViolationKind::MetadataApi,
+                    idx.policy().metadata_owner_name(),
+                    "the metadata API",
+                )),
+                Some(EndpointKind::Node) => Some((
+                    ViolationKind::HostAccess,
+                    idx.policy().host_owner_name(),
+                    "a node port",
+                )),
+                _ => None,
+            };
+            if let Some((kind, rule, what)) = kind {
+                let port = report.dst.port.map(|p| format!(":{p}")).unwrap_or_default();
+                report.violations.push(Violation {
+                    kind,
+                    rule,
+                    reason: format!(
+                        "a pod of this node not yet in the cluster view ({}) reached {what} ({}{port}/{})",
+                        report.src.ip, report.dst.ip, report.protocol
+                    ),
+                });
+                report.verdict = Some(Verdict::Violation);
+            }
+        }
+        None
+    }
+
+    /// Drops a connection's state unless reports of it are still held.
+    fn forget_if_done(&mut self, id: &str) {
+        if self.conns.get(id).is_some_and(|s| s.held.is_empty()) {
+            if let Some(st) = self.conns.remove(id) {
+                if let Some(o) = st.obs_id {
+                    self.observer.forget_id(&o);
+                }
+            }
+        }
+    }
+
+    /// Is an end of `r` still to be named by the index?
+    fn unattributed(r: &FlowReport) -> bool {
+        r.src.kind.is_none() || r.dst.kind.is_none()
+    }
+
+    /// Counts a report in the metrics and numbers it; the caller writes it.
+    fn publish(&mut self, metrics: &Metrics, mut r: FlowReport) -> FlowReport {
+        let id = Self::conn_key(&r);
+        let st = self.conns.entry(id).or_insert_with(ConnState::new);
+        st.published += 1;
+        r.seq = Some(st.published);
+        let first = st.published == 1;
+        let announced = st.counted;
+        st.obs_id = Some(Observer::conn_id(&r));
+        st.counted = true;
+        if first
+            && r.dst.kind == Some(EndpointKind::Service)
+            && !std::mem::replace(&mut st.backendless_counted, true)
+        {
+            metrics.service_without_backend.inc();
+        }
+        self.observer.observe(metrics, &r, first, announced);
+        r
+    }
+
+    /// Publishes the held reports of a connection (re-judged with what the
+    /// index knows now).
+    fn release(&mut self, metrics: &Metrics, id: &str, out: &mut Vec<FlowReport>) {
+        let Some(st) = self.conns.get_mut(id) else {
+            return;
+        };
+        let held = std::mem::take(&mut st.held);
+        st.held_since = None;
+        self.held -= held.len();
+        for mut r in held {
+            let _ = self.judge_one(&mut r, Some(metrics));
+            let outcome = if Self::unattributed(&r) {
+                "unjudged"
+            } else {
+                "attributed"
+            };
+            if r.verdict.is_none() || (outcome == "unjudged" && r.verdict == Some(Verdict::Allowed))
+            {
+                r.verdict = Some(Verdict::Unjudged);
+            }
+            metrics
+                .flows_identity_late
+                .with_label_values(&[outcome])
+                .inc();
+            out.push(self.publish(metrics, r));
+        }
+        metrics.flows_awaiting_identity.set(self.held as i64);
     }
 }
 
 impl crate::daemon::Judge for ClusterJudge {
     fn judge(&mut self, report: &mut FlowReport) {
-        self.read().judge(report);
+        let id = Self::conn_key(report);
+        let not_ours = self.judge_one(report, None);
+        let st = self.conns.entry(id).or_insert_with(ConnState::new);
+        st.seen = true;
+        if st.key.is_none() {
+            st.key = report.conn;
+        }
+        st.not_ours = not_ours;
     }
 
-    fn observe(&mut self, metrics: &Metrics, report: &FlowReport, first: bool) {
-        self.observer.observe(metrics, report, first);
+    fn observe(
+        &mut self,
+        metrics: &Metrics,
+        report: FlowReport,
+        _first: bool,
+    ) -> Option<FlowReport> {
+        let id = Self::conn_key(&report);
+        let ended = report.ended;
+        let st = self.conns.entry(id.clone()).or_insert_with(ConnState::new);
+        st.seen = true;
+        let out = if let Some(why) = st.not_ours {
+            if st.published == 0 && !std::mem::replace(&mut st.counted, true) {
+                metrics
+                    .flows_not_reported
+                    .with_label_values(&[why.label()])
+                    .inc();
+            }
+            None
+        } else if Self::unattributed(&report)
+            && (!st.held.is_empty() || st.published == 0)
+            && self.held < MAX_HELD
+        {
+            // Held until the index names the end (or the wait is over):
+            // its violations count then, once, with the identity. What is
+            // a violation whoever the pod is (metadata API, node ports)
+            // counts now, for the alert.
+            if !report.violations.is_empty() && !st.counted {
+                st.counted = true;
+                self.observer.announce(metrics, &report);
+            }
+            st.held_since.get_or_insert_with(Instant::now);
+            st.held.push(report);
+            self.held += 1;
+            metrics.flows_awaiting_identity.set(self.held as i64);
+            None
+        } else {
+            Some(self.publish(metrics, report))
+        };
         if self.observer.sweep_due() {
             let index = self.index.clone();
             let guard = index.read().unwrap_or_else(|e| e.into_inner());
             self.observer.sweep(metrics, &guard, Instant::now());
         }
+        if ended {
+            self.forget_if_done(&id);
+        }
+        out
     }
 
     fn announce(&mut self, metrics: &Metrics, report: &FlowReport) -> bool {
+        let id = Self::conn_key(report);
+        let st = self.conns.entry(id).or_insert_with(ConnState::new);
+        st.seen = true;
+        // Not ours, or not judged on its final identity yet (an unknown
+        // end, a Service whose backend conntrack does not show yet): the
+        // report counts it.
+        if st.not_ours.is_some()
+            || st.counted
+            || (Self::unattributed(report) && report.violations.is_empty())
+            || report.dst.kind == Some(EndpointKind::Service)
+        {
+            return false;
+        }
+        st.counted = true;
         self.observer.announce(metrics, report)
+    }
+
+    fn after_sweep(
+        &mut self,
+        metrics: &Metrics,
+        open: &dyn Fn(&crate::flows::ConnKey) -> bool,
+        shutdown: bool,
+    ) -> Vec<FlowReport> {
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let waiting: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, s)| !s.held.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            let due = {
+                let st = &self.conns[&id];
+                let expired = st
+                    .held_since
+                    .is_some_and(|t| now.duration_since(t) >= self.identity_wait);
+                let mut probe = st.held[0].clone();
+                let _ = self.judge_one(&mut probe, Some(metrics));
+                shutdown || expired || !Self::unattributed(&probe)
+            };
+            if due {
+                self.release(metrics, &id, &mut out);
+            }
+        }
+        // Per-connection state lives as long as the kernel tracks the
+        // connection (flows that end without a final report included).
+        let mut gone = Vec::new();
+        for (id, st) in &mut self.conns {
+            let alive = st.key.as_ref().is_some_and(open) || std::mem::take(&mut st.seen);
+            if !alive && st.held.is_empty() {
+                gone.push(id.clone());
+            }
+        }
+        for id in gone {
+            self.forget_if_done(&id);
+        }
+        out
     }
 
     fn ready(&self) -> bool {
@@ -583,5 +1039,7 @@ impl crate::daemon::Judge for ClusterJudge {
     }
 }
 
+#[cfg(test)]
+mod identity_tests;
 #[cfg(test)]
 mod tests;

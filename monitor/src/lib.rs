@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod cli;
 pub mod cmd;
+pub mod conntrack;
 pub mod daemon;
 pub mod datapath;
 pub mod flows;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod netpol;
 pub mod probe;
 pub mod report;
+pub mod reporter;
 pub mod segpolicy;
 pub mod sources;
 pub mod suggest;

@@ -47,6 +47,25 @@ pub struct Metrics {
     /// watches or `inventory` files) is current, 0 while the index runs on
     /// the last good state.
     pub source_up: IntGaugeVec,
+    /// `segwatch_flows_not_reported_total{reason}`: connections this node
+    /// saw and left to the one report made elsewhere: `opener_node` (the
+    /// opener's node runs an agent and reports it), `nat_copy` (the copy
+    /// of a Service connection after DNAT; the client's veth reports it).
+    pub flows_not_reported: IntCounterVec,
+    /// `segwatch_service_flows_without_backend_total`: connections to a
+    /// Service address with no DNAT in the kernel's connection tracking
+    /// (e.g. a CNI that balances at the socket): reported without backend.
+    pub service_without_backend: IntCounter,
+    /// `segwatch_conntrack_errors_total`: conntrack lookups that failed
+    /// (not "not tracked"): the report goes out without a backend.
+    pub conntrack_errors: IntCounter,
+    /// `segwatch_flows_awaiting_identity`: reports held until the cluster
+    /// view names their ends.
+    pub flows_awaiting_identity: IntGauge,
+    /// `segwatch_flows_identity_late_total{outcome}`: held reports
+    /// released, `attributed` (judged once the index learned the end) or
+    /// `unjudged` (not learned within the wait, or no room to hold).
+    pub flows_identity_late: IntCounterVec,
 }
 
 /// Names of the loss stages in `segwatch_events_lost_total{stage}`.
@@ -79,7 +98,7 @@ impl Metrics {
         };
         let flows = counter_vec(
             "segwatch_flows_total",
-            "Flow reports, by namespace pair, protocol and verdict.",
+            "Connections (counted at their first report), by namespace pair, protocol and verdict.",
             &["src_namespace", "dst_namespace", "protocol", "verdict"],
         );
         let flow_bytes = counter_vec(
@@ -133,6 +152,22 @@ impl Metrics {
             "Inventory files or API objects that could not be read; the last good state is kept.",
             &["source"],
         );
+        let flows_not_reported = counter_vec(
+            "segwatch_flows_not_reported_total",
+            "Connections seen here and reported once elsewhere: by the opener's node (opener_node) or from the client's side of a Service DNAT on this node (nat_copy).",
+            &["reason"],
+        );
+        let flows_identity_late = counter_vec(
+            "segwatch_flows_identity_late_total",
+            "Reports held until the cluster view named their ends, by outcome (attributed, unjudged).",
+            &["outcome"],
+        );
+        for r in ["opener_node", "nat_copy"] {
+            flows_not_reported.with_label_values(&[r]);
+        }
+        for o in ["attributed", "unjudged"] {
+            flows_identity_late.with_label_values(&[o]);
+        }
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric definition is valid");
             registry
@@ -170,6 +205,18 @@ impl Metrics {
         let flows_deduplicated = counter(
             "segwatch_flows_deduplicated_total",
             "Connections seen on two interfaces of this node and reported once.",
+        );
+        let service_without_backend = counter(
+            "segwatch_service_flows_without_backend_total",
+            "Connections to a Service address whose backend the kernel's connection tracking does not show (no DNAT visible): reported as kind service, without backend.",
+        );
+        let conntrack_errors = counter(
+            "segwatch_conntrack_errors_total",
+            "Connection tracking lookups that failed (not counted: connections that are simply not tracked).",
+        );
+        let flows_awaiting_identity = gauge(
+            "segwatch_flows_awaiting_identity",
+            "Flow reports held until the cluster view names their ends.",
         );
         let source_up = IntGaugeVec::new(
             Opts::new(
@@ -223,6 +270,11 @@ impl Metrics {
             new_flows,
             inventory_errors,
             source_up,
+            flows_not_reported,
+            service_without_backend,
+            conntrack_errors,
+            flows_awaiting_identity,
+            flows_identity_late,
         }
     }
 

@@ -59,6 +59,18 @@ pub struct FlowReport {
     /// Omitted when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
+    /// Extension: the connection's identity, the same in every report of
+    /// it and unique across the cluster's flow logs (the reporting node is
+    /// part of it). Readers count connections by it, not reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// Extension: 1 for the connection's first report, 2 for the next
+    /// (active timeout), ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
+    /// The kernel's connection key (daemon only; never written).
+    #[serde(skip)]
+    pub conn: Option<crate::flows::ConnKey>,
 }
 
 fn default_true() -> bool {
@@ -86,9 +98,75 @@ pub struct Endpoint {
     pub labels: Option<Arc<BTreeMap<String, String>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Arc<str>>,
-    /// `namespace/name` of the Service whose ClusterIP this is.
+    /// The Service the client addressed: on a `kind: service` end (no
+    /// backend known) or on the backend pod the kernel chose for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<Arc<str>>,
+    pub service: Option<ServiceRef>,
+}
+
+/// A Service as the client addressed it (CONTRACT "Services in a flow
+/// report"): `{"namespace","name","ip","port"}`. Flow logs of earlier
+/// versions wrote `"namespace/name"`; that still reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceRef {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// The address the client connected to (ClusterIP, node address of a
+    /// NodePort, external or load-balancer IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// The port the client connected to (the Service `port`, or the
+    /// `nodePort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl ServiceRef {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Full {
+            namespace: Arc<str>,
+            name: Arc<str>,
+            #[serde(default)]
+            ip: Option<IpAddr>,
+            #[serde(default)]
+            port: Option<u16>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Id(String),
+            Full(Full),
+        }
+        match Either::deserialize(d)? {
+            Either::Id(id) => {
+                let (ns, name) = id.split_once('/').ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "service {id:?}: expected \"namespace/name\" or an object"
+                    ))
+                })?;
+                Ok(ServiceRef {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    ip: None,
+                    port: None,
+                })
+            }
+            Either::Full(f) => Ok(ServiceRef {
+                namespace: f.namespace,
+                name: f.name,
+                ip: f.ip,
+                port: f.port,
+            }),
+        }
+    }
 }
 
 impl Default for FlowReport {
@@ -114,6 +192,9 @@ impl Default for FlowReport {
             observer: None,
             ended: true,
             probe: false,
+            connection: None,
+            seq: None,
+            conn: None,
         }
     }
 }
@@ -233,6 +314,9 @@ pub struct DecidedBy {
 pub enum Verdict {
     Allowed,
     Violation,
+    /// An end could not be attributed (not in the cluster view in time) or
+    /// the flow could not be judged: never reported as `allowed`.
+    Unjudged,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +358,82 @@ impl ViolationKind {
 pub enum OpenerSource {
     Observed,
     Inferred,
+}
+
+impl FlowReport {
+    /// Folds a later report of the same connection (same `connection`)
+    /// into this one: counts add up, the interval widens, TCP flags and
+    /// violations are the union, the later handshake state and NetworkPolicy
+    /// finding hold, and the verdict is the worst of both.
+    pub fn absorb(&mut self, later: &FlowReport) {
+        self.time = self.time.max(later.time);
+        self.start = self.start.min(later.start);
+        self.end = self.end.max(later.end);
+        self.packets.sent += later.packets.sent;
+        self.packets.received += later.packets.received;
+        self.bytes.sent += later.bytes.sent;
+        self.bytes.received += later.bytes.received;
+        match (&mut self.tcp, &later.tcp) {
+            (Some(a), Some(b)) => {
+                for f in &b.flags {
+                    if !a.flags.contains(f) {
+                        a.flags.push(f.clone());
+                    }
+                }
+                a.state = b.state;
+            }
+            (None, Some(b)) => self.tcp = Some(b.clone()),
+            _ => {}
+        }
+        for v in &later.violations {
+            if !self.violations.iter().any(|x| x.kind == v.kind) {
+                self.violations.push(v.clone());
+            }
+        }
+        if later.netpol.is_some() {
+            self.netpol.clone_from(&later.netpol);
+        }
+        let rank = |v: Option<Verdict>| match v {
+            Some(Verdict::Violation) => 3,
+            Some(Verdict::Unjudged) => 2,
+            Some(Verdict::Allowed) => 1,
+            None => 0,
+        };
+        if rank(later.verdict) > rank(self.verdict) {
+            self.verdict = later.verdict;
+        }
+        self.ended = later.ended;
+        self.seq = self.seq.max(later.seq);
+    }
+}
+
+/// One entry per connection: reports carrying the same (`observer`,
+/// `connection`) are folded into the first (see [`FlowReport::absorb`]);
+/// reports without a `connection` (older flow logs) stay as they are.
+/// Keeps the order of first appearance.
+pub fn by_connection<T>(items: Vec<T>, report: impl Fn(&mut T) -> &mut FlowReport) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    let mut at: std::collections::HashMap<(Option<String>, String), usize> =
+        std::collections::HashMap::new();
+    for mut item in items {
+        let r = report(&mut item);
+        let Some(id) = r.connection.clone() else {
+            out.push(item);
+            continue;
+        };
+        let key = (r.observer.clone(), id);
+        match at.get(&key) {
+            Some(&i) => {
+                let later = report(&mut item).clone();
+                report(&mut out[i]).absorb(&later);
+            }
+            None => {
+                at.insert(key, out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
 }
 
 /// Reads flow reports from JSON lines; a bad line is an error naming the
@@ -358,6 +518,72 @@ mod tests {
                 && err.contains("EOF while parsing"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn services_read_in_both_shapes_and_write_the_object() {
+        let old: Endpoint =
+            serde_json::from_str(r#"{"ip":"10.96.0.7","kind":"service","service":"api/backend"}"#)
+                .expect("the earlier string form reads");
+        let svc = old.service.expect("service");
+        assert_eq!(
+            (svc.id(), svc.ip, svc.port),
+            ("api/backend".into(), None, None)
+        );
+        let new: Endpoint = serde_json::from_str(
+            r#"{"ip":"10.1.0.7","port":5432,"kind":"pod","service":{"namespace":"pay","name":"db","ip":"10.96.0.10","port":80}}"#,
+        )
+        .expect("the contract's object form reads");
+        let text = serde_json::to_string(&new).expect("writes");
+        assert!(
+            text.contains(
+                r#""service":{"namespace":"pay","name":"db","ip":"10.96.0.10","port":80}"#
+            ),
+            "{text}"
+        );
+        assert!(
+            serde_json::from_str::<Endpoint>(r#"{"ip":"10.1.0.7","service":"no-slash"}"#).is_err(),
+            "a string without namespace is an error, not a guess"
+        );
+    }
+
+    #[test]
+    fn reports_of_one_connection_fold_into_one() {
+        let mk =
+            |conn: Option<&str>, seq: u32, sent: u64, ended: bool, verdict: Verdict| FlowReport {
+                connection: conn.map(str::to_owned),
+                seq: Some(seq),
+                observer: Some("n1".into()),
+                bytes: Counts { sent, received: 1 },
+                packets: Counts {
+                    sent: 1,
+                    received: 1,
+                },
+                ended,
+                verdict: Some(verdict),
+                ..FlowReport::default()
+            };
+        let folded = by_connection(
+            vec![
+                mk(Some("a"), 1, 100, false, Verdict::Allowed),
+                mk(Some("b"), 1, 5, true, Verdict::Allowed),
+                mk(Some("a"), 2, 50, true, Verdict::Violation),
+                mk(None, 1, 7, true, Verdict::Allowed),
+                mk(None, 1, 7, true, Verdict::Allowed),
+            ],
+            |r| r,
+        );
+        assert_eq!(
+            folded.len(),
+            4,
+            "a's two reports are one; reports without id stay apart"
+        );
+        let a = &folded[0];
+        assert_eq!(
+            (a.bytes.sent, a.packets.sent, a.seq, a.ended, a.verdict),
+            (150, 2, Some(2), true, Some(Verdict::Violation))
+        );
+        assert_eq!(folded[1].bytes.sent, 5);
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn index_config(
         node_ips,
         static_policies,
         pod_cidrs: Vec::new(),
+        agent_selector: None,
     })
 }
 

@@ -836,10 +836,7 @@ fn metric_edges_give_the_same_policies_as_the_flows() {
     for r in &reports {
         let dst_w = match r.dst.kind {
             Some(EndpointKind::Service) => {
-                format!(
-                    "Service/{}",
-                    r.dst.service.as_deref().unwrap().split_once('/').unwrap().1
-                )
+                format!("Service/{}", r.dst.service.as_ref().unwrap().name)
             }
             _ => r.dst.workload.as_deref().unwrap().to_owned(),
         };

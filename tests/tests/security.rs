@@ -40,6 +40,10 @@ const REPORT_FIELDS: &[&str] = &[
     "observer",
     "ended",
     "probe",
+    // The connection's identity (a hash of node, 5-tuple and start time)
+    // and the report's number in it.
+    "connection",
+    "seq",
 ];
 const ENDPOINT_FIELDS: &[&str] = &[
     "ip",

@@ -152,8 +152,8 @@ pub fn party(ep: &crate::report::Endpoint) -> Party {
         },
         Some(EndpointKind::Service) => ep
             .service
-            .as_deref()
-            .map(str::to_owned)
+            .as_ref()
+            .map(|s| s.id())
             .or_else(|| ep.namespace.as_ref().map(|ns| format!("{ns}/{}", ep.ip)))
             .unwrap_or_else(|| ep.ip.to_string()),
         Some(EndpointKind::Node) => match &ep.node {

@@ -97,7 +97,8 @@ impl SegmentationJudge for FlowLogVerdicts {
             .filter(|v| v.kind != ViolationKind::NetpolBypass)
             .cloned()
             .collect();
-        if flow.verdict.is_none() && violations.is_empty() {
+        let unjudged = matches!(flow.verdict, None | Some(crate::report::Verdict::Unjudged));
+        if unjudged && violations.is_empty() {
             return None;
         }
         Some(SegJudgement {

@@ -125,6 +125,10 @@ pub fn build(mut input: AuditInput<'_>) -> AuditReport {
             .then_with(|| x.observer.cmp(&y.observer))
             .then_with(|| a.source.cmp(&b.source))
     });
+    // Controls count connections, not reports: the active-timeout reports
+    // of a long connection are one piece of evidence.
+    let reports_read = input.flows.len() as u64;
+    input.flows = crate::report::by_connection(std::mem::take(&mut input.flows), |f| &mut f.report);
     let metadata = metadata_addresses(input.policies);
     let facts: Vec<Fact<'_>> = input
         .flows
@@ -184,7 +188,10 @@ pub fn build(mut input: AuditInput<'_>) -> AuditReport {
             policies,
             note,
         },
-        window: window(&facts),
+        window: Window {
+            flow_reports: reports_read,
+            ..window(&facts)
+        },
         coverage: coverage(&facts, input.objects),
         summary,
         controls,

@@ -137,7 +137,7 @@ impl SegmentationJudge for PolicyJudge {
                 Some(EndpointKind::Service) => (
                     ep.service
                         .as_ref()
-                        .and_then(|s| self.facts.service_selectors.get(&**s))
+                        .and_then(|s| self.facts.service_selectors.get(s.id().as_str()))
                         .cloned()
                         .unwrap_or_default(),
                     None,
@@ -272,9 +272,15 @@ impl EngineJudge {
     /// The pods behind a Service destination and the port each listens on
     /// (`targetPort`, numeric or named; API reference, ServicePort).
     fn backends(&self, flow: &FlowReport, protocol: netpol::Protocol) -> Vec<(netpol::Peer, u16)> {
-        let Some(id) = &flow.dst.service else {
+        // A backend the kernel chose is judged as the pod it is; only a
+        // Service end without backend stands for its pods.
+        if flow.dst.kind != Some(EndpointKind::Service) {
+            return Vec::new();
+        }
+        let Some(id) = flow.dst.service.as_ref().map(|s| s.id()) else {
             return Vec::new();
         };
+        let id = &id;
         let (Some(sel), Some(svc)) = (
             self.facts.service_selectors.get(&**id),
             self.facts.services.get(&**id),

@@ -56,6 +56,37 @@ pub struct Args {
     /// Capacity of the kernel flow table (entries per node).
     #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_FLOWS, value_name = "N")]
     pub max_flows: u32,
+    /// Labels of segwatch's own agent pods (`k=v,k2=v2`, any namespace):
+    /// a node with a running one reports the connections its pods open,
+    /// so the other nodes leave them to it. Empty: no other node is known
+    /// to run an agent (each reports all it sees).
+    #[arg(long, default_value = crate::reporter::DEFAULT_AGENT_SELECTOR, value_name = "LABELS")]
+    pub agent_selector: String,
+    /// How long a flow report with an end the cluster view does not know
+    /// waits for it (a pod's IP arrives with the next watch event) before
+    /// it is written as `unjudged` (seconds).
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    pub identity_wait: u64,
+}
+
+/// `k=v,k2=v2` into labels; the error names the flag.
+fn parse_selector(s: &str) -> anyhow::Result<Option<crate::index::Labels>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let mut out = crate::index::Labels::new();
+    for part in s.split(',') {
+        let Some((k, v)) = part.split_once('=') else {
+            anyhow::bail!("--agent-selector {s}: `{part}` is not key=value");
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            anyhow::bail!("--agent-selector {s}: empty label key in `{part}`");
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(Some(out))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -85,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--interface {name}: unknown interface");
         }
     }
+    let agent_selector = parse_selector(&args.agent_selector)?;
     let node_name = args.node_name.clone().or_else(hostname);
     let cfg = crate::daemon::Config {
         interfaces: args.interfaces,
@@ -103,11 +135,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         attach_mode: args.attach_mode,
     };
     let metrics = crate::metrics::Metrics::new();
-    let index_cfg = crate::sources::index_config(
+    let mut index_cfg = crate::sources::index_config(
         cfg.node_name.clone().unwrap_or_default(),
         args.node_ip,
         &args.policy,
     )?;
+    index_cfg.agent_selector = agent_selector;
+    let identity_wait = std::time::Duration::from_secs(args.identity_wait);
     let ttl = std::time::Duration::from_secs(args.metrics_ttl);
     let inventory = args.inventory;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -134,8 +168,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
             .await?
         };
-        let judge = crate::judge::ClusterJudge::new(sources.index, sources.ready, ttl)
-            .with_health(sources.health);
+        let mut judge = crate::judge::ClusterJudge::new(sources.index, sources.ready, ttl)
+            .with_health(sources.health)
+            .with_identity_wait(identity_wait);
+        match crate::conntrack::Conntrack::open() {
+            Ok(ct) => judge = judge.with_conntrack(Box::new(ct)),
+            // Still useful without it: Service connections are reported
+            // without backend, and counted as such.
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot read connection tracking: Service connections are reported without backend"
+            ),
+        }
         crate::daemon::run(cfg, Box::new(judge), metrics).await
     })?;
     Ok(ExitCode::SUCCESS)

@@ -47,7 +47,22 @@ pub struct Config {
 /// connection (violations count once per connection).
 pub trait Judge: Send {
     fn judge(&mut self, report: &mut FlowReport);
-    fn observe(&mut self, metrics: &Metrics, report: &FlowReport, first: bool);
+    /// Counts a judged report and hands back what goes to the flow log:
+    /// the report, or nothing (another node or another copy reports the
+    /// connection, or it waits for the cluster view to name its ends).
+    fn observe(&mut self, metrics: &Metrics, report: FlowReport, first: bool)
+        -> Option<FlowReport>;
+    /// After each sweep, with the connections the kernel still tracks:
+    /// forgets the others and returns held reports now due (judged with
+    /// what the cluster view knows now; all of them with `shutdown`).
+    fn after_sweep(
+        &mut self,
+        _metrics: &Metrics,
+        _open: &dyn Fn(&ConnKey) -> bool,
+        _shutdown: bool,
+    ) -> Vec<FlowReport> {
+        Vec::new()
+    }
     /// A new connection announced by the kernel, judged before any counts
     /// exist so that alerts fire within milliseconds. Returns whether the
     /// violation metrics were updated for it (then the final report does not
@@ -68,11 +83,18 @@ pub struct NoJudge;
 
 impl Judge for NoJudge {
     fn judge(&mut self, _report: &mut FlowReport) {}
-    fn observe(&mut self, metrics: &Metrics, report: &FlowReport, _first: bool) {
-        metrics
-            .flows
-            .with_label_values(&["", "", &report.protocol, "unjudged"])
-            .inc();
+    fn observe(
+        &mut self,
+        metrics: &Metrics,
+        report: FlowReport,
+        first: bool,
+    ) -> Option<FlowReport> {
+        if first {
+            metrics
+                .flows
+                .with_label_values(&["", "", &report.protocol, "unjudged"])
+                .inc();
+        }
         metrics
             .flow_bytes
             .with_label_values(&["", "", "sent"])
@@ -81,6 +103,7 @@ impl Judge for NoJudge {
             .flow_bytes
             .with_label_values(&["", "", "received"])
             .inc_by(report.bytes.received);
+        Some(report)
     }
     fn announce(&mut self, _metrics: &Metrics, _report: &FlowReport) -> bool {
         false
@@ -257,6 +280,7 @@ impl Daemon {
             .unwrap_or("");
         let mut report = flows::to_report(&raw, iface, chrono::Utc::now(), |ns| clock.wall(ns));
         report.observer.clone_from(&self.observer);
+        crate::reporter::stamp(&mut report, &raw, self.observer.as_deref());
         self.judge.judge(&mut report);
         if self.judge.announce(&self.metrics, &report) {
             self.announced.insert(ck);
@@ -285,28 +309,49 @@ impl Daemon {
                 .unwrap_or_else(|| format!("if{}", raw.key.ifindex));
             let mut report = flows::to_report(raw, &iface, wall_now, |ns| clock.wall(ns));
             report.observer.clone_from(&self.observer);
+            crate::reporter::stamp(&mut report, raw, self.observer.as_deref());
             self.judge.judge(&mut report);
             // Violations count once per connection: at the announcement if
             // the judge counted them then, else with the first report.
             let first = raw.start_ns == raw.stats.first_ns && !self.announced.contains(&ck);
-            self.judge.observe(&self.metrics, &report, first);
+            let published = self.judge.observe(&self.metrics, report, first);
             if raw.ended {
                 self.announced.remove(&ck);
             }
-            if let Err(e) = self.log.write(&report) {
-                self.metrics
-                    .events_lost
-                    .with_label_values(&[stage::FLOW_LOG_WRITE])
-                    .inc();
-                tracing::warn!(error = %e, "cannot write the flow log");
+            if let Some(report) = published {
+                self.write_report(&report);
             }
         }
+        self.after_sweep(shutdown);
         if let Err(e) = self.log.flush() {
             tracing::warn!(error = %e, "cannot flush the flow log");
         }
         self.dp.remove(&out.remove);
         self.export_counters()?;
         Ok(())
+    }
+
+    fn write_report(&mut self, report: &FlowReport) {
+        if let Err(e) = self.log.write(report) {
+            self.metrics
+                .events_lost
+                .with_label_values(&[stage::FLOW_LOG_WRITE])
+                .inc();
+            tracing::warn!(error = %e, "cannot write the flow log");
+        }
+    }
+
+    /// Per-connection state lives as long as the kernel table holds the
+    /// connection (also when it ends without a final report); held reports
+    /// that are due go to the flow log.
+    fn after_sweep(&mut self, shutdown: bool) {
+        let tracker = &self.tracker;
+        let open = |k: &ConnKey| tracker.tracks(k);
+        let released = self.judge.after_sweep(&self.metrics, &open, shutdown);
+        self.announced.retain(|k| tracker.tracks(k));
+        for r in &released {
+            self.write_report(r);
+        }
     }
 
     fn export_counters(&mut self) -> Result<()> {

@@ -292,7 +292,7 @@ fn verdicts_table_over_v4_and_v6() {
                 "TCP",
                 Some(TcpState::Attempted),
             ),
-            None,
+            Some(Verdict::Unjudged),
             vec![],
             None,
         ),
@@ -422,8 +422,8 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
     );
     idx.judge(&mut host);
     host.ended = false;
-    obs.observe(&m, &host, true);
-    obs.observe(&m, &host, false);
+    obs.observe(&m, &host, true, false);
+    obs.observe(&m, &host, false, false);
     let mut meta = report(
         "10.1.0.5",
         2,
@@ -434,7 +434,7 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
     );
     idx.judge(&mut meta);
     assert!(obs.announce(&m, &meta));
-    obs.observe(&m, &meta, false);
+    obs.observe(&m, &meta, true, true);
     let v = metric_line(&m, "segwatch_violations_total{");
     assert_eq!(
         v,
@@ -448,9 +448,9 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
     assert_eq!(
         f,
         vec![
-            r#"segwatch_flows_total{dst_namespace="",protocol="TCP",src_namespace="shop",verdict="violation"} 3"#
+            r#"segwatch_flows_total{dst_namespace="",protocol="TCP",src_namespace="shop",verdict="violation"} 2"#
         ],
-        "flows count per report"
+        "flows count per connection, at its first report (two connections, three reports)"
     );
     let b = metric_line(&m, "segwatch_flow_bytes_total{");
     assert!(b.contains(&r#"segwatch_flow_bytes_total{direction="sent",dst_namespace="",src_namespace="shop"} 900"#.to_string()), "{b:?}");
@@ -466,7 +466,7 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
     );
     idx.judge(&mut c);
     c.ended = false;
-    obs.observe(&m, &c, true);
+    obs.observe(&m, &c, true, false);
     let mut c2 = report(
         "10.1.0.5",
         3,
@@ -477,8 +477,8 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
     );
     idx.judge(&mut c2);
     c2.ended = false;
-    obs.observe(&m, &c2, false);
-    obs.observe(&m, &c2, false);
+    obs.observe(&m, &c2, false, false);
+    obs.observe(&m, &c2, false, false);
     let bypass: Vec<_> = metric_line(&m, "segwatch_violations_total{")
         .into_iter()
         .filter(|l| l.contains("netpol_bypass"))
@@ -504,7 +504,7 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
         Some(TcpState::Attempted),
     );
     idx.judge(&mut u);
-    obs.observe(&m, &u, true);
+    obs.observe(&m, &u, true, false);
     assert_eq!(
         metric_line(&m, "segwatch_flows_unattributed_total"),
         vec!["segwatch_flows_unattributed_total 1"]
@@ -532,7 +532,7 @@ fn series_of_gone_workloads_are_dropped_after_the_ttl() {
         Some(TcpState::Established),
     );
     idx.judge(&mut r);
-    obs.observe(&m, &r, true);
+    obs.observe(&m, &r, true, false);
     let t0 = Instant::now();
     obs.sweep(&m, &idx, t0);
     assert_eq!(

@@ -506,6 +506,17 @@ impl CompiledPolicy {
     }
 
     /// Addresses of the cloud metadata API (`kind: metadata`).
+    /// The documents that own the hostAccess rules (the rule named by a
+    /// host_access violation).
+    pub fn host_owner_name(&self) -> String {
+        self.host_owner.to_string()
+    }
+
+    /// The documents that own the metadataApi rules.
+    pub fn metadata_owner_name(&self) -> String {
+        self.metadata_owner.to_string()
+    }
+
     pub fn metadata_addresses(&self) -> &[IpAddr] {
         &self.metadata_addresses
     }

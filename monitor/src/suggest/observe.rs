@@ -282,6 +282,8 @@ impl Observed {
         // 5-tuple -> (end of the latest report, whether it ended the flow)
         type Tuple = (IpAddr, Option<u16>, IpAddr, Option<u16>, String);
         let mut open: HashMap<Tuple, (DateTime<Utc>, bool)> = HashMap::new();
+        let mut seen: std::collections::HashSet<(Option<&str>, &str)> =
+            std::collections::HashSet::new();
         let mut ignored = 0u64;
         let mut link_local = 0u64;
         let mut probes = 0u64;
@@ -303,9 +305,14 @@ impl Observed {
                 r.dst.port,
                 r.protocol.clone(),
             );
-            let new_flow = match open.get(&tuple) {
-                None => true,
-                Some((end, ended)) => *ended && r.start > *end,
+            // A connection counts once: by its identity where the flow log
+            // has one, else a tuple that ended and came back is a new one.
+            let new_flow = match &r.connection {
+                Some(id) => seen.insert((r.observer.as_deref(), id.as_str())),
+                None => match open.get(&tuple) {
+                    None => true,
+                    Some((end, ended)) => *ended && r.start > *end,
+                },
             };
             let prev_end = open.get(&tuple).map(|(e, _)| *e);
             open.insert(
@@ -565,9 +572,8 @@ impl Observed {
             EndpointKind::Service => {
                 let (namespace, name) = ep
                     .service
-                    .as_deref()
-                    .and_then(|s| s.split_once('/'))
-                    .map(|(n, s)| (n.to_string(), s.to_string()))
+                    .as_ref()
+                    .map(|s| (s.namespace.to_string(), s.name.to_string()))
                     .or_else(|| cat.service_ip.get(&ep.ip).cloned())?;
                 Some(ConnEnd::Service { namespace, name })
             }
