@@ -367,3 +367,215 @@ pub fn probe_counts(report: &AuditReport) -> BTreeMap<String, BTreeMap<String, u
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn control(id: &str, verdict: &str, counts: serde_json::Value) -> serde_json::Value {
+        json!({"id": id, "title": id, "requirement": "r", "verdict": verdict, "reason": "Flows said so.", "counts": counts})
+    }
+
+    fn audit_report(controls: Vec<serde_json::Value>) -> AuditReport {
+        serde_json::from_value(json!({
+            "schema": "s", "generated_at": "2026-12-01T00:00:00Z",
+            "tool": {"name": "segwatch", "version": "0"},
+            "inputs": {"flows": [], "inventory": [], "policy": []},
+            "judgement": {"segmentation": "policy", "networkpolicy": "engine", "policies": [], "note": ""},
+            "window": {"flow_reports": 0, "observers": []},
+            "coverage": {"nodes_observed": [], "nodes_not_observed": [], "namespaces_observed": [],
+                         "namespaces_not_observed": [], "unattributed_flow_reports": 0},
+            "summary": {"pass": 0, "fail": 0, "not_verified": 3},
+            "controls": controls,
+            "matrix": {"sources": [], "destinations": [], "edges": []},
+            "warnings": []
+        }))
+        .expect("audit report builds")
+    }
+
+    fn result(
+        target: &str,
+        kind: &str,
+        status: &str,
+        expected: &str,
+        netpol: serde_json::Value,
+    ) -> serde_json::Value {
+        let (addr, port) = target
+            .rsplit_once('/')
+            .map(|(a, _)| a)
+            .and_then(|a| a.rsplit_once(':'))
+            .expect("target");
+        json!({"target": target, "address": addr, "port": port.parse::<u16>().expect("port"), "protocol": "tcp",
+               "kind": kind, "name": "x", "status": status, "expected": expected,
+               "outcome": "as_expected", "why": "because", "netpol": netpol})
+    }
+
+    fn probe(results: Vec<serde_json::Value>, complete: bool) -> SourcedProbe {
+        let report: ProbeReport = serde_json::from_value(json!({
+            "started": "2026-12-01T00:00:00Z", "finished": "2026-12-01T00:00:05Z",
+            "source": {"pod": "p", "namespace": "team-a", "node": "n1", "ips": ["10.1.0.5"]},
+            "settings": {"timeout_ms": 500, "rate": 10, "deadline_ms": 10000},
+            "cluster_view": "inventory", "complete": complete,
+            "errors": if complete { json!([]) } else { json!(["--targets t.txt:2: bad"]) },
+            "summary": {"planned": 0, "tried": 0, "not_tried": 0, "reachable": 0, "refused": 0,
+                        "timeout": 0, "violations": 0, "not_reached": 0, "unjudged": 0},
+            "results": results
+        }))
+        .expect("probe report builds");
+        SourcedProbe {
+            report,
+            file: "p.json".into(),
+        }
+    }
+
+    fn verdict(r: &AuditReport, id: &str) -> Verdict {
+        r.controls
+            .iter()
+            .find(|c| c.id == id)
+            .expect("control")
+            .verdict
+    }
+
+    #[test]
+    fn probes_turn_not_verified_into_evidence_and_reachable_forbidden_into_fail() {
+        let denied = json!({"allowed": false, "isolated": true, "policies": ["team-b/only-b"]});
+        let open = json!({"allowed": true, "isolated": false, "policies": []});
+        let probes = [probe(
+            vec![
+                result(
+                    "10.0.0.1:10250/tcp",
+                    "node",
+                    "reachable",
+                    "blocked",
+                    open.clone(),
+                ),
+                result(
+                    "10.0.0.1:22/tcp",
+                    "node",
+                    "timeout",
+                    "blocked",
+                    open.clone(),
+                ),
+                result(
+                    "169.254.169.254:80/tcp",
+                    "metadata",
+                    "timeout",
+                    "blocked",
+                    open.clone(),
+                ),
+                result(
+                    "169.254.170.23:80/tcp",
+                    "metadata",
+                    "reachable",
+                    "reachable",
+                    open,
+                ),
+                result("10.1.1.7:8080/tcp", "pod", "refused", "blocked", denied),
+            ],
+            false,
+        )];
+        let mut r = audit_report(vec![
+            control("Host ports", "NOT VERIFIED", json!({"unjudged": 0})),
+            control("Metadata API", "NOT VERIFIED", json!({"unjudged": 0})),
+            control("NetworkPolicy enforcement", "NOT VERIFIED", json!({})),
+        ]);
+        apply(&mut r, &probes, 10);
+        assert_eq!(verdict(&r, "Host ports"), Verdict::Fail);
+        assert_eq!(verdict(&r, "Metadata API"), Verdict::Pass);
+        assert_eq!(verdict(&r, "NetworkPolicy enforcement"), Verdict::Pass);
+        assert_eq!(
+            (r.summary.pass, r.summary.fail, r.summary.not_verified),
+            (2, 1, 0)
+        );
+        let counts = probe_counts(&r);
+        assert_eq!(counts["Host ports"]["probe_violating"], 1);
+        assert_eq!(counts["Host ports"]["probe_blocked"], 1);
+        assert_eq!(counts["Metadata API"]["probe_allowed"], 1);
+        assert_eq!(counts["NetworkPolicy enforcement"]["probe_blocked"], 1);
+        let host = r
+            .controls
+            .iter()
+            .find(|c| c.id == "Host ports")
+            .expect("control");
+        assert!(host.reason.starts_with("Probes: 1 target was expected blocked and reachable (e.g. 10.0.0.1:10250/tcp from p.json)."), "{}", host.reason);
+        let ev = &host.evidence[0];
+        assert_eq!((ev.name.as_str(), ev.total), ("probe_violating", 1));
+        assert_eq!(ev.flows[0].source, "p.json: results[0]");
+        assert_eq!(ev.flows[0].state, "reachable");
+        assert_eq!(
+            r.warnings.len(),
+            1,
+            "an incomplete probe report is a warning: {:?}",
+            r.warnings
+        );
+        assert!(
+            r.warnings[0].contains("p.json is incomplete"),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn no_pass_without_judged_evidence_or_over_unjudged_flows() {
+        let open = json!({"allowed": true, "isolated": false, "policies": []});
+        // Reachable with no expectation: nothing can be concluded.
+        let unknown = [probe(
+            vec![result(
+                "10.0.0.1:10250/tcp",
+                "node",
+                "reachable",
+                "unknown",
+                open.clone(),
+            )],
+            true,
+        )];
+        let mut r = audit_report(vec![control(
+            "Host ports",
+            "NOT VERIFIED",
+            json!({"unjudged": 0}),
+        )]);
+        apply(&mut r, &unknown, 10);
+        assert_eq!(verdict(&r, "Host ports"), Verdict::NotVerified);
+        // Blocked probes do not outweigh flows that could not be judged.
+        let blocked = [probe(
+            vec![result(
+                "10.0.0.1:10250/tcp",
+                "node",
+                "timeout",
+                "blocked",
+                open,
+            )],
+            true,
+        )];
+        let mut r = audit_report(vec![control(
+            "Host ports",
+            "NOT VERIFIED",
+            json!({"unjudged": 2}),
+        )]);
+        apply(&mut r, &blocked, 10);
+        assert_eq!(verdict(&r, "Host ports"), Verdict::NotVerified);
+        // A FAIL from flows stays FAIL.
+        let mut r = audit_report(vec![control("Host ports", "FAIL", json!({"unjudged": 0}))]);
+        apply(&mut r, &blocked, 10);
+        assert_eq!(verdict(&r, "Host ports"), Verdict::Fail);
+        // No probe in scope: the flows' verdict stands.
+        let mut r = audit_report(vec![control(
+            "Metadata API",
+            "NOT VERIFIED",
+            json!({"unjudged": 0}),
+        )]);
+        apply(&mut r, &blocked, 10);
+        assert_eq!(verdict(&r, "Metadata API"), Verdict::NotVerified);
+    }
+
+    #[test]
+    fn a_file_that_is_no_probe_report_is_named() {
+        let err = parse_probe_report("x.json", r#"{"started": 3}"#).expect_err("not a report");
+        assert!(
+            err.to_string()
+                .starts_with("x.json: not a segwatch probe report: at `started`"),
+            "{err}"
+        );
+    }
+}
