@@ -428,7 +428,7 @@ impl Observer {
         let verdict = match r.verdict {
             Some(Verdict::Allowed) => "allowed",
             Some(Verdict::Violation) => "violation",
-            None => "unjudged",
+            Some(Verdict::Unjudged) | None => "unjudged",
         };
         self.inc(
             m,

@@ -186,6 +186,7 @@ async fn probe(
         node_ips: args.host_ip.clone(),
         static_policies,
         pod_cidrs: Vec::new(),
+        agent_selector: None,
     });
     index.reset(objects.clone());
     index.refresh();

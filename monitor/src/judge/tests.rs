@@ -595,7 +595,7 @@ fn probe_pods_are_tagged_and_counted_apart_from_violations() {
         .expect("json")
         .contains("\"probe\":true"));
     assert!(obs.announce(&m, &r));
-    obs.observe(&m, &r, false);
+    obs.observe(&m, &r, true, true);
     assert_eq!(
         metric_line(&m, "segwatch_probe_flows_total{"),
         ["segwatch_probe_flows_total{dst_kind=\"node\",src_namespace=\"shop\",verdict=\"violation\"} 1"]
@@ -618,6 +618,6 @@ fn probe_pods_are_tagged_and_counted_apart_from_violations() {
         !serde_json::to_string(&web).expect("json").contains("probe"),
         "the field is omitted for ordinary flows"
     );
-    obs.observe(&m, &web, true);
+    obs.observe(&m, &web, true, false);
     assert_eq!(metric_line(&m, "segwatch_violations_total{").len(), 1);
 }
