@@ -494,101 +494,100 @@ mod tests {
         }
     }
 
+    fn entry(key: FlowKey, stats: FlowStats, gen: u32) -> Entry {
+        Entry {
+            key,
+            stats,
+            gen,
+            second_if: false,
+        }
+    }
+
     #[test]
-    fn a_closed_tcp_connection_ends_after_the_linger_and_is_deleted() {
+    fn a_closed_tcp_connection_ends_after_the_linger_with_what_the_removal_returned() {
         let mut t = Tracker::new(timeouts());
-        let e = Entry {
-            key: key(7, proto::TCP),
-            stats: stats([5, 4], S, 2 * S, [0x13, 0x13], opener::LO),
-        };
+        let e = entry(
+            key(7, proto::TCP),
+            stats([5, 4], S, 2 * S, [0x13, 0x13], opener::LO),
+            1,
+        );
         let out = t.sweep(&[e], 2 * S + S / 2, false);
-        assert!(
-            out.reports.is_empty(),
-            "still inside the linger: not ended yet"
-        );
+        assert!(out.reports.is_empty() && out.remove.is_empty(), "still inside the linger");
         let out = t.sweep(&[e], 3 * S + 1, false);
-        assert_eq!(out.reports.len(), 1);
-        assert!(out.reports[0].ended);
-        assert_eq!(out.reports[0].packets, [5, 4]);
-        assert_eq!(
-            out.remove,
-            vec![e.key],
-            "an ended connection leaves the kernel table"
-        );
+        assert!(out.reports.is_empty(), "ended connections are reported from the removal");
+        assert_eq!(out.remove, vec![e.key], "an ended connection leaves the kernel table");
+        // A last ACK arrived between the snapshot and the removal.
+        let taken = entry(e.key, stats([6, 4], S, 3 * S, [0x13, 0x13], opener::LO), 1);
+        let finals = t.removed(&[taken], 3 * S + 2);
+        assert_eq!(finals.len(), 1);
+        assert!(finals[0].ended && finals[0].first);
+        assert_eq!(finals[0].packets, [6, 4], "nothing lost between snapshot and removal");
         assert_eq!(t.open(), 0);
     }
 
     #[test]
     fn a_long_flow_is_reported_per_active_interval_with_deltas() {
         let mut t = Tracker::new(timeouts());
-        let e1 = Entry {
-            key: key(7, proto::UDP),
-            stats: stats([10, 10], S, 59 * S, [0, 0], opener::LO),
-        };
+        let k = key(7, proto::UDP);
+        let e1 = entry(k, stats([10, 10], S, 59 * S, [0, 0], opener::LO), 3);
         assert!(t.sweep(&[e1], 59 * S, false).reports.is_empty());
-        let e2 = Entry {
-            key: key(7, proto::UDP),
-            stats: stats([12, 11], S, 61 * S, [0, 0], opener::LO),
-        };
+        let e2 = entry(k, stats([12, 11], S, 61 * S, [0, 0], opener::LO), 3);
         let out = t.sweep(&[e2], 61 * S + 1, false);
         assert_eq!(out.reports.len(), 1);
         assert_eq!(out.reports[0].packets, [12, 11]);
-        assert!(!out.reports[0].ended);
-        assert!(
-            out.remove.is_empty(),
-            "a running flow stays in the kernel table"
-        );
-        let e3 = Entry {
-            key: key(7, proto::UDP),
-            stats: stats([15, 11], S, 70 * S, [0, 0], opener::LO),
-        };
+        assert!(!out.reports[0].ended && out.reports[0].first);
+        assert!(out.remove.is_empty(), "a running flow stays in the kernel table");
+        let e3 = entry(k, stats([15, 11], S, 70 * S, [0, 0], opener::LO), 3);
         let out = t.sweep(&[e3], 101 * S, false);
-        assert_eq!(out.reports.len(), 1, "idle for 31 s: ends");
-        assert_eq!(
-            out.reports[0].packets,
-            [3, 0],
-            "only what came after the last report"
-        );
-        assert_eq!(
-            out.reports[0].start_ns,
-            61 * S,
-            "the interval starts where the last one ended"
-        );
-        assert!(out.reports[0].ended);
+        assert_eq!(out.remove, vec![k], "idle for 31 s: ends");
+        let finals = t.removed(&[e3], 101 * S);
+        assert_eq!(finals[0].packets, [3, 0], "only what came after the last report");
+        assert_eq!(finals[0].start_ns, 61 * S, "the interval starts where the last one ended");
+        assert!(finals[0].ended && !finals[0].first);
     }
 
     #[test]
-    fn a_connection_on_two_interfaces_is_reported_once_from_the_first() {
+    fn a_connection_also_seen_on_a_second_interface_counts_one_duplicate() {
         let mut t = Tracker::new(timeouts());
-        let a = Entry {
-            key: key(7, proto::TCP),
-            stats: stats([3, 3], S, 2 * S, [0x13, 0x13], opener::LO),
-        };
-        let b = Entry {
-            key: key(9, proto::TCP),
-            stats: stats([3, 3], S + 500, 2 * S, [0x13, 0x13], opener::LO),
-        };
-        let out = t.sweep(&[b, a], 10 * S, false);
-        assert_eq!(out.reports.len(), 1, "one report per connection");
-        assert_eq!(
-            out.reports[0].key.ifindex, 7,
-            "from the interface that saw it first"
-        );
-        assert_eq!(out.new_duplicates, 1);
-        assert_eq!(out.remove.len(), 2, "both kernel entries go");
+        let mut e = entry(key(7, proto::TCP), stats([3, 3], S, 2 * S, [0x12, 0x12], opener::LO), 1);
+        e.second_if = true;
+        assert_eq!(t.sweep(&[e], 3 * S, false).new_duplicates, 1);
+        assert_eq!(t.sweep(&[e], 4 * S, false).new_duplicates, 0, "once per connection");
     }
 
     #[test]
     fn shutdown_flushes_open_flows_without_deleting() {
         let mut t = Tracker::new(timeouts());
-        let e = Entry {
-            key: key(7, proto::UDP),
-            stats: stats([1, 0], S, S, [0, 0], opener::LO),
-        };
+        let e = entry(key(7, proto::UDP), stats([1, 0], S, S, [0, 0], opener::LO), 1);
         let out = t.sweep(&[e], 2 * S, true);
         assert_eq!(out.reports.len(), 1);
         assert!(!out.reports[0].ended, "flushed at shutdown, not ended");
         assert!(out.remove.is_empty());
+    }
+
+    #[test]
+    fn connections_on_one_tuple_are_reported_apart() {
+        let mut t = Tracker::new(timeouts());
+        let k = key(7, proto::TCP);
+        // Connection 1 is seen by a sweep, reported at an active timeout.
+        let c1 = entry(k, stats([4, 3], S, 60 * S, [0x12, 0x12], opener::LO), 10);
+        assert_eq!(t.sweep(&[c1], 61 * S, false).reports.len(), 1);
+        // A SYN took the tuple: the sweep sees connection 2 only, and the
+        // kernel's hand-over brings connection 1's final totals.
+        let c2 = entry(k, stats([1, 0], 62 * S, 62 * S, [0x02, 0], opener::LO), 11);
+        let out = t.sweep(&[c2], 62 * S + 1, false);
+        assert!(out.reports.is_empty() && out.remove.is_empty());
+        assert_eq!(t.open(), 2, "connection 1 waits for its hand-over");
+        let final1 = stats([6, 3], S, 62 * S, [0x17, 0x12], opener::LO);
+        let r = t.handed_over(k, 10, &final1, 62 * S + 2).expect("a final report");
+        assert_eq!((r.packets, r.generation), ([2, 0], 10), "only what the last report missed");
+        assert!(r.ended && !r.first);
+        // Connection 3 came and went between two sweeps: reported whole.
+        let final2 = stats([1, 1], 62 * S, 62 * S, [0x02, 0x14], opener::LO);
+        let r = t.handed_over(k, 11, &final2, 63 * S).expect("a final report");
+        assert_eq!((r.packets, r.generation), ([1, 1], 11));
+        assert!(r.ended && r.first, "its first and last report");
+        assert_eq!(t.open(), 0);
     }
 
     #[test]
@@ -630,6 +629,8 @@ mod tests {
             start_ns: S,
             end_ns: 2 * S,
             ended: true,
+            generation: 1,
+            first: true,
         };
         let r = to_report(&raw, "veth7", chrono::DateTime::UNIX_EPOCH, |_| {
             chrono::DateTime::UNIX_EPOCH
