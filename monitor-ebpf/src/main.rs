@@ -34,8 +34,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     event_kind, opener, proto, tcp_flags, Counter, FinalStats, FlowEvent, FlowValue, TupleKey,
-    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, GEN_ROTATING, IP_V4, IP_V6, MARK_ISN,
-    MARK_SECOND_IF,
+    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, GEN_ROTATING, IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
 };
 
 /// "Continue with the next program": `TCX_NEXT` (include/uapi/linux/bpf.h,
@@ -618,7 +617,14 @@ unsafe fn syn_starts_connection(v: *mut FlowValue, pkt: &Packet) -> bool {
 /// # Safety
 /// As [`hit`].
 #[inline(always)]
-unsafe fn rotate(v: *mut FlowValue, key: &TupleKey, ifindex: u32, dir: usize, pkt: &Packet, g: u64) {
+unsafe fn rotate(
+    v: *mut FlowValue,
+    key: &TupleKey,
+    ifindex: u32,
+    dir: usize,
+    pkt: &Packet,
+    g: u64,
+) {
     // SAFETY: per the caller.
     unsafe {
         let next = u64::from((g as u32).wrapping_add(1));

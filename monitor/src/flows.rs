@@ -130,7 +130,14 @@ impl ConnState {
     }
 
     /// The report of what `stats` holds beyond the last report, if anything.
-    fn report(&mut self, key: FlowKey, gen: u32, stats: &FlowStats, now: u64, ended: bool) -> Option<RawReport> {
+    fn report(
+        &mut self,
+        key: FlowKey,
+        gen: u32,
+        stats: &FlowStats,
+        now: u64,
+        ended: bool,
+    ) -> Option<RawReport> {
         let packets = [
             stats.packets[0].saturating_sub(self.packets[0]),
             stats.packets[1].saturating_sub(self.packets[1]),
@@ -287,7 +294,13 @@ impl Tracker {
     /// The kernel handed over a tuple to a new connection: `prev` are the
     /// final totals of the connection of generation `gen` that ended. One
     /// final report of what was not reported yet.
-    pub fn handed_over(&mut self, key: FlowKey, gen: u32, prev: &FlowStats, now: u64) -> Option<RawReport> {
+    pub fn handed_over(
+        &mut self,
+        key: FlowKey,
+        gen: u32,
+        prev: &FlowStats,
+        now: u64,
+    ) -> Option<RawReport> {
         let ck = ConnKey::from(&key);
         let mut st = self.conns.remove(&(ck, gen)).unwrap_or_else(|| {
             ConnState::new(&Entry {
@@ -512,16 +525,30 @@ mod tests {
             1,
         );
         let out = t.sweep(&[e], 2 * S + S / 2, false);
-        assert!(out.reports.is_empty() && out.remove.is_empty(), "still inside the linger");
+        assert!(
+            out.reports.is_empty() && out.remove.is_empty(),
+            "still inside the linger"
+        );
         let out = t.sweep(&[e], 3 * S + 1, false);
-        assert!(out.reports.is_empty(), "ended connections are reported from the removal");
-        assert_eq!(out.remove, vec![e.key], "an ended connection leaves the kernel table");
+        assert!(
+            out.reports.is_empty(),
+            "ended connections are reported from the removal"
+        );
+        assert_eq!(
+            out.remove,
+            vec![e.key],
+            "an ended connection leaves the kernel table"
+        );
         // A last ACK arrived between the snapshot and the removal.
         let taken = entry(e.key, stats([6, 4], S, 3 * S, [0x13, 0x13], opener::LO), 1);
         let finals = t.removed(&[taken], 3 * S + 2);
         assert_eq!(finals.len(), 1);
         assert!(finals[0].ended && finals[0].first);
-        assert_eq!(finals[0].packets, [6, 4], "nothing lost between snapshot and removal");
+        assert_eq!(
+            finals[0].packets,
+            [6, 4],
+            "nothing lost between snapshot and removal"
+        );
         assert_eq!(t.open(), 0);
     }
 
@@ -536,29 +563,52 @@ mod tests {
         assert_eq!(out.reports.len(), 1);
         assert_eq!(out.reports[0].packets, [12, 11]);
         assert!(!out.reports[0].ended && out.reports[0].first);
-        assert!(out.remove.is_empty(), "a running flow stays in the kernel table");
+        assert!(
+            out.remove.is_empty(),
+            "a running flow stays in the kernel table"
+        );
         let e3 = entry(k, stats([15, 11], S, 70 * S, [0, 0], opener::LO), 3);
         let out = t.sweep(&[e3], 101 * S, false);
         assert_eq!(out.remove, vec![k], "idle for 31 s: ends");
         let finals = t.removed(&[e3], 101 * S);
-        assert_eq!(finals[0].packets, [3, 0], "only what came after the last report");
-        assert_eq!(finals[0].start_ns, 61 * S, "the interval starts where the last one ended");
+        assert_eq!(
+            finals[0].packets,
+            [3, 0],
+            "only what came after the last report"
+        );
+        assert_eq!(
+            finals[0].start_ns,
+            61 * S,
+            "the interval starts where the last one ended"
+        );
         assert!(finals[0].ended && !finals[0].first);
     }
 
     #[test]
     fn a_connection_also_seen_on_a_second_interface_counts_one_duplicate() {
         let mut t = Tracker::new(timeouts());
-        let mut e = entry(key(7, proto::TCP), stats([3, 3], S, 2 * S, [0x12, 0x12], opener::LO), 1);
+        let mut e = entry(
+            key(7, proto::TCP),
+            stats([3, 3], S, 2 * S, [0x12, 0x12], opener::LO),
+            1,
+        );
         e.second_if = true;
         assert_eq!(t.sweep(&[e], 3 * S, false).new_duplicates, 1);
-        assert_eq!(t.sweep(&[e], 4 * S, false).new_duplicates, 0, "once per connection");
+        assert_eq!(
+            t.sweep(&[e], 4 * S, false).new_duplicates,
+            0,
+            "once per connection"
+        );
     }
 
     #[test]
     fn shutdown_flushes_open_flows_without_deleting() {
         let mut t = Tracker::new(timeouts());
-        let e = entry(key(7, proto::UDP), stats([1, 0], S, S, [0, 0], opener::LO), 1);
+        let e = entry(
+            key(7, proto::UDP),
+            stats([1, 0], S, S, [0, 0], opener::LO),
+            1,
+        );
         let out = t.sweep(&[e], 2 * S, true);
         assert_eq!(out.reports.len(), 1);
         assert!(!out.reports[0].ended, "flushed at shutdown, not ended");
@@ -579,12 +629,20 @@ mod tests {
         assert!(out.reports.is_empty() && out.remove.is_empty());
         assert_eq!(t.open(), 2, "connection 1 waits for its hand-over");
         let final1 = stats([6, 3], S, 62 * S, [0x17, 0x12], opener::LO);
-        let r = t.handed_over(k, 10, &final1, 62 * S + 2).expect("a final report");
-        assert_eq!((r.packets, r.generation), ([2, 0], 10), "only what the last report missed");
+        let r = t
+            .handed_over(k, 10, &final1, 62 * S + 2)
+            .expect("a final report");
+        assert_eq!(
+            (r.packets, r.generation),
+            ([2, 0], 10),
+            "only what the last report missed"
+        );
         assert!(r.ended && !r.first);
         // Connection 3 came and went between two sweeps: reported whole.
         let final2 = stats([1, 1], 62 * S, 62 * S, [0x02, 0x14], opener::LO);
-        let r = t.handed_over(k, 11, &final2, 63 * S).expect("a final report");
+        let r = t
+            .handed_over(k, 11, &final2, 63 * S)
+            .expect("a final report");
         assert_eq!((r.packets, r.generation), ([1, 1], 11));
         assert!(r.ended && r.first, "its first and last report");
         assert_eq!(t.open(), 0);

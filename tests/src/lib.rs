@@ -142,17 +142,23 @@ impl Topo {
     /// the node side .1 / ::1. `offload` false turns TSO/GSO/GRO off on
     /// both veth ends, so every skb is one wire packet (what tshark counts).
     pub fn new(n: usize, offload: bool) -> Self {
+        Self::with_prefix("sw", n, offload)
+    }
+
+    /// Like [`Topo::new`] with every namespace and interface name starting
+    /// with `prefix` (tests that may run next to other users of the host).
+    pub fn with_prefix(prefix: &str, n: usize, offload: bool) -> Self {
         require_root();
         let tag = unique_tag();
-        let node = Netns::new(format!("sw-node-{tag}"));
+        let node = Netns::new(format!("{prefix}-node-{tag}"));
         for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
             sh_in(&node.name, &["sysctl", "-q", "-w", key]);
         }
         let mut pods = Vec::new();
         for i in 0..n {
-            let ns = Netns::new(format!("sw-pod-{tag}-{i}"));
-            let host_if = format!("sw{tag}p{i}");
-            let tmp = format!("sw{tag}t{i}");
+            let ns = Netns::new(format!("{prefix}-pod-{tag}-{i}"));
+            let host_if = format!("{prefix}{tag}p{i}");
+            let tmp = format!("{prefix}{tag}t{i}");
             sh_in(
                 &node.name,
                 &[
@@ -556,7 +562,9 @@ impl Capture {
         let mut child = child;
         let mut err = child.stderr.take().expect("stderr");
         let mut seen = String::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // tshark takes long to start on a loaded machine (dissector
+        // registration): 20 s was not always enough with six builders.
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut buf = [0u8; 256];
         while !seen.contains("Capturing on") {
             assert!(Instant::now() < deadline, "tshark did not start: {seen}");
@@ -623,6 +631,8 @@ impl Capture {
             "icmp.ident",
             "-e",
             "icmpv6.echo.identifier",
+            "-e",
+            "tcp.flags",
         ]);
         out.lines().filter_map(CapturedPacket::parse).collect()
     }
@@ -636,6 +646,8 @@ pub struct CapturedPacket {
     pub sport: u16,
     pub dport: u16,
     pub ip_len: u64,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
 }
 
 impl CapturedPacket {
@@ -676,6 +688,10 @@ impl CapturedPacket {
         } else {
             num(f[11])? + 40
         };
+        let tcp_flags = f
+            .get(14)
+            .and_then(|v| u16::from_str_radix(first(v).trim_start_matches("0x"), 16).ok())
+            .unwrap_or(0) as u8;
         Some(CapturedPacket {
             src: src.parse().ok()?,
             dst: dst.parse().ok()?,
@@ -683,6 +699,7 @@ impl CapturedPacket {
             sport: sport as u16,
             dport: dport as u16,
             ip_len,
+            tcp_flags,
         })
     }
 }

@@ -492,8 +492,13 @@ fn programs_account_exactly_and_never_drop() {
 
     // Every packet that is in no flow is in exactly one loss or skip
     // bucket (accounted packets are in the flow table: no per-packet counter).
-    let skipped = h.delta(Counter::NonIp) + h.delta(Counter::Unparsable) + h.delta(Counter::Ipv6ExtLimit);
-    assert_eq!(skipped, hostile.len() as u64 + 1 + 1, "hostile, the long IPv6 chain and ARP");
+    let skipped =
+        h.delta(Counter::NonIp) + h.delta(Counter::Unparsable) + h.delta(Counter::Ipv6ExtLimit);
+    assert_eq!(
+        skipped,
+        hostile.len() as u64 + 1 + 1,
+        "hostile, the long IPv6 chain and ARP"
+    );
     assert_eq!(h.delta(Counter::FlowMapFull), 0);
 }
 
@@ -521,12 +526,24 @@ fn a_syn_on_an_ended_or_other_connection_starts_a_new_one() {
     events(&mut rb);
     let (a, b) = (v4(10, 78, 0, 2), v4(10, 78, 1, 3));
     let tcp = |from_a: bool, flags: u8, payload: usize, seq: u32| {
-        let (s, d, sp, dp) = if from_a { (a, b, 41000, 443) } else { (b, a, 443, 41000) };
+        let (s, d, sp, dp) = if from_a {
+            (a, b, 41000, 443)
+        } else {
+            (b, a, 443, 41000)
+        };
         frame(
             s,
             d,
-            &L4::Tcp { sport: sp, dport: dp, flags, payload },
-            &Quirks { tcp_seq: Some(seq), ..Default::default() },
+            &L4::Tcp {
+                sport: sp,
+                dport: dp,
+                flags,
+                payload,
+            },
+            &Quirks {
+                tcp_seq: Some(seq),
+                ..Default::default()
+            },
         )
     };
     use tcp_flags::{ACK, FIN, RST, SYN};
@@ -544,15 +561,26 @@ fn a_syn_on_an_ended_or_other_connection_starts_a_new_one() {
     h.run(PROG_INGRESS, &tcp(true, SYN, 0, 1000));
     let e = h.only_flow();
     assert_eq!(e.gen, e1.gen, "a retransmitted SYN is not a new connection");
-    assert_eq!(e.stats.packets, [3, 1], "it is counted into the same connection");
+    assert_eq!(
+        e.stats.packets,
+        [3, 1],
+        "it is counted into the same connection"
+    );
     assert_eq!(h.delta(Counter::Rotations), 0);
-    assert!(events(&mut rb).is_empty(), "nothing announced for a retransmission");
+    assert!(
+        events(&mut rb).is_empty(),
+        "nothing announced for a retransmission"
+    );
 
     // A SYN with a new ISN: connection 2, connection 1's totals handed over.
     h.run(PROG_INGRESS, &tcp(true, SYN, 0, 9000));
     let e2 = h.only_flow();
     assert_ne!(e2.gen, e1.gen, "a SYN with another ISN is a new connection");
-    assert_eq!(e2.stats.packets, [1, 0], "connection 2 counted from its first packet");
+    assert_eq!(
+        e2.stats.packets,
+        [1, 0],
+        "connection 2 counted from its first packet"
+    );
     assert_eq!(e2.stats.bytes, [40, 0]);
     assert_eq!(e2.stats.tcp_flags, [SYN, 0], "flags start afresh");
     assert_eq!(e2.stats.opener, opener::LO);
@@ -560,9 +588,16 @@ fn a_syn_on_an_ended_or_other_connection_starts_a_new_one() {
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].kind, event_kind::ROTATED);
     assert_eq!((ev[0].gen, ev[0].prev.gen), (e2.gen, e1.gen));
-    assert_eq!(ev[0].prev.packets, [3, 1], "connection 1's exact final packets");
+    assert_eq!(
+        ev[0].prev.packets,
+        [3, 1],
+        "connection 1's exact final packets"
+    );
     assert_eq!(ev[0].prev.bytes, [40 + 140 + 40, 40], "and bytes");
-    assert_eq!(ev[0].prev.tcp_flags, u32::from(SYN | ACK) | u32::from(SYN | ACK) << 8);
+    assert_eq!(
+        ev[0].prev.tcp_flags,
+        u32::from(SYN | ACK) | u32::from(SYN | ACK) << 8
+    );
     assert_eq!(h.delta(Counter::Rotations), 1);
 
     // RST ends connection 2; a SYN with the SAME ISN after it is connection 3.
@@ -573,7 +608,11 @@ fn a_syn_on_an_ended_or_other_connection_starts_a_new_one() {
     assert_eq!(e3.stats.packets, [1, 0]);
     let ev = events(&mut rb);
     assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!(ev[0].prev.packets, [1, 1], "connection 2: its SYN and the RST");
+    assert_eq!(
+        ev[0].prev.packets,
+        [1, 1],
+        "connection 2: its SYN and the RST"
+    );
     assert_eq!(ev[0].prev.bytes, [40, 40]);
 
     // FIN both ways ends connection 3; the next SYN is connection 4.
@@ -585,9 +624,16 @@ fn a_syn_on_an_ended_or_other_connection_starts_a_new_one() {
     h.run(PROG_INGRESS, &tcp(true, ACK, 0, 9012));
     h.run(PROG_INGRESS, &tcp(true, SYN, 0, 9000));
     let e4 = h.only_flow();
-    assert_ne!(e4.gen, e3.gen, "a SYN after FIN both ways is a new connection");
+    assert_ne!(
+        e4.gen, e3.gen,
+        "a SYN after FIN both ways is a new connection"
+    );
     let ev = events(&mut rb);
-    assert_eq!(ev[0].prev.packets, [3, 2], "connection 3: SYN, FIN, ACK / SYN-ACK, FIN");
+    assert_eq!(
+        ev[0].prev.packets,
+        [3, 2],
+        "connection 3: SYN, FIN, ACK / SYN-ACK, FIN"
+    );
     assert_eq!(ev[0].prev.bytes, [40 + 50 + 40, 80]);
     assert_eq!(h.delta(Counter::Rotations), 3);
     assert_eq!(h.delta(Counter::HandoverLost), 0);
@@ -613,7 +659,11 @@ fn a_syn_on_an_ended_or_other_connection_starts_a_new_one() {
         },
     );
     let e = h.only_flow();
-    assert_eq!(e.stats.packets, [1, 0], "a second interface's copy is not counted");
+    assert_eq!(
+        e.stats.packets,
+        [1, 0],
+        "a second interface's copy is not counted"
+    );
     assert!(e.second_if, "and marked");
     assert_eq!(h.delta(Counter::SecondInterface), 1);
 }

@@ -229,9 +229,9 @@ impl Daemon {
             // A SYN started a new connection on this tuple: the old one's
             // final totals, exactly as the kernel held them.
             let prev = crate::datapath::final_stats(&ev.prev, self.dp.clock());
-            if let Some(raw) =
-                self.tracker
-                    .handed_over(key, ev.prev.gen, &prev, monotonic_ns())
+            if let Some(raw) = self
+                .tracker
+                .handed_over(key, ev.prev.gen, &prev, monotonic_ns())
             {
                 self.emit(&[raw]);
             }
@@ -262,7 +262,11 @@ impl Daemon {
             first: true,
         };
         let clock = Clock::now();
-        let iface = self.names.get(&key.ifindex).map(String::as_str).unwrap_or("");
+        let iface = self
+            .names
+            .get(&key.ifindex)
+            .map(String::as_str)
+            .unwrap_or("");
         let mut report = flows::to_report(&raw, iface, chrono::Utc::now(), |ns| clock.wall(ns));
         report.observer.clone_from(&self.observer);
         self.judge.judge(&mut report);

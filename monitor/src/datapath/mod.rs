@@ -212,10 +212,11 @@ fn sample_clock(ebpf: &mut Ebpf) -> Result<(u64, u64), DatapathError> {
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(&frame);
     opts.repeat = 1;
-    prog.test_run(opts).map_err(|source| DatapathError::Program {
-        name: PROG_CLOCK,
-        source,
-    })?;
+    prog.test_run(opts)
+        .map_err(|source| DatapathError::Program {
+            name: PROG_CLOCK,
+            source,
+        })?;
     let map = ebpf
         .map(CLOCK_MAP)
         .ok_or(DatapathError::Map { name: CLOCK_MAP })?;

@@ -90,7 +90,12 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(K,
         for i in 0..n {
             // SAFETY: the kernel wrote `count` keys and values; both types
             // are Pod (every bit pattern valid).
-            out.push(unsafe { (keys.as_ptr().add(i).read().assume_init(), values.as_ptr().add(i).read().assume_init()) });
+            out.push(unsafe {
+                (
+                    keys.as_ptr().add(i).read().assume_init(),
+                    values.as_ptr().add(i).read().assume_init(),
+                )
+            });
         }
         if done {
             return Ok(out);
@@ -102,7 +107,10 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(K,
 
 /// Removes `key` and returns the value it had at that moment; `None` when
 /// it was not there.
-pub fn lookup_and_delete<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K) -> std::io::Result<Option<V>> {
+pub fn lookup_and_delete<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    key: &K,
+) -> std::io::Result<Option<V>> {
     let mut value = MaybeUninit::<V>::zeroed();
     let mut attr = ElemAttr {
         map_fd: fd.as_raw_fd() as u32,
