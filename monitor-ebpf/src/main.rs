@@ -191,12 +191,130 @@ struct Packet {
 }
 
 fn account(ctx: &TcContext) {
+    if let Some(pkt) = parse_fast(ctx) {
+        track(ctx, &pkt);
+        return;
+    }
     match parse(ctx) {
         Ok(pkt) => track(ctx, &pkt),
         Err(Skip::NonIp) => count(Counter::NonIp, 1),
         Err(Skip::Unparsable) => count(Counter::Unparsable, 1),
         Err(Skip::Ipv6ExtLimit) => count(Counter::Ipv6ExtLimit, 1),
     }
+}
+
+/// Bytes the fast path needs in the linear area: Ethernet, a 20-byte IPv4
+/// header and a 20-byte TCP header (the largest fixed part it reads).
+const FAST_V4: usize = ETH_HLEN + 20 + 20;
+/// Ethernet, the fixed IPv6 header and a TCP header.
+const FAST_V6: usize = ETH_HLEN + 40 + 20;
+
+/// Loads a `T` at `p` (packet memory, bounds checked by the caller) as one
+/// word load: the verifier allows misaligned packet loads on x86
+/// (CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS), and whole-word loads are what
+/// make this path cheap.
+///
+/// # Safety
+/// `p..p + size_of::<T>()` must be inside the packet's linear area.
+#[inline(always)]
+unsafe fn load<T: Copy>(p: usize) -> T {
+    // SAFETY: per the caller.
+    unsafe { core::ptr::read(p as *const T) }
+}
+
+/// The common frame shapes in one bounds check and word loads: untagged
+/// Ethernet, IPv4 without options (not a later fragment) or IPv6 without
+/// extension headers, TCP or UDP, one wire packet (not GSO). `None` sends
+/// the packet to the general parser, which handles (and counts) the rest.
+#[inline(always)]
+fn parse_fast(ctx: &TcContext) -> Option<Packet> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + FAST_V4 > end {
+        return None;
+    }
+    // SAFETY: the context pointer is valid for the whole program run.
+    if unsafe { (*ctx.skb.skb).gso_segs } > 1 {
+        return None;
+    }
+    let skb_len = ctx.len() as usize;
+    // SAFETY (all loads below): inside start..start + FAST_V4 (or FAST_V6,
+    // checked before the IPv6 loads), checked against data_end above.
+    let ethertype = u16::from_be(unsafe { load::<u16>(start + 12) });
+    let mut pkt = Packet {
+        src: [0; 4],
+        dst: [0; 4],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        ip_version: 0,
+        tcp_flags: 0,
+        seq: 0,
+        segs: 1,
+        bytes: 0,
+    };
+    let l3 = start + ETH_HLEN;
+    let (l4, ip_len, hdr) = if ethertype == ETH_P_IP {
+        // RFC 791 §3.1, read as words: version/IHL, TOS, total length | id,
+        // flags/fragment offset | TTL, protocol, checksum | source | destination.
+        let w0: u32 = unsafe { load(l3) };
+        let w1: u32 = unsafe { load(l3 + 4) };
+        let w2: u32 = unsafe { load(l3 + 8) };
+        if w0 as u8 != 0x45 {
+            return None;
+        }
+        let tot_len = u16::from_be((w0 >> 16) as u16) as usize;
+        let frag = u16::from_be((w1 >> 16) as u16);
+        if frag & 0x1FFF != 0 || tot_len < 40 || ETH_HLEN + tot_len > skb_len {
+            return None;
+        }
+        pkt.proto = (w2 >> 8) as u8;
+        pkt.src[0] = unsafe { load(l3 + 12) };
+        pkt.dst[0] = unsafe { load(l3 + 16) };
+        pkt.ip_version = IP_V4;
+        (l3 + 20, tot_len, 20)
+    } else if ethertype == ETH_P_IPV6 {
+        if start + FAST_V6 > end {
+            return None;
+        }
+        // RFC 8200 §3: version, payload length, next header, addresses.
+        let w0: u32 = unsafe { load(l3) };
+        let w1: u32 = unsafe { load(l3 + 4) };
+        if (w0 as u8) >> 4 != 6 {
+            return None;
+        }
+        let payload_len = u16::from_be(w1 as u16) as usize;
+        if payload_len < 20 || ETH_HLEN + 40 + payload_len > skb_len {
+            return None;
+        }
+        pkt.proto = (w1 >> 16) as u8;
+        pkt.src = unsafe { load(l3 + 8) };
+        pkt.dst = unsafe { load(l3 + 24) };
+        pkt.ip_version = IP_V6;
+        (l3 + 40, 40 + payload_len, 40)
+    } else {
+        return None;
+    };
+    let ports: u32 = unsafe { load(l4) };
+    pkt.sport = u16::from_be(ports as u16);
+    pkt.dport = u16::from_be((ports >> 16) as u16);
+    match pkt.proto {
+        proto::TCP => {
+            // RFC 9293 §3.1: sequence number, data offset and flags.
+            let seq: u32 = unsafe { load(l4 + 4) };
+            let doff_flags: u16 = unsafe { load(l4 + 12) };
+            let doff = ((doff_flags as u8) >> 4) as usize * 4;
+            if doff < 20 || hdr + doff > ip_len {
+                return None;
+            }
+            pkt.seq = u32::from_be(seq);
+            pkt.tcp_flags = (doff_flags >> 8) as u8;
+        }
+        proto::UDP => {}
+        _ => return None,
+    }
+    pkt.bytes = ip_len as u64;
+    Some(pkt)
 }
 
 /// Reads a `T` at `off` bytes from the start of the frame: directly from the
@@ -219,6 +337,10 @@ fn be16(v: u16) -> u16 {
     u16::from_be(v)
 }
 
+/// The general parser (every shape the fast path leaves out). Its own
+/// function: its stack frame then does not add to the flow-update chain's
+/// under the verifier's 512-byte bound.
+#[inline(never)]
 fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
     // Ethernet, then up to two VLAN tags still in the frame (the stack usually
     // moves them to skb->vlan_tci before tc ingress, but not always on egress).
@@ -472,7 +594,16 @@ fn track(ctx: &TcContext, pkt: &Packet) {
         return;
     }
 
-    // A new connection: the only place that reads the exact (costly) clock.
+    create(&key, pkt, u64::from(ifindex) << 1 | dir as u64);
+}
+
+/// A new connection: inserts its entry and announces it. Its own function,
+/// so its stack frame (the new value) is not in the hit path's.
+#[inline(never)]
+fn create(key: &TupleKey, pkt: &Packet, if_dir: u64) {
+    let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
+    let key = *key;
+    // The only place besides a rotation that reads the exact (costly) clock.
     // SAFETY: bpf_ktime_get_ns, bpf_jiffies64 and bpf_get_prandom_u32 have
     // no preconditions.
     let (now, jiffies, gen) = unsafe {
@@ -515,30 +646,25 @@ fn track(ctx: &TcContext, pkt: &Packet) {
     match FLOWS.insert(&key, &value, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(Counter::NewFlows, 1);
-            let event = FlowEvent {
-                ts_ns: now,
-                key,
+            let a = Announce {
+                now,
                 ifindex,
                 gen: gen as u32,
-                bytes: pkt.bytes as u32,
-                tcp_flags: pkt.tcp_flags,
-                opener: opened_by,
-                kind: event_kind::NEW,
-                _pad: [0; 1],
-                prev: FinalStats::default(),
+                opened_by,
             };
-            if EVENTS.output::<FlowEvent>(&event, 0).is_err() {
+            if announce(&key, pkt, &a, None).is_none() {
                 count(Counter::RingbufFull, 1);
             }
         }
         Err(EEXIST) => {
-            // Another CPU created the entry between our lookup and insert.
-            if let Some(v) = FLOWS.get_ptr_mut(&key) {
-                // SAFETY: as above.
-                unsafe { hit(v, &key, ifindex, dir, pkt) };
-            } else {
+            // Another CPU created the entry between our lookup and insert
+            // (no rotation check here: that CPU saw this connection's start).
+            match FLOWS.get_ptr_mut(&key) {
+                // SAFETY: a live element of FLOWS.
+                Some(v) if unsafe { (*v).ifindex } == ifindex => unsafe { add(v, dir, pkt) },
+                Some(_) => count(Counter::SecondInterface, pkt.segs as u64),
                 // Created and removed again by the daemon in between.
-                count(Counter::FlowMapFull, 1);
+                None => count(Counter::FlowMapFull, 1),
             }
         }
         Err(_) => count(Counter::FlowMapFull, 1),
@@ -572,7 +698,7 @@ unsafe fn hit(v: *mut FlowValue, key: &TupleKey, ifindex: u32, dir: usize, pkt: 
             && g1 & GEN_ROTATING == 0
             && syn_starts_connection(v, pkt)
         {
-            rotate(v, key, ifindex, dir, pkt, g1);
+            rotate(v, key, pkt, g1, u64::from(ifindex) << 1 | dir as u64);
             return;
         }
         add(v, dir, pkt);
@@ -612,19 +738,15 @@ unsafe fn syn_starts_connection(v: *mut FlowValue, pkt: &Packet) -> bool {
 }
 
 /// Hands the entry over to the connection `pkt` (a SYN) opens: the steps
-/// are those of [`FlowValue`]'s documentation.
+/// are those of [`FlowValue`]'s documentation. Its own function: the
+/// verifier's stack bound is per call frame.
 ///
 /// # Safety
 /// As [`hit`].
-#[inline(always)]
-unsafe fn rotate(
-    v: *mut FlowValue,
-    key: &TupleKey,
-    ifindex: u32,
-    dir: usize,
-    pkt: &Packet,
-    g: u64,
-) {
+#[inline(never)]
+unsafe fn rotate(v: *mut FlowValue, key: &TupleKey, pkt: &Packet, g: u64, if_dir: u64) {
+    // ifindex and direction in one argument (five at most for a BPF call).
+    let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
     // SAFETY: per the caller.
     unsafe {
         let next = u64::from((g as u32).wrapping_add(1));
@@ -665,30 +787,73 @@ unsafe fn rotate(
         write_volatile(addr_of_mut!((*v).tcp_flags), 0);
         (*v).isn = pkt.seq;
         (*v).marks |= MARK_ISN;
-        (*v).opener = opener_of(pkt, dir);
+        let opened_by = opener_of(pkt, dir);
+        (*v).opener = opened_by;
         add(v, dir, pkt);
         // 3. Published: readers see gen_lo == gen again.
         write_volatile(addr_of_mut!((*v).gen_lo), next as u32);
         write_volatile(addr_of_mut!((*v).gen), next);
         count(Counter::Rotations, 1);
         // 4. The old connection's final totals, and the new one announced.
-        let event = FlowEvent {
-            ts_ns: now,
-            key: *key,
+        let a = Announce {
+            now,
             ifindex,
             gen: next as u32,
-            bytes: pkt.bytes as u32,
-            tcp_flags: pkt.tcp_flags,
-            opener: opener_of(pkt, dir),
-            kind: event_kind::ROTATED,
-            _pad: [0; 1],
-            prev,
+            opened_by,
         };
-        if EVENTS.output::<FlowEvent>(&event, 0).is_err() {
+        if announce(key, pkt, &a, Some(&prev)).is_none() {
             count(Counter::RingbufFull, 1);
             count(Counter::HandoverLost, prev.packets[0] + prev.packets[1]);
         }
     }
+}
+
+/// What [`announce`] says besides the packet (BPF calls take five
+/// arguments at most).
+#[derive(Clone, Copy)]
+struct Announce {
+    now: u64,
+    ifindex: u32,
+    gen: u32,
+    opened_by: u8,
+}
+
+/// Sends a [`FlowEvent`], written in place in the ring buffer (a 128-byte
+/// event on the stack would not fit the verifier's 512-byte stack next to
+/// the parser's). `None`: the ring buffer is full.
+#[inline(always)]
+fn announce(key: &TupleKey, pkt: &Packet, a: &Announce, prev: Option<&FinalStats>) -> Option<()> {
+    let Announce {
+        now,
+        ifindex,
+        gen,
+        opened_by,
+    } = *a;
+    let mut entry = EVENTS.reserve::<FlowEvent>(0)?;
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved, exclusively ours record of the right size.
+    unsafe {
+        (*e).ts_ns = now;
+        (*e).key = *key;
+        (*e).ifindex = ifindex;
+        (*e).gen = gen;
+        (*e).bytes = pkt.bytes as u32;
+        (*e).tcp_flags = pkt.tcp_flags;
+        (*e).opener = opened_by;
+        (*e)._pad = [0; 1];
+        match prev {
+            Some(p) => {
+                (*e).kind = event_kind::ROTATED;
+                (*e).prev = *p;
+            }
+            None => {
+                (*e).kind = event_kind::NEW;
+                core::ptr::write_bytes(addr_of_mut!((*e).prev), 0, 1);
+            }
+        }
+    }
+    entry.submit(0);
+    Some(())
 }
 
 /// Adds one packet to the entry's current connection.
