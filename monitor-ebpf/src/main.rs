@@ -438,10 +438,14 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                         let hdr: [u8; 4] = read(ctx, off)?;
                         next = hdr[0];
                         let frag_off = u16::from_be_bytes([hdr[2], hdr[3]]) & 0xFFF8;
-                        if frag_off != 0 {
-                            first_fragment = false;
-                        }
                         off += 8;
+                        if frag_off != 0 {
+                            // RFC 8200 §4.5: after a later fragment's header
+                            // comes fragment data, not headers: stop here.
+                            first_fragment = false;
+                            done = true;
+                            break;
+                        }
                     }
                     // Authentication header (RFC 4302 §2.2): length in 4-octet
                     // units, minus 2.

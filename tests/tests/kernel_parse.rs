@@ -667,3 +667,42 @@ fn a_syn_on_an_ended_or_other_connection_starts_a_new_one() {
     assert!(e.second_if, "and marked");
     assert_eq!(h.delta(Counter::SecondInterface), 1);
 }
+
+/// #15: the IPv6 header walk stops after a later fragment's header: what
+/// follows is data (here bytes that would read as a destination-options
+/// header running past the packet), and the packet is a counted fragment.
+#[test]
+fn the_ipv6_walk_stops_after_a_later_fragment_header() {
+    let mut h = Harness::new();
+    h.dp.clear_flows().unwrap();
+    let (x, y) = (v6(7), v6(8));
+    let mut f = frame(
+        x,
+        y,
+        &L4::Raw {
+            proto: 44,
+            payload: 8 + 16,
+        },
+        &Quirks::default(),
+    );
+    let frag = 14 + 40;
+    // Fragment header: next header 60, offset 1 (8 bytes), id 0x1234.
+    f[frag..frag + 8].copy_from_slice(&[60, 0, 0, 0x08, 0, 0, 0x12, 0x34]);
+    // Fragment data that looks like a 2 KiB destination-options header.
+    f[frag + 8] = 60;
+    f[frag + 9] = 255;
+    h.run(PROG_INGRESS, &f);
+    assert_eq!(
+        h.delta(Counter::Unparsable),
+        0,
+        "fragment data is not parsed as headers"
+    );
+    assert_eq!(h.delta(Counter::Fragments), 1, "a later fragment, counted");
+    let e = h.only_flow();
+    assert_eq!((e.key.proto, e.key.port_lo, e.key.port_hi), (60, 0, 0));
+    assert_eq!(
+        e.stats.bytes.iter().sum::<u64>(),
+        40 + 24,
+        "the whole IP packet"
+    );
+}
