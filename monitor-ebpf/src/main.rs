@@ -563,7 +563,7 @@ fn less(a: &[u32; 4], ap: u16, b: &[u32; 4], bp: u16) -> bool {
     ap < bp
 }
 
-#[inline(never)]
+#[inline(always)]
 fn track(ctx: &TcContext, pkt: &Packet) {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
