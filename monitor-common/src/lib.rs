@@ -1,9 +1,9 @@
 //! The kernel/user ABI of segwatch.
 //!
 //! ```text
-//!   packet ──► tc/tcx program ──► FLOWS (per-CPU hash: FlowKey → FlowStats per CPU)
-//!                   │                         ▲ drained by the daemon every sweep
-//!                   ├──► EVENTS (ring buffer: FlowEvent, one per new connection)
+//!   packet ──► tc/tcx program ──► FLOWS (one shared hash: TupleKey → FlowValue, atomic adds)
+//!                   │                         ▲ read in batches by the daemon every sweep
+//!                   ├──► EVENTS (ring buffer: FlowEvent per new connection / rotation)
 //!                   └──► COUNTERS (per-CPU array: Counter → u64)
 //! ```
 //!
@@ -12,7 +12,7 @@
 //! feature adds `aya::Pod` impls; the kernel build never pulls aya.
 #![no_std]
 
-/// Name of the per-CPU flow table in the object file.
+/// Name of the flow table in the object file.
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the new-connection ring buffer.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -24,6 +24,10 @@ pub const PROG_INGRESS: &str = "segwatch_ingress";
 pub const PROG_EGRESS: &str = "segwatch_egress";
 /// Name of the no-op program (the benchmark's floor).
 pub const PROG_NOOP: &str = "segwatch_noop";
+/// Name of the program that samples the kernel clocks (jiffies calibration).
+pub const PROG_CLOCK: &str = "segwatch_clock";
+/// Name of the array the clock program writes: `[bpf_ktime_get_ns(), bpf_jiffies64()]`.
+pub const CLOCK_MAP: &str = "CLOCK";
 
 /// Default capacity of the flow table (entries). The daemon overrides it at
 /// load time from `--max-flows`.
@@ -58,8 +62,7 @@ pub mod tcp_flags {
 }
 
 /// Which end of a canonical key opened the connection, as recorded in
-/// [`FlowStats::opener`]. Only the CPU slot that created the entry sets it;
-/// the other slots keep [`opener::UNSET`].
+/// [`FlowValue::opener`].
 pub mod opener {
     pub const UNSET: u8 = 0;
     /// The `lo` end sent the first packet (UDP/ICMP/...) or the SYN (TCP).
@@ -73,18 +76,33 @@ pub mod opener {
     pub const HI_INFERRED: u8 = 4;
 }
 
-/// A connection as the kernel tracks it: canonical (the `lo` end sorts before
-/// the `hi` end by address then port), so that both directions of a
-/// connection share one entry and one lookup. The interface is part of the
-/// key: a connection between two pods of one node crosses two veths, and each
-/// program counts what it saw; the daemon reports it once.
+/// A connection as the kernel table keys it: canonical (the `lo` end sorts
+/// before the `hi` end by address then port), so that both directions of a
+/// connection share one entry and one lookup. The interface is NOT in the
+/// key: a connection between two pods of one node crosses two veths, and the
+/// entry remembers the first one ([`FlowValue::ifindex`]); only that one
+/// counts, so every packet is counted once per node.
 ///
 /// Addresses are the packet's bytes in network order, held as four `u32`
 /// words (cheaper to compare in the kernel); IPv4 uses the first word, the
-/// rest are zero. Ports are in host byte order. For ICMP echo both ports carry the echo
-/// identifier (request and reply then share the entry); for other ICMP
-/// messages `port_lo`/`port_hi` carry type and code of the first packet seen.
-/// Non-first fragments carry no ports (0/0).
+/// rest are zero. Ports are in host byte order. For ICMP echo both ports
+/// carry the echo identifier (request and reply then share the entry); for
+/// other ICMP messages `port_lo`/`port_hi` carry type and code of the first
+/// packet seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TupleKey {
+    pub addr_lo: [u32; 4],
+    pub addr_hi: [u32; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub ip_version: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A connection as the daemon names it: the kernel's [`TupleKey`] plus the
+/// interface it is counted on (from [`FlowValue::ifindex`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct FlowKey {
@@ -98,26 +116,133 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// What one CPU counted for one connection. Direction 0 is `lo → hi`,
-/// direction 1 is `hi → lo`.
+impl FlowKey {
+    /// The daemon's key for a kernel tuple counted on `ifindex`.
+    pub fn new(t: &TupleKey, ifindex: u32) -> Self {
+        FlowKey {
+            addr_lo: t.addr_lo,
+            addr_hi: t.addr_hi,
+            port_lo: t.port_lo,
+            port_hi: t.port_hi,
+            ifindex,
+            proto: t.proto,
+            ip_version: t.ip_version,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The kernel table's key of this connection.
+    pub fn tuple(&self) -> TupleKey {
+        TupleKey {
+            addr_lo: self.addr_lo,
+            addr_hi: self.addr_hi,
+            port_lo: self.port_lo,
+            port_hi: self.port_hi,
+            proto: self.proto,
+            ip_version: self.ip_version,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Bit of [`FlowValue::gen`] set while a CPU rotates the entry to a new
+/// connection (see [`FlowValue`]).
+pub const GEN_ROTATING: u64 = 1 << 32;
+
+/// [`FlowValue::marks`]: the current generation's ISN is known (its SYN was seen).
+pub const MARK_ISN: u8 = 1;
+/// [`FlowValue::marks`]: the connection was also seen on a second interface
+/// of this node (pod to pod), whose packets were not counted again.
+pub const MARK_SECOND_IF: u8 = 2;
+
+/// One entry of the kernel flow table: ONE copy for all CPUs (memory flat in
+/// the CPU count), updated with atomic instructions.
 ///
-/// `bytes` are IP-layer bytes (IP header included, link layer excluded) as
-/// they would cross a wire: a GSO super-packet of `n` segments counts `n`
-/// packets and its payload plus `n` copies of the headers.
+/// # Connection identity (generations)
+/// One 5-tuple carries several TCP connections over time (client port
+/// reuse, RST-closed sockets). A SYN without ACK on an entry whose
+/// connection ended (RST, or FIN both ways), or with another initial
+/// sequence number than the entry's opening SYN, starts a new connection
+/// (a retransmitted SYN, same ISN, does not). The kernel decides it, because
+/// the handshake outruns any reader:
+///
+/// 1. the CPU that sees that SYN claims the entry with a compare-and-swap of
+///    `gen` to `(gen + 1) | GEN_ROTATING` (exactly one CPU wins);
+///    it reads the cumulative counts once, so every add lands either in
+///    the old connection's totals or after them;
+/// 2. it sends the old connection's final totals (`packets - base_packets`,
+///    ...) to the daemon in a [`FlowEvent`] of kind [`event_kind::ROTATED`];
+/// 3. it sets `base_*` to the cumulative counts, resets flags, opener, ISN
+///    and times for the new connection;
+/// 4. it stores `gen_lo = gen` and clears `GEN_ROTATING` in `gen`.
+///
+/// Counts are cumulative and never reset, so no add is ever lost: the
+/// current connection's counts are `packets - base_packets`. A packet on
+/// another CPU that read `gen` before the claim and adds after it, or during
+/// a rotation, is counted as [`Counter::HandoverRace`] (its bytes may land in
+/// the new connection; the race is counted, never silent).
+///
+/// The daemon reads entries with the kernel's ascending copy: `gen_lo`
+/// (written last by a rotation) comes first, `gen` (claimed first) last, so
+/// a copy is consistent iff `gen_lo as u64 == gen` (a seqlock read, valid on
+/// x86-TSO, where stores are seen in order); it skips a torn copy until the
+/// next sweep, losing nothing (counts are cumulative).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FlowStats {
+pub struct FlowValue {
+    /// Equals `gen` when no rotation is in progress.
+    pub gen_lo: u32,
+    /// Interface whose programs count this entry (the first that saw it).
+    pub ifindex: u32,
+    /// Cumulative since the entry was created, direction 0 `lo → hi`,
+    /// 1 `hi → lo` (atomic adds).
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
-    /// `bpf_ktime_get_ns()` of the first packet this CPU counted (0: none).
+    /// `packets`/`bytes` when the current connection (generation) started.
+    pub base_packets: [u64; 2],
+    pub base_bytes: [u64; 2],
+    /// `bpf_ktime_get_ns()` of the current connection's first packet (exact).
     pub first_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet this CPU counted.
-    pub last_ns: u64,
-    /// Union of the TCP flags seen per direction.
-    pub tcp_flags: [u8; 2],
-    /// See [`opener`]; set only in the slot of the CPU that created the entry.
+    /// `bpf_jiffies64()` of the last packet (coarse: one tick, 1-10 ms).
+    pub last_jiffies: u64,
+    /// Union of the TCP flags of the current connection: bits 0-7 `lo → hi`,
+    /// bits 8-15 `hi → lo` (atomic or; 64 bits, the width BPF atomics have).
+    pub tcp_flags: u64,
+    /// Initial sequence number of the current connection's SYN ([`MARK_ISN`]).
+    pub isn: u32,
+    /// See [`opener`].
     pub opener: u8,
-    pub _pad: [u8; 5],
+    /// [`MARK_ISN`], [`MARK_SECOND_IF`].
+    pub marks: u8,
+    pub _pad: [u8; 2],
+    /// Generation of the current connection (a `u32`, wrapping) with
+    /// [`GEN_ROTATING`] during a rotation; 64 bits for the BPF
+    /// compare-and-swap. Copied last (see above).
+    pub gen: u64,
+}
+
+/// Kinds of [`FlowEvent`].
+pub mod event_kind {
+    /// A new entry: a connection's first packet.
+    pub const NEW: u8 = 1;
+    /// A SYN started a new connection on an existing entry; `prev` holds the
+    /// final totals of the one that ended.
+    pub const ROTATED: u8 = 2;
+}
+
+/// A connection's final totals as the kernel hands them over at a rotation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FinalStats {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub first_ns: u64,
+    pub last_jiffies: u64,
+    /// Bits 0-7 `lo → hi`, 8-15 `hi → lo`.
+    pub tcp_flags: u32,
+    pub gen: u32,
+    pub opener: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Announces a connection the moment its first packet is seen, so that the
@@ -127,24 +252,57 @@ pub struct FlowStats {
 pub struct FlowEvent {
     /// `bpf_ktime_get_ns()` of the packet.
     pub ts_ns: u64,
-    pub key: FlowKey,
+    pub key: TupleKey,
+    /// Interface that counts the connection.
+    pub ifindex: u32,
+    /// Generation of the new connection (see [`FlowValue`]).
+    pub gen: u32,
     /// IP-layer length of the first packet.
     pub bytes: u32,
     /// TCP flags of the first packet.
     pub tcp_flags: u8,
     /// See [`opener`].
     pub opener: u8,
-    pub _pad: [u8; 6],
+    /// See [`event_kind`].
+    pub kind: u8,
+    pub _pad: [u8; 1],
+    /// With [`event_kind::ROTATED`]: the connection that ended.
+    pub prev: FinalStats,
+}
+
+/// One connection's counts as the daemon works with them (from a
+/// [`FlowValue`] of the current generation, or a [`FinalStats`]). Direction
+/// 0 is `lo → hi`, direction 1 is `hi → lo`.
+///
+/// `bytes` are IP-layer bytes (IP header included, link layer excluded) as
+/// they would cross a wire: a GSO super-packet of `n` segments counts `n`
+/// packets and its payload plus `n` copies of the headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Monotonic ns of the first packet (exact: `bpf_ktime_get_ns()`).
+    pub first_ns: u64,
+    /// Monotonic ns of the last packet, to the kernel tick (jiffies).
+    pub last_ns: u64,
+    /// Union of the TCP flags seen per direction.
+    pub tcp_flags: [u8; 2],
+    /// See [`opener`].
+    pub opener: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Slots of the per-CPU counter array. Every loss has one, and the daemon
-/// exports all of them.
+/// exports all of them. None is touched per packet on the common path:
+/// accounted packets are in the flow table.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Every packet (skb) the programs ran on. Packets accounted to a flow
-    /// are `Packets - NonIp - Unparsable - Ipv6ExtLimit - FlowMapFull`.
-    Packets = 0,
+    /// Packets not counted again on a second interface: a connection is
+    /// counted on the interface that saw it first (pod-to-pod traffic
+    /// crosses two veths of the node). Not a loss.
+    SecondInterface = 0,
     /// Ethernet frames that carry neither IPv4 nor IPv6 (ARP, LLDP, ...).
     /// Not a loss: they are not connections.
     NonIp = 1,
@@ -163,14 +321,22 @@ pub enum Counter {
     Fragments = 6,
     /// New flow table entries created.
     NewFlows = 7,
+    /// TCP connections started on an existing entry by a SYN (rotations).
+    Rotations = 8,
+    /// Packets that raced with a rotation on another CPU: counted, but
+    /// possibly into the new connection instead of the old one.
+    HandoverRace = 9,
+    /// Packets of ended connections whose final totals could not be handed
+    /// to the daemon (ring buffer full at the rotation). A loss.
+    HandoverLost = 10,
 }
 
 impl Counter {
     /// Number of slots in the counter array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
     /// All counters in slot order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::Packets,
+        Counter::SecondInterface,
         Counter::NonIp,
         Counter::Unparsable,
         Counter::Ipv6ExtLimit,
@@ -178,6 +344,9 @@ impl Counter {
         Counter::FlowMapFull,
         Counter::Fragments,
         Counter::NewFlows,
+        Counter::Rotations,
+        Counter::HandoverRace,
+        Counter::HandoverLost,
     ];
 }
 
@@ -186,6 +355,8 @@ mod user {
     // SAFETY (all three): plain `#[repr(C)]` integers and byte arrays with
     // explicit padding fields, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::TupleKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowEvent {}
 }
@@ -202,7 +373,20 @@ mod tests {
             44,
             "FlowKey layout changed: update the BPF object and daemon together"
         );
+        assert_eq!(size_of::<TupleKey>(), 40, "TupleKey layout changed");
+        assert_eq!(size_of::<FlowValue>(), 112, "FlowValue layout changed");
         assert_eq!(size_of::<FlowStats>(), 56, "FlowStats layout changed");
-        assert_eq!(size_of::<FlowEvent>(), 64, "FlowEvent layout changed");
+        assert_eq!(size_of::<FinalStats>(), 64, "FinalStats layout changed");
+        assert_eq!(size_of::<FlowEvent>(), 128, "FlowEvent layout changed");
+        assert_eq!(
+            core::mem::offset_of!(FlowValue, gen_lo),
+            0,
+            "gen_lo must be copied first"
+        );
+        assert_eq!(
+            core::mem::offset_of!(FlowValue, gen),
+            104,
+            "gen must be copied last"
+        );
     }
 }

@@ -5,8 +5,11 @@
 //!  skb ─► parse (Ethernet, 802.1Q, IPv4 | IPv6 + ext headers, TCP/UDP/SCTP/ICMP)
 //!          │ non-IP ─► COUNTERS[NonIp]         bad headers ─► COUNTERS[Unparsable]
 //!          ▼
-//!        canonical FlowKey ─► FLOWS (per-CPU): hit ─► add to this CPU's slot
-//!                                              miss ─► insert + EVENTS (ring buffer)
+//!        canonical TupleKey ─► FLOWS (one shared hash):
+//!            hit, same interface ─► atomic adds (jiffies for the last-seen time)
+//!            hit, TCP SYN on an ended connection / new ISN ─► rotate: EVENTS(final totals)
+//!            hit, other interface ─► skipped (counted once per node)
+//!            miss ─► insert (exact ns) + EVENTS (ring buffer)
 //!          ▼
 //!        TCX_NEXT: the packet always continues unchanged
 //! ```
@@ -15,19 +18,23 @@
 //! helper that can change the packet is ever called.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 use core::mem::size_of;
 
+use core::arch::asm;
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map},
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use monitor_common::{
-    opener, proto, tcp_flags, Counter, FlowEvent, FlowKey, FlowStats, DEFAULT_EVENTS_BYTES,
-    DEFAULT_MAX_FLOWS, IP_V4, IP_V6,
+    event_kind, opener, proto, tcp_flags, Counter, FinalStats, FlowEvent, FlowValue, TupleKey,
+    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, GEN_ROTATING, IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
 };
 
 /// "Continue with the next program": `TCX_NEXT` (include/uapi/linux/bpf.h,
@@ -50,9 +57,15 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 
+/// One copy for all CPUs (memory flat in the CPU count); see [`FlowValue`]
+/// for how CPUs share it.
 #[map(name = "FLOWS")]
-static FLOWS: PerCpuHashMap<FlowKey, FlowStats> =
-    PerCpuHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+static FLOWS: HashMap<TupleKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// `[bpf_ktime_get_ns(), bpf_jiffies64()]` as `segwatch_clock` last saw
+/// them: the daemon maps jiffies to monotonic ns with two samples.
+#[map(name = "CLOCK")]
+static CLOCK: Array<u64> = Array::with_max_entries(2, 0);
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
@@ -77,6 +90,71 @@ pub fn segwatch_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn segwatch_noop(_ctx: TcContext) -> i32 {
     TCX_NEXT
+}
+
+/// Samples both kernel clocks into [`CLOCK`] (run by the daemon through
+/// `BPF_PROG_TEST_RUN`, never attached).
+#[classifier]
+pub fn segwatch_clock(_ctx: TcContext) -> i32 {
+    // SAFETY: both helpers have no preconditions.
+    let (ns, j) = unsafe { (bpf_ktime_get_ns(), bpf_jiffies64()) };
+    if let Some(p) = CLOCK.get_ptr_mut(0) {
+        // SAFETY: a valid slot of the array; only this program writes it.
+        unsafe { *p = ns };
+    }
+    if let Some(p) = CLOCK.get_ptr_mut(1) {
+        // SAFETY: as above.
+        unsafe { *p = j };
+    }
+    TCX_NEXT
+}
+
+/// `lock *(u64 *)(p) += v`: BPF_ATOMIC | BPF_ADD
+/// (Documentation/bpf/standardization/instruction-set.rst, "Atomic
+/// operations"). Inline assembly because rustc's bpf target is
+/// single-threaded: `AtomicU64` lowers to plain loads and stores there.
+///
+/// # Safety
+/// `p` must point into a map value (the verifier checks it).
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: per the caller.
+    unsafe {
+        asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v, options(nostack));
+    }
+}
+
+/// `lock *(u64 *)(p) |= v` (BPF_ATOMIC | BPF_OR, kernel ≥ 5.12).
+///
+/// # Safety
+/// As [`atomic_add`].
+#[inline(always)]
+unsafe fn atomic_or(p: *mut u64, v: u64) {
+    // SAFETY: per the caller.
+    unsafe {
+        asm!("lock *(u64 *)({p} + 0) |= {v}", p = in(reg) p, v = in(reg) v, options(nostack));
+    }
+}
+
+/// Compare-and-swap (BPF_ATOMIC | BPF_CMPXCHG, kernel ≥ 5.12): stores `new`
+/// at `p` if it holds `old`; returns what it held.
+///
+/// # Safety
+/// As [`atomic_add`].
+#[inline(always)]
+unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
+    let mut r0 = old;
+    // SAFETY: per the caller.
+    unsafe {
+        asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {new})",
+            p = in(reg) p,
+            new = in(reg) new,
+            inout("r0") r0,
+            options(nostack)
+        );
+    }
+    r0
 }
 
 #[inline(always)]
@@ -104,6 +182,8 @@ struct Packet {
     proto: u8,
     ip_version: u8,
     tcp_flags: u8,
+    /// TCP sequence number (identifies a connection by its SYN's ISN).
+    seq: u32,
     /// Wire packets this skb stands for (GSO super-packets are many).
     segs: u32,
     /// IP-layer bytes of all those wire packets.
@@ -111,13 +191,132 @@ struct Packet {
 }
 
 fn account(ctx: &TcContext) {
-    count(Counter::Packets, 1);
-    match parse(ctx) {
-        Ok(pkt) => track(ctx, &pkt),
-        Err(Skip::NonIp) => count(Counter::NonIp, 1),
-        Err(Skip::Unparsable) => count(Counter::Unparsable, 1),
-        Err(Skip::Ipv6ExtLimit) => count(Counter::Ipv6ExtLimit, 1),
+    // One call site of `track`: the verifier walks a callee once per call
+    // site, and the flow update is most of the program.
+    let pkt = match parse_fast(ctx) {
+        Some(pkt) => pkt,
+        None => match parse(ctx) {
+            Ok(pkt) => pkt,
+            Err(Skip::NonIp) => return count(Counter::NonIp, 1),
+            Err(Skip::Unparsable) => return count(Counter::Unparsable, 1),
+            Err(Skip::Ipv6ExtLimit) => return count(Counter::Ipv6ExtLimit, 1),
+        },
+    };
+    track(ctx, &pkt);
+}
+
+/// Bytes the fast path needs in the linear area: Ethernet, a 20-byte IPv4
+/// header and a 20-byte TCP header (the largest fixed part it reads).
+const FAST_V4: usize = ETH_HLEN + 20 + 20;
+/// Ethernet, the fixed IPv6 header and a TCP header.
+const FAST_V6: usize = ETH_HLEN + 40 + 20;
+
+/// Loads a `T` at `p` (packet memory, bounds checked by the caller) as one
+/// word load: the verifier allows misaligned packet loads on x86
+/// (CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS), and whole-word loads are what
+/// make this path cheap.
+///
+/// # Safety
+/// `p..p + size_of::<T>()` must be inside the packet's linear area.
+#[inline(always)]
+unsafe fn load<T: Copy>(p: usize) -> T {
+    // SAFETY: per the caller.
+    unsafe { core::ptr::read(p as *const T) }
+}
+
+/// The common frame shapes in one bounds check and word loads: untagged
+/// Ethernet, IPv4 without options (not a later fragment) or IPv6 without
+/// extension headers, TCP or UDP, one wire packet (not GSO). `None` sends
+/// the packet to the general parser, which handles (and counts) the rest.
+#[inline(always)]
+fn parse_fast(ctx: &TcContext) -> Option<Packet> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + FAST_V4 > end {
+        return None;
     }
+    // SAFETY: the context pointer is valid for the whole program run.
+    if unsafe { (*ctx.skb.skb).gso_segs } > 1 {
+        return None;
+    }
+    let skb_len = ctx.len() as usize;
+    // SAFETY (all loads below): inside start..start + FAST_V4 (or FAST_V6,
+    // checked before the IPv6 loads), checked against data_end above.
+    let ethertype = u16::from_be(unsafe { load::<u16>(start + 12) });
+    let mut pkt = Packet {
+        src: [0; 4],
+        dst: [0; 4],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        ip_version: 0,
+        tcp_flags: 0,
+        seq: 0,
+        segs: 1,
+        bytes: 0,
+    };
+    let l3 = start + ETH_HLEN;
+    let (l4, ip_len, hdr) = if ethertype == ETH_P_IP {
+        // RFC 791 §3.1, read as words: version/IHL, TOS, total length | id,
+        // flags/fragment offset | TTL, protocol, checksum | source | destination.
+        let w0: u32 = unsafe { load(l3) };
+        let w1: u32 = unsafe { load(l3 + 4) };
+        let w2: u32 = unsafe { load(l3 + 8) };
+        if w0 as u8 != 0x45 {
+            return None;
+        }
+        let tot_len = u16::from_be((w0 >> 16) as u16) as usize;
+        let frag = u16::from_be((w1 >> 16) as u16);
+        if frag & 0x1FFF != 0 || tot_len < 40 || ETH_HLEN + tot_len > skb_len {
+            return None;
+        }
+        pkt.proto = (w2 >> 8) as u8;
+        pkt.src[0] = unsafe { load(l3 + 12) };
+        pkt.dst[0] = unsafe { load(l3 + 16) };
+        pkt.ip_version = IP_V4;
+        (l3 + 20, tot_len, 20)
+    } else if ethertype == ETH_P_IPV6 {
+        if start + FAST_V6 > end {
+            return None;
+        }
+        // RFC 8200 §3: version, payload length, next header, addresses.
+        let w0: u32 = unsafe { load(l3) };
+        let w1: u32 = unsafe { load(l3 + 4) };
+        if (w0 as u8) >> 4 != 6 {
+            return None;
+        }
+        let payload_len = u16::from_be(w1 as u16) as usize;
+        if payload_len < 20 || ETH_HLEN + 40 + payload_len > skb_len {
+            return None;
+        }
+        pkt.proto = (w1 >> 16) as u8;
+        pkt.src = unsafe { load(l3 + 8) };
+        pkt.dst = unsafe { load(l3 + 24) };
+        pkt.ip_version = IP_V6;
+        (l3 + 40, 40 + payload_len, 40)
+    } else {
+        return None;
+    };
+    let ports: u32 = unsafe { load(l4) };
+    pkt.sport = u16::from_be(ports as u16);
+    pkt.dport = u16::from_be((ports >> 16) as u16);
+    match pkt.proto {
+        proto::TCP => {
+            // RFC 9293 §3.1: sequence number, data offset and flags.
+            let seq: u32 = unsafe { load(l4 + 4) };
+            let doff_flags: u16 = unsafe { load(l4 + 12) };
+            let doff = ((doff_flags as u8) >> 4) as usize * 4;
+            if doff < 20 || hdr + doff > ip_len {
+                return None;
+            }
+            pkt.seq = u32::from_be(seq);
+            pkt.tcp_flags = (doff_flags >> 8) as u8;
+        }
+        proto::UDP => {}
+        _ => return None,
+    }
+    pkt.bytes = ip_len as u64;
+    Some(pkt)
 }
 
 /// Reads a `T` at `off` bytes from the start of the frame: directly from the
@@ -140,6 +339,10 @@ fn be16(v: u16) -> u16 {
     u16::from_be(v)
 }
 
+/// The general parser (every shape the fast path leaves out). Its own
+/// function: its stack frame then does not add to the flow-update chain's
+/// under the verifier's 512-byte bound.
+#[inline(never)]
 fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
     // Ethernet, then up to two VLAN tags still in the frame (the stack usually
     // moves them to skb->vlan_tci before tc ingress, but not always on egress).
@@ -164,6 +367,7 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
         proto: 0,
         ip_version: 0,
         tcp_flags: 0,
+        seq: 0,
         segs,
         bytes: 0,
     };
@@ -236,10 +440,14 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                         let hdr: [u8; 4] = read(ctx, off)?;
                         next = hdr[0];
                         let frag_off = u16::from_be_bytes([hdr[2], hdr[3]]) & 0xFFF8;
-                        if frag_off != 0 {
-                            first_fragment = false;
-                        }
                         off += 8;
+                        if frag_off != 0 {
+                            // RFC 8200 §4.5: after a later fragment's header
+                            // comes fragment data, not headers: stop here.
+                            first_fragment = false;
+                            done = true;
+                            break;
+                        }
                     }
                     // Authentication header (RFC 4302 §2.2): length in 4-octet
                     // units, minus 2.
@@ -279,6 +487,7 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                 // RFC 9293 §3.1: ports, data offset (high nibble of byte 12),
                 // flags (byte 13).
                 let ports: [u16; 2] = read(ctx, off)?;
+                let seq: u32 = read(ctx, off + 4)?;
                 let doff_flags: [u8; 2] = read(ctx, off + 12)?;
                 let doff = ((doff_flags[0] >> 4) as usize) * 4;
                 if doff < 20 {
@@ -287,6 +496,7 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                 pkt.sport = be16(ports[0]);
                 pkt.dport = be16(ports[1]);
                 pkt.tcp_flags = doff_flags[1];
+                pkt.seq = u32::from_be(seq);
                 l4_hdr = doff;
             }
             proto::UDP | proto::SCTP => {
@@ -353,6 +563,7 @@ fn less(a: &[u32; 4], ap: u16, b: &[u32; 4], bp: u16) -> bool {
     ap < bp
 }
 
+#[inline(always)]
 fn track(ctx: &TcContext, pkt: &Packet) {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -363,105 +574,323 @@ fn track(ctx: &TcContext, pkt: &Packet) {
         0
     };
     let key = if dir == 0 {
-        FlowKey {
+        TupleKey {
             addr_lo: pkt.src,
             addr_hi: pkt.dst,
             port_lo: pkt.sport,
             port_hi: pkt.dport,
-            ifindex,
             proto: pkt.proto,
             ip_version: pkt.ip_version,
             _pad: [0; 2],
         }
     } else {
-        FlowKey {
+        TupleKey {
             addr_lo: pkt.dst,
             addr_hi: pkt.src,
             port_lo: pkt.dport,
             port_hi: pkt.sport,
-            ifindex,
             proto: pkt.proto,
             ip_version: pkt.ip_version,
             _pad: [0; 2],
         }
     };
-    // SAFETY: no helper reads the clock unsafely; bpf_ktime_get_ns has no
-    // preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
 
-    if let Some(stats) = FLOWS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's slot of a per-CPU entry; see `count`.
-        unsafe { add(&mut *stats, dir, pkt, now) };
+    if let Some(v) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a live element of FLOWS (RCU keeps it valid for this run).
+        unsafe { hit(v, &key, ifindex, dir, pkt) };
         return;
     }
 
+    create(&key, pkt, u64::from(ifindex) << 1 | dir as u64);
+}
+
+/// A new connection: inserts its entry and announces it. Its own function,
+/// so its stack frame (the new value) is not in the hit path's.
+#[inline(never)]
+fn create(key: &TupleKey, pkt: &Packet, if_dir: u64) {
+    let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
+    let key = *key;
+    // The only place besides a rotation that reads the exact (costly) clock.
+    // SAFETY: bpf_ktime_get_ns, bpf_jiffies64 and bpf_get_prandom_u32 have
+    // no preconditions.
+    let (now, jiffies, gen) = unsafe {
+        (
+            bpf_ktime_get_ns(),
+            bpf_jiffies64(),
+            u64::from(bpf_get_prandom_u32()),
+        )
+    };
     let opened_by = opener_of(pkt, dir);
-    let mut stats = FlowStats {
+    let syn_only = pkt.proto == proto::TCP
+        && pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    let mut value = FlowValue {
+        gen_lo: gen as u32,
+        ifindex,
         packets: [0; 2],
         bytes: [0; 2],
+        base_packets: [0; 2],
+        base_bytes: [0; 2],
         first_ns: now,
-        last_ns: now,
-        tcp_flags: [0; 2],
+        last_jiffies: jiffies,
+        tcp_flags: 0,
+        isn: if syn_only { pkt.seq } else { 0 },
         opener: opened_by,
-        _pad: [0; 5],
+        marks: if syn_only { MARK_ISN } else { 0 },
+        _pad: [0; 2],
+        gen,
     };
     // Constant indices only: LLVM turns `arr[dir]` on a stack slot into
     // pointer arithmetic (`fp | dir`) that the verifier rejects.
     if dir == 0 {
-        stats.packets[0] = pkt.segs as u64;
-        stats.bytes[0] = pkt.bytes;
-        stats.tcp_flags[0] = pkt.tcp_flags;
+        value.packets[0] = pkt.segs as u64;
+        value.bytes[0] = pkt.bytes;
+        value.tcp_flags = pkt.tcp_flags as u64;
     } else {
-        stats.packets[1] = pkt.segs as u64;
-        stats.bytes[1] = pkt.bytes;
-        stats.tcp_flags[1] = pkt.tcp_flags;
+        value.packets[1] = pkt.segs as u64;
+        value.bytes[1] = pkt.bytes;
+        value.tcp_flags = (pkt.tcp_flags as u64) << 8;
     }
-    match FLOWS.insert(&key, &stats, BPF_NOEXIST as u64) {
+    match FLOWS.insert(&key, &value, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(Counter::NewFlows, 1);
-            let event = FlowEvent {
-                ts_ns: now,
-                key,
-                bytes: pkt.bytes as u32,
-                tcp_flags: pkt.tcp_flags,
-                opener: opened_by,
-                _pad: [0; 6],
+            let a = Announce {
+                now,
+                ifindex,
+                gen: gen as u32,
+                opened_by,
             };
-            if EVENTS.output::<FlowEvent>(&event, 0).is_err() {
+            if announce(&key, pkt, &a, None).is_none() {
                 count(Counter::RingbufFull, 1);
             }
         }
         Err(EEXIST) => {
-            // Another CPU won the race; its slot holds the opener.
-            if let Some(stats) = FLOWS.get_ptr_mut(&key) {
-                // SAFETY: as above.
-                unsafe { add(&mut *stats, dir, pkt, now) };
-            } else if FLOWS.insert(&key, &stats, BPF_ANY as u64).is_err() {
-                // Removed again by the daemon in between and the table is
-                // full now: the packet is lost to accounting.
-                count(Counter::FlowMapFull, 1);
+            // Another CPU created the entry between our lookup and insert
+            // (no rotation check here: that CPU saw this connection's start).
+            match FLOWS.get_ptr_mut(&key) {
+                // SAFETY: a live element of FLOWS.
+                Some(v) if unsafe { (*v).ifindex } == ifindex => unsafe { add(v, dir, pkt) },
+                Some(_) => count(Counter::SecondInterface, pkt.segs as u64),
+                // Created and removed again by the daemon in between.
+                None => count(Counter::FlowMapFull, 1),
             }
         }
         Err(_) => count(Counter::FlowMapFull, 1),
     }
 }
 
+/// A packet of a known entry.
+///
+/// # Safety
+/// `v` points to a live element of [`FLOWS`].
 #[inline(always)]
-fn add(stats: &mut FlowStats, dir: usize, pkt: &Packet, now: u64) {
-    // Constant indices only (see `track`).
-    if dir == 0 {
-        stats.packets[0] += pkt.segs as u64;
-        stats.bytes[0] += pkt.bytes;
-        stats.tcp_flags[0] |= pkt.tcp_flags;
-    } else {
-        stats.packets[1] += pkt.segs as u64;
-        stats.bytes[1] += pkt.bytes;
-        stats.tcp_flags[1] |= pkt.tcp_flags;
+unsafe fn hit(v: *mut FlowValue, key: &TupleKey, ifindex: u32, dir: usize, pkt: &Packet) {
+    // SAFETY (whole body): `v` is a live map value; shared fields are
+    // written with atomics or as single aligned words.
+    unsafe {
+        if (*v).ifindex != ifindex {
+            // The same connection on a second interface of this node: the
+            // first one counts every packet of it already.
+            if (*v).marks & MARK_SECOND_IF == 0 {
+                (*v).marks |= MARK_SECOND_IF;
+            }
+            count(Counter::SecondInterface, pkt.segs as u64);
+            return;
+        }
+        if pkt.proto != proto::TCP {
+            add(v, dir, pkt);
+            return;
+        }
+        let g1 = read_volatile(addr_of!((*v).gen));
+        if pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+            && g1 & GEN_ROTATING == 0
+            && syn_starts_connection(v, pkt)
+        {
+            rotate(v, key, pkt, g1, u64::from(ifindex) << 1 | dir as u64);
+            return;
+        }
+        add(v, dir, pkt);
+        let g2 = read_volatile(addr_of!((*v).gen));
+        if g1 != g2 || g1 & GEN_ROTATING != 0 {
+            // A rotation on another CPU overlapped this packet's adds.
+            count(Counter::HandoverRace, 1);
+        }
     }
-    if stats.first_ns == 0 {
-        stats.first_ns = now;
+}
+
+/// Whether a SYN (without ACK) on an existing entry opens a new connection:
+/// the entry's connection ended (RST either way, or FIN both ways), or its
+/// opening SYN had another initial sequence number. A SYN on an entry
+/// without a known ISN (first seen mid-stream) records its ISN.
+///
+/// # Safety
+/// As [`hit`].
+#[inline(always)]
+unsafe fn syn_starts_connection(v: *mut FlowValue, pkt: &Packet) -> bool {
+    // SAFETY: per the caller.
+    unsafe {
+        let f = read_volatile(addr_of!((*v).tcp_flags));
+        let (lo, hi) = (f as u8, (f >> 8) as u8);
+        let ended = (lo | hi) & tcp_flags::RST != 0
+            || (lo & tcp_flags::FIN != 0 && hi & tcp_flags::FIN != 0);
+        if ended {
+            return true;
+        }
+        if (*v).marks & MARK_ISN == 0 {
+            (*v).isn = pkt.seq;
+            (*v).marks |= MARK_ISN;
+            return false;
+        }
+        (*v).isn != pkt.seq
     }
-    stats.last_ns = now;
+}
+
+/// Hands the entry over to the connection `pkt` (a SYN) opens: the steps
+/// are those of [`FlowValue`]'s documentation. Its own function: the
+/// verifier's stack bound is per call frame.
+///
+/// # Safety
+/// As [`hit`].
+#[inline(never)]
+unsafe fn rotate(v: *mut FlowValue, key: &TupleKey, pkt: &Packet, g: u64, if_dir: u64) {
+    // ifindex and direction in one argument (five at most for a BPF call).
+    let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
+    // SAFETY: per the caller.
+    unsafe {
+        let next = u64::from((g as u32).wrapping_add(1));
+        if cmpxchg(addr_of_mut!((*v).gen), g, next | GEN_ROTATING) != g {
+            // Another CPU rotates this entry right now: count the packet
+            // into whatever connection holds it, and say so.
+            add(v, dir, pkt);
+            count(Counter::HandoverRace, 1);
+            return;
+        }
+        // 1. The cumulative counts, read once: every add is either in them
+        //    (the old connection) or after them (the new one).
+        let p0 = read_volatile(addr_of!((*v).packets[0]));
+        let p1 = read_volatile(addr_of!((*v).packets[1]));
+        let b0 = read_volatile(addr_of!((*v).bytes[0]));
+        let b1 = read_volatile(addr_of!((*v).bytes[1]));
+        let prev = FinalStats {
+            packets: [
+                p0.wrapping_sub((*v).base_packets[0]),
+                p1.wrapping_sub((*v).base_packets[1]),
+            ],
+            bytes: [
+                b0.wrapping_sub((*v).base_bytes[0]),
+                b1.wrapping_sub((*v).base_bytes[1]),
+            ],
+            first_ns: (*v).first_ns,
+            last_jiffies: (*v).last_jiffies,
+            tcp_flags: read_volatile(addr_of!((*v).tcp_flags)) as u32,
+            gen: g as u32,
+            opener: (*v).opener,
+            _pad: [0; 7],
+        };
+        // 2. The new connection's start.
+        let now = bpf_ktime_get_ns();
+        (*v).base_packets = [p0, p1];
+        (*v).base_bytes = [b0, b1];
+        (*v).first_ns = now;
+        write_volatile(addr_of_mut!((*v).tcp_flags), 0);
+        (*v).isn = pkt.seq;
+        (*v).marks |= MARK_ISN;
+        let opened_by = opener_of(pkt, dir);
+        (*v).opener = opened_by;
+        add(v, dir, pkt);
+        // 3. Published: readers see gen_lo == gen again.
+        write_volatile(addr_of_mut!((*v).gen_lo), next as u32);
+        write_volatile(addr_of_mut!((*v).gen), next);
+        count(Counter::Rotations, 1);
+        // 4. The old connection's final totals, and the new one announced.
+        let a = Announce {
+            now,
+            ifindex,
+            gen: next as u32,
+            opened_by,
+        };
+        if announce(key, pkt, &a, Some(&prev)).is_none() {
+            count(Counter::RingbufFull, 1);
+            count(Counter::HandoverLost, prev.packets[0] + prev.packets[1]);
+        }
+    }
+}
+
+/// What [`announce`] says besides the packet (BPF calls take five
+/// arguments at most).
+#[derive(Clone, Copy)]
+struct Announce {
+    now: u64,
+    ifindex: u32,
+    gen: u32,
+    opened_by: u8,
+}
+
+/// Sends a [`FlowEvent`], written in place in the ring buffer (a 128-byte
+/// event on the stack would not fit the verifier's 512-byte stack next to
+/// the parser's). `None`: the ring buffer is full.
+#[inline(always)]
+fn announce(key: &TupleKey, pkt: &Packet, a: &Announce, prev: Option<&FinalStats>) -> Option<()> {
+    let Announce {
+        now,
+        ifindex,
+        gen,
+        opened_by,
+    } = *a;
+    let mut entry = EVENTS.reserve::<FlowEvent>(0)?;
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved, exclusively ours record of the right size.
+    unsafe {
+        (*e).ts_ns = now;
+        (*e).key = *key;
+        (*e).ifindex = ifindex;
+        (*e).gen = gen;
+        (*e).bytes = pkt.bytes as u32;
+        (*e).tcp_flags = pkt.tcp_flags;
+        (*e).opener = opened_by;
+        (*e)._pad = [0; 1];
+        match prev {
+            Some(p) => {
+                (*e).kind = event_kind::ROTATED;
+                (*e).prev = *p;
+            }
+            None => {
+                (*e).kind = event_kind::NEW;
+                core::ptr::write_bytes(addr_of_mut!((*e).prev), 0, 1);
+            }
+        }
+    }
+    entry.submit(0);
+    Some(())
+}
+
+/// Adds one packet to the entry's current connection.
+///
+/// # Safety
+/// As [`hit`].
+#[inline(always)]
+unsafe fn add(v: *mut FlowValue, dir: usize, pkt: &Packet) {
+    // SAFETY: per the caller. Constant indices only (see `track`).
+    unsafe {
+        let f = if dir == 0 {
+            atomic_add(addr_of_mut!((*v).packets[0]), pkt.segs as u64);
+            atomic_add(addr_of_mut!((*v).bytes[0]), pkt.bytes);
+            pkt.tcp_flags as u64
+        } else {
+            atomic_add(addr_of_mut!((*v).packets[1]), pkt.segs as u64);
+            atomic_add(addr_of_mut!((*v).bytes[1]), pkt.bytes);
+            (pkt.tcp_flags as u64) << 8
+        };
+        // Flags rarely change after the handshake: read before the atomic.
+        if read_volatile(addr_of!((*v).tcp_flags)) & f != f {
+            atomic_or(addr_of_mut!((*v).tcp_flags), f);
+        }
+        // bpf_jiffies64 is inlined by the verifier (a load of jiffies_64);
+        // the entry's line is written only when the tick moved.
+        let j = bpf_jiffies64();
+        if read_volatile(addr_of!((*v).last_jiffies)) != j {
+            write_volatile(addr_of_mut!((*v).last_jiffies), j);
+        }
+    }
 }
 
 /// Which end opened the connection, judged from its first packet seen.

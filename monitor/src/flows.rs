@@ -4,13 +4,13 @@
 //! snapshots and the clock; tests feed it made-up entries.
 //!
 //! ```text
-//!  snapshot (FlowKey per interface → merged stats)
-//!     │ group by connection (key without ifindex)
+//!  snapshot (one entry per tuple: its current connection = generation)
+//!     │ per (tuple, generation): ended? (FIN both ways / RST, after a
+//!     │ linger; or idle)   due? (active timeout)
 //!     ▼
-//!  one representative per connection (first seen) ── others: duplicates
-//!     │ ended? (FIN both ways / RST, after a linger; or idle)   due? (active timeout)
-//!     ▼
-//!  RawReport (delta since the last report) + keys to delete from the kernel
+//!  RawReport (delta since the last report) + keys to remove from the kernel
+//!  removed(taken)  ─► final reports from what the removal returned
+//!  handed_over(ev) ─► final report of a connection a SYN replaced (kernel event)
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -57,7 +57,9 @@ pub struct Timeouts {
     pub closed_linger_ns: u64,
 }
 
-/// What a sweep produced: reports, and kernel entries to delete.
+/// What a sweep produced: reports of running connections, and kernel
+/// entries to remove (their connections ended; [`Tracker::removed`] reports
+/// them from what the removal returned).
 #[derive(Debug, Default)]
 pub struct SweepOutput {
     pub reports: Vec<RawReport>,
@@ -66,12 +68,12 @@ pub struct SweepOutput {
     pub new_duplicates: u64,
 }
 
-/// One report before attribution: the representative key, the counts of the
-/// reported interval, and whether the connection ended.
+/// One report before attribution: the key (with the interface that counted
+/// it), the counts of the reported interval, and whether the connection ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawReport {
     pub key: FlowKey,
-    /// Cumulative stats of the representative entry (flags, opener, times).
+    /// Cumulative stats of the connection (flags, opener, times).
     pub stats: FlowStats,
     /// Packets and bytes of this interval, per canonical direction.
     pub packets: [u64; 2],
@@ -80,11 +82,20 @@ pub struct RawReport {
     pub start_ns: u64,
     pub end_ns: u64,
     pub ended: bool,
+    /// The connection's generation on its 5-tuple: two connections on one
+    /// tuple (client port reuse) have different ones (see
+    /// `monitor_common::FlowValue`).
+    pub generation: u32,
+    /// The connection's first report (later ones follow active timeouts).
+    pub first: bool,
 }
+
+/// One connection: a tuple and its generation.
+pub type ConnId = (ConnKey, u32);
 
 #[derive(Clone, Copy, Debug)]
 struct ConnState {
-    /// Interface the connection is reported from (first seen there).
+    /// Interface the connection is counted on.
     ifindex: u32,
     /// Cumulative counts at the last report.
     packets: [u64; 2],
@@ -93,14 +104,78 @@ struct ConnState {
     last_report_ns: u64,
     /// End of the last reported interval (start of the next).
     next_start_ns: u64,
+    /// A report was made already.
+    reported: bool,
     duplicate_counted: bool,
+    /// The last snapshot of it (for a final report when the entry vanishes).
+    last: FlowStats,
+    /// Not in the last snapshot: a newer connection took its tuple and the
+    /// kernel's hand-over event (its final totals) is on the way.
+    awaiting_handover_since: Option<u64>,
+}
+
+impl ConnState {
+    fn new(e: &Entry) -> Self {
+        ConnState {
+            ifindex: e.key.ifindex,
+            packets: [0; 2],
+            bytes: [0; 2],
+            last_report_ns: e.stats.first_ns,
+            next_start_ns: e.stats.first_ns,
+            reported: false,
+            duplicate_counted: false,
+            last: e.stats,
+            awaiting_handover_since: None,
+        }
+    }
+
+    /// The report of what `stats` holds beyond the last report, if anything.
+    fn report(
+        &mut self,
+        key: FlowKey,
+        gen: u32,
+        stats: &FlowStats,
+        now: u64,
+        ended: bool,
+    ) -> Option<RawReport> {
+        let packets = [
+            stats.packets[0].saturating_sub(self.packets[0]),
+            stats.packets[1].saturating_sub(self.packets[1]),
+        ];
+        let bytes = [
+            stats.bytes[0].saturating_sub(self.bytes[0]),
+            stats.bytes[1].saturating_sub(self.bytes[1]),
+        ];
+        if packets[0] + packets[1] == 0 {
+            return None;
+        }
+        let r = RawReport {
+            key,
+            stats: *stats,
+            packets,
+            bytes,
+            start_ns: self.next_start_ns.max(stats.first_ns),
+            end_ns: stats.last_ns,
+            ended,
+            generation: gen,
+            first: !self.reported,
+        };
+        self.packets = stats.packets;
+        self.bytes = stats.bytes;
+        self.last_report_ns = now;
+        self.next_start_ns = stats.last_ns;
+        self.reported = true;
+        Some(r)
+    }
 }
 
 /// Tracks what has been reported of each open connection.
 #[derive(Debug)]
 pub struct Tracker {
     timeouts: Timeouts,
-    conns: HashMap<ConnKey, ConnState>,
+    conns: HashMap<ConnId, ConnState>,
+    /// Ended in the last sweep, removal pending: the snapshot's entry.
+    ending: HashMap<ConnKey, Entry>,
 }
 
 impl Tracker {
@@ -108,6 +183,7 @@ impl Tracker {
         Tracker {
             timeouts,
             conns: HashMap::new(),
+            ending: HashMap::new(),
         }
     }
 
@@ -116,102 +192,135 @@ impl Tracker {
         self.conns.len()
     }
 
-    /// Is this connection still tracked (open, not yet ended)?
-    pub fn tracks(&self, key: &ConnKey) -> bool {
-        self.conns.contains_key(key)
+    /// Is this connection (tuple and generation) still tracked?
+    pub fn tracks(&self, id: &ConnId) -> bool {
+        self.conns.contains_key(id)
     }
 
-    /// One pass over the kernel table at monotonic time `now`. With
-    /// `shutdown`, every open connection is reported (as not ended unless it
-    /// did end) and nothing is deleted.
+    /// The tuples of every tracked connection.
+    pub fn open_tuples(&self) -> HashSet<ConnKey> {
+        self.conns.keys().map(|(ck, _)| *ck).collect()
+    }
+
+    /// One pass over the kernel table at monotonic time `now`. Running
+    /// connections due for a report are reported; ended ones are listed in
+    /// `remove` and reported by [`Tracker::removed`]. With `shutdown`, every
+    /// open connection is reported (as not ended unless it did end) and
+    /// nothing is removed.
     pub fn sweep(&mut self, entries: &[Entry], now: u64, shutdown: bool) -> SweepOutput {
-        let mut groups: HashMap<ConnKey, Vec<&Entry>> = HashMap::new();
-        for e in entries {
-            groups.entry(ConnKey::from(&e.key)).or_default().push(e);
-        }
         let mut out = SweepOutput::default();
-        let mut seen: HashSet<ConnKey> = HashSet::with_capacity(groups.len());
-        for (ck, group) in groups {
-            seen.insert(ck);
-            let state = self.conns.get(&ck).copied();
-            // The representative: the interface we already report from, else
-            // the one that saw the connection first (the opener's veth).
-            let rep = state
-                .and_then(|s| group.iter().find(|e| e.key.ifindex == s.ifindex).copied())
-                .unwrap_or_else(|| {
-                    group
-                        .iter()
-                        .min_by_key(|e| (e.stats.first_ns, e.key.ifindex))
-                        .copied()
-                        .expect("a group has at least one entry")
-                });
-            let mut st = state.unwrap_or(ConnState {
-                ifindex: rep.key.ifindex,
-                packets: [0; 2],
-                bytes: [0; 2],
-                last_report_ns: rep.stats.first_ns,
-                next_start_ns: rep.stats.first_ns,
-                duplicate_counted: false,
-            });
-            if st.ifindex != rep.key.ifindex {
-                // The representative's entry vanished (deleted interface):
-                // continue from the other one, whose counts start afresh.
-                st.ifindex = rep.key.ifindex;
-                st.packets = [0; 2];
-                st.bytes = [0; 2];
-            }
-            if group.len() > 1 && !st.duplicate_counted {
+        let mut seen: HashSet<ConnId> = HashSet::with_capacity(entries.len());
+        let mut tuples: HashSet<ConnKey> = HashSet::with_capacity(entries.len());
+        for e in entries {
+            let ck = ConnKey::from(&e.key);
+            let id = (ck, e.gen);
+            seen.insert(id);
+            tuples.insert(ck);
+            let st = self.conns.entry(id).or_insert_with(|| ConnState::new(e));
+            st.last = e.stats;
+            st.ifindex = e.key.ifindex;
+            if e.second_if && !st.duplicate_counted {
                 st.duplicate_counted = true;
                 out.new_duplicates += 1;
             }
-            let last = group
-                .iter()
-                .map(|e| e.stats.last_ns)
-                .max()
-                .unwrap_or(rep.stats.last_ns);
-            let quiet = now.saturating_sub(last);
-            let closed = ck.proto == proto::TCP && tcp_closed(&rep.stats);
+            let quiet = now.saturating_sub(e.stats.last_ns);
+            let closed = ck.proto == proto::TCP && tcp_closed(&e.stats);
             let ended = quiet >= self.timeouts.idle_ns
                 || (closed && quiet >= self.timeouts.closed_linger_ns);
-            let due = now.saturating_sub(st.last_report_ns) >= self.timeouts.active_ns;
-
-            let packets = [
-                rep.stats.packets[0].saturating_sub(st.packets[0]),
-                rep.stats.packets[1].saturating_sub(st.packets[1]),
-            ];
-            let bytes = [
-                rep.stats.bytes[0].saturating_sub(st.bytes[0]),
-                rep.stats.bytes[1].saturating_sub(st.bytes[1]),
-            ];
-            let fresh = packets[0] + packets[1] > 0;
-            if (ended || due || shutdown) && fresh {
-                out.reports.push(RawReport {
-                    key: rep.key,
-                    stats: rep.stats,
-                    packets,
-                    bytes,
-                    start_ns: st.next_start_ns.max(rep.stats.first_ns),
-                    end_ns: rep.stats.last_ns,
-                    ended,
-                });
-                st.packets = rep.stats.packets;
-                st.bytes = rep.stats.bytes;
-                st.last_report_ns = now;
-                st.next_start_ns = rep.stats.last_ns;
-            } else if due {
-                st.last_report_ns = now;
-            }
             if ended && !shutdown {
-                out.remove.extend(group.iter().map(|e| e.key));
-                self.conns.remove(&ck);
-            } else {
-                self.conns.insert(ck, st);
+                out.remove.push(e.key);
+                self.ending.insert(ck, *e);
+                continue;
+            }
+            let due = now.saturating_sub(st.last_report_ns) >= self.timeouts.active_ns;
+            if due || shutdown {
+                if let Some(r) = st.report(e.key, e.gen, &e.stats, now, ended) {
+                    out.reports.push(r);
+                } else if due {
+                    st.last_report_ns = now;
+                }
             }
         }
-        // Connections whose entries vanished from the kernel table
-        // (interface deleted): nothing more to report.
-        self.conns.retain(|k, _| seen.contains(k));
+        // Connections not in this snapshot: either a newer connection took
+        // the tuple (the kernel's hand-over event brings the final totals;
+        // if that event was lost the kernel counted it, and the state goes
+        // after the idle timeout), or the entry vanished (its interface was
+        // deleted): nothing more to report.
+        let idle = self.timeouts.idle_ns;
+        self.conns.retain(|(ck, gen), st| {
+            if seen.contains(&(*ck, *gen)) {
+                return true;
+            }
+            if !tuples.contains(ck) {
+                return false;
+            }
+            let since = *st.awaiting_handover_since.get_or_insert(now);
+            now.saturating_sub(since) < idle
+        });
         out
+    }
+
+    /// The entries [`SweepOutput::remove`] listed, as the kernel returned
+    /// them when removing (everything counted up to that instant): one final
+    /// report per ended connection.
+    pub fn removed(&mut self, taken: &[Entry], now: u64) -> Vec<RawReport> {
+        let mut out = Vec::new();
+        let mut done: HashSet<ConnKey> = HashSet::new();
+        for t in taken {
+            let ck = ConnKey::from(&t.key);
+            done.insert(ck);
+            let Some(snap) = self.ending.remove(&ck) else {
+                continue;
+            };
+            if t.gen == snap.gen {
+                if let Some(mut st) = self.conns.remove(&(ck, t.gen)) {
+                    out.extend(st.report(t.key, t.gen, &t.stats, now, true));
+                }
+            } else {
+                // A SYN rotated the entry between the snapshot and the
+                // removal: the old connection's final totals come with the
+                // hand-over event (its state waits for it); the new one is
+                // reported with what it had.
+                if let Some(st) = self.conns.get_mut(&(ck, snap.gen)) {
+                    st.awaiting_handover_since = Some(now);
+                }
+                let mut st = ConnState::new(t);
+                out.extend(st.report(t.key, t.gen, &t.stats, now, false));
+            }
+        }
+        // Already gone from the kernel (or torn at that instant): what the
+        // snapshot said is final.
+        for (ck, snap) in std::mem::take(&mut self.ending) {
+            if done.contains(&ck) {
+                continue;
+            }
+            if let Some(mut st) = self.conns.remove(&(ck, snap.gen)) {
+                out.extend(st.report(snap.key, snap.gen, &snap.stats, now, true));
+            }
+        }
+        out
+    }
+
+    /// The kernel handed over a tuple to a new connection: `prev` are the
+    /// final totals of the connection of generation `gen` that ended. One
+    /// final report of what was not reported yet.
+    pub fn handed_over(
+        &mut self,
+        key: FlowKey,
+        gen: u32,
+        prev: &FlowStats,
+        now: u64,
+    ) -> Option<RawReport> {
+        let ck = ConnKey::from(&key);
+        let mut st = self.conns.remove(&(ck, gen)).unwrap_or_else(|| {
+            ConnState::new(&Entry {
+                key,
+                stats: *prev,
+                gen,
+                second_if: false,
+            })
+        });
+        st.report(key, gen, prev, now, true)
     }
 }
 
@@ -408,26 +517,47 @@ mod tests {
         }
     }
 
+    fn entry(key: FlowKey, stats: FlowStats, gen: u32) -> Entry {
+        Entry {
+            key,
+            stats,
+            gen,
+            second_if: false,
+        }
+    }
+
     #[test]
-    fn a_closed_tcp_connection_ends_after_the_linger_and_is_deleted() {
+    fn a_closed_tcp_connection_ends_after_the_linger_with_what_the_removal_returned() {
         let mut t = Tracker::new(timeouts());
-        let e = Entry {
-            key: key(7, proto::TCP),
-            stats: stats([5, 4], S, 2 * S, [0x13, 0x13], opener::LO),
-        };
+        let e = entry(
+            key(7, proto::TCP),
+            stats([5, 4], S, 2 * S, [0x13, 0x13], opener::LO),
+            1,
+        );
         let out = t.sweep(&[e], 2 * S + S / 2, false);
         assert!(
-            out.reports.is_empty(),
-            "still inside the linger: not ended yet"
+            out.reports.is_empty() && out.remove.is_empty(),
+            "still inside the linger"
         );
         let out = t.sweep(&[e], 3 * S + 1, false);
-        assert_eq!(out.reports.len(), 1);
-        assert!(out.reports[0].ended);
-        assert_eq!(out.reports[0].packets, [5, 4]);
+        assert!(
+            out.reports.is_empty(),
+            "ended connections are reported from the removal"
+        );
         assert_eq!(
             out.remove,
             vec![e.key],
             "an ended connection leaves the kernel table"
+        );
+        // A last ACK arrived between the snapshot and the removal.
+        let taken = entry(e.key, stats([6, 4], S, 3 * S, [0x13, 0x13], opener::LO), 1);
+        let finals = t.removed(&[taken], 3 * S + 2);
+        assert_eq!(finals.len(), 1);
+        assert!(finals[0].ended && finals[0].first);
+        assert_eq!(
+            finals[0].packets,
+            [6, 4],
+            "nothing lost between snapshot and removal"
         );
         assert_eq!(t.open(), 0);
     }
@@ -435,74 +565,97 @@ mod tests {
     #[test]
     fn a_long_flow_is_reported_per_active_interval_with_deltas() {
         let mut t = Tracker::new(timeouts());
-        let e1 = Entry {
-            key: key(7, proto::UDP),
-            stats: stats([10, 10], S, 59 * S, [0, 0], opener::LO),
-        };
+        let k = key(7, proto::UDP);
+        let e1 = entry(k, stats([10, 10], S, 59 * S, [0, 0], opener::LO), 3);
         assert!(t.sweep(&[e1], 59 * S, false).reports.is_empty());
-        let e2 = Entry {
-            key: key(7, proto::UDP),
-            stats: stats([12, 11], S, 61 * S, [0, 0], opener::LO),
-        };
+        let e2 = entry(k, stats([12, 11], S, 61 * S, [0, 0], opener::LO), 3);
         let out = t.sweep(&[e2], 61 * S + 1, false);
         assert_eq!(out.reports.len(), 1);
         assert_eq!(out.reports[0].packets, [12, 11]);
-        assert!(!out.reports[0].ended);
+        assert!(!out.reports[0].ended && out.reports[0].first);
         assert!(
             out.remove.is_empty(),
             "a running flow stays in the kernel table"
         );
-        let e3 = Entry {
-            key: key(7, proto::UDP),
-            stats: stats([15, 11], S, 70 * S, [0, 0], opener::LO),
-        };
+        let e3 = entry(k, stats([15, 11], S, 70 * S, [0, 0], opener::LO), 3);
         let out = t.sweep(&[e3], 101 * S, false);
-        assert_eq!(out.reports.len(), 1, "idle for 31 s: ends");
+        assert_eq!(out.remove, vec![k], "idle for 31 s: ends");
+        let finals = t.removed(&[e3], 101 * S);
         assert_eq!(
-            out.reports[0].packets,
+            finals[0].packets,
             [3, 0],
             "only what came after the last report"
         );
         assert_eq!(
-            out.reports[0].start_ns,
+            finals[0].start_ns,
             61 * S,
             "the interval starts where the last one ended"
         );
-        assert!(out.reports[0].ended);
+        assert!(finals[0].ended && !finals[0].first);
     }
 
     #[test]
-    fn a_connection_on_two_interfaces_is_reported_once_from_the_first() {
+    fn a_connection_also_seen_on_a_second_interface_counts_one_duplicate() {
         let mut t = Tracker::new(timeouts());
-        let a = Entry {
-            key: key(7, proto::TCP),
-            stats: stats([3, 3], S, 2 * S, [0x13, 0x13], opener::LO),
-        };
-        let b = Entry {
-            key: key(9, proto::TCP),
-            stats: stats([3, 3], S + 500, 2 * S, [0x13, 0x13], opener::LO),
-        };
-        let out = t.sweep(&[b, a], 10 * S, false);
-        assert_eq!(out.reports.len(), 1, "one report per connection");
-        assert_eq!(
-            out.reports[0].key.ifindex, 7,
-            "from the interface that saw it first"
+        let mut e = entry(
+            key(7, proto::TCP),
+            stats([3, 3], S, 2 * S, [0x12, 0x12], opener::LO),
+            1,
         );
-        assert_eq!(out.new_duplicates, 1);
-        assert_eq!(out.remove.len(), 2, "both kernel entries go");
+        e.second_if = true;
+        assert_eq!(t.sweep(&[e], 3 * S, false).new_duplicates, 1);
+        assert_eq!(
+            t.sweep(&[e], 4 * S, false).new_duplicates,
+            0,
+            "once per connection"
+        );
     }
 
     #[test]
     fn shutdown_flushes_open_flows_without_deleting() {
         let mut t = Tracker::new(timeouts());
-        let e = Entry {
-            key: key(7, proto::UDP),
-            stats: stats([1, 0], S, S, [0, 0], opener::LO),
-        };
+        let e = entry(
+            key(7, proto::UDP),
+            stats([1, 0], S, S, [0, 0], opener::LO),
+            1,
+        );
         let out = t.sweep(&[e], 2 * S, true);
         assert_eq!(out.reports.len(), 1);
         assert!(!out.reports[0].ended, "flushed at shutdown, not ended");
         assert!(out.remove.is_empty());
+    }
+
+    #[test]
+    fn connections_on_one_tuple_are_reported_apart() {
+        let mut t = Tracker::new(timeouts());
+        let k = key(7, proto::TCP);
+        // Connection 1 is seen by a sweep, reported at an active timeout.
+        let c1 = entry(k, stats([4, 3], S, 60 * S, [0x12, 0x12], opener::LO), 10);
+        assert_eq!(t.sweep(&[c1], 61 * S, false).reports.len(), 1);
+        // A SYN took the tuple: the sweep sees connection 2 only, and the
+        // kernel's hand-over brings connection 1's final totals.
+        let c2 = entry(k, stats([1, 0], 62 * S, 62 * S, [0x02, 0], opener::LO), 11);
+        let out = t.sweep(&[c2], 62 * S + 1, false);
+        assert!(out.reports.is_empty() && out.remove.is_empty());
+        assert_eq!(t.open(), 2, "connection 1 waits for its hand-over");
+        let final1 = stats([6, 3], S, 62 * S, [0x17, 0x12], opener::LO);
+        let r = t
+            .handed_over(k, 10, &final1, 62 * S + 2)
+            .expect("a final report");
+        assert_eq!(
+            (r.packets, r.generation),
+            ([2, 0], 10),
+            "only what the last report missed"
+        );
+        assert!(r.ended && !r.first);
+        // Connection 3 came and went between two sweeps: reported whole.
+        let final2 = stats([1, 1], 62 * S, 62 * S, [0x02, 0x14], opener::LO);
+        let r = t
+            .handed_over(k, 11, &final2, 63 * S)
+            .expect("a final report");
+        assert_eq!((r.packets, r.generation), ([1, 1], 11));
+        assert!(r.ended && r.first, "its first and last report");
+        assert_eq!(t.open(), 0);
     }
 
     #[test]
@@ -544,6 +697,8 @@ mod tests {
             start_ns: S,
             end_ns: 2 * S,
             ended: true,
+            generation: 1,
+            first: true,
         };
         let r = to_report(&raw, "veth7", chrono::DateTime::UNIX_EPOCH, |_| {
             chrono::DateTime::UNIX_EPOCH

@@ -83,6 +83,13 @@ pub mod stage {
     /// New-flow events dropped because the daemon fell behind (the flows are
     /// still reported at the next sweep, only not announced at once).
     pub const EVENT_QUEUE_FULL: &str = "event_queue_full";
+    /// Final totals of a TCP connection whose 5-tuple a new connection took
+    /// could not be handed to the daemon (kernel ring buffer full): counted
+    /// in packets of the lost connection.
+    pub const TCP_HANDOVER: &str = "tcp_handover";
+    /// Packets that raced with such a hand-over on another CPU: counted, but
+    /// possibly into the new connection instead of the old one.
+    pub const TCP_HANDOVER_RACE: &str = "tcp_handover_race";
 }
 
 impl Metrics {

@@ -571,7 +571,9 @@ impl Capture {
         let mut child = child;
         let mut err = child.stderr.take().expect("stderr");
         let mut seen = String::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // tshark takes long to start on a loaded machine (dissector
+        // registration): 20 s was not always enough with six builders.
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut buf = [0u8; 256];
         while !seen.contains("Capturing on") {
             assert!(Instant::now() < deadline, "tshark did not start: {seen}");
@@ -638,6 +640,8 @@ impl Capture {
             "icmp.ident",
             "-e",
             "icmpv6.echo.identifier",
+            "-e",
+            "tcp.flags",
         ]);
         out.lines().filter_map(CapturedPacket::parse).collect()
     }
@@ -651,6 +655,8 @@ pub struct CapturedPacket {
     pub sport: u16,
     pub dport: u16,
     pub ip_len: u64,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
 }
 
 impl CapturedPacket {
@@ -691,6 +697,10 @@ impl CapturedPacket {
         } else {
             num(f[11])? + 40
         };
+        let tcp_flags = f
+            .get(14)
+            .and_then(|v| u16::from_str_radix(first(v).trim_start_matches("0x"), 16).ok())
+            .unwrap_or(0) as u8;
         Some(CapturedPacket {
             src: src.parse().ok()?,
             dst: dst.parse().ok()?,
@@ -698,6 +708,7 @@ impl CapturedPacket {
             sport: sport as u16,
             dport: dport as u16,
             ip_len,
+            tcp_flags,
         })
     }
 }

@@ -415,3 +415,114 @@ fn a_named_program_attaches_after_ours_and_runs_on_every_packet() {
     done_tx.send(()).expect("kernel thread");
     kernel.join().expect("the no-op attach checks must hold");
 }
+
+/// Connection identity (#13): three TCP connections, one after the other on
+/// ONE 5-tuple (RST-closed with SO_LINGER 0, reconnected at once from the
+/// same source port), give one report each with its own exact counts:
+/// tshark's packets split at each opening SYN are the witness.
+#[test]
+fn connections_reusing_one_tuple_are_reported_apart_and_exact() {
+    let topo = Topo::with_prefix("swk", 2, false);
+    let (p0, p1) = (&topo.pods[0], &topo.pods[1]);
+    tcp_server(p1, p1.ip4, 8080, 0);
+    let mut daemon = Daemon::start(&topo.node.name, FAST);
+    let cap = Capture::start(&topo.node.name, &p0.host_if);
+    let dst = SocketAddr::new(p1.ip4, 8080);
+    const PORT: u16 = 47011;
+    const SENT: [usize; 3] = [1000, 2500, 7000];
+    p0.ns
+        .run(move || {
+            for n in SENT {
+                let mut s = tcp_connect_from(PORT, dst);
+                std::io::Write::write_all(&mut s, &vec![7u8; n]).expect("send");
+                std::thread::sleep(Duration::from_millis(100));
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: a valid fd and option struct.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&s),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    )
+                };
+                drop(s); // RST; the next connect takes the tuple at once
+            }
+        })
+        .join()
+        .expect("client");
+    std::thread::sleep(Duration::from_secs(4));
+    let captured = cap.finish();
+    let metrics = daemon.metrics();
+    assert_eq!(daemon.stop(), 0, "{}", daemon.stderr());
+    let client = (p0.ip4, PORT);
+    let server = (p1.ip4, 8080u16);
+    // The witness: this tuple's packets in capture order, a new connection
+    // at each SYN from the client.
+    let mut witness: Vec<[u64; 4]> = Vec::new();
+    for p in captured.iter().filter(|p| p.proto == 6) {
+        let out = (p.src, p.sport) == client && (p.dst, p.dport) == server;
+        let back = (p.src, p.sport) == server && (p.dst, p.dport) == client;
+        if !out && !back {
+            continue;
+        }
+        if out
+            && p.tcp_flags & 0x12 == 0x02
+            && (witness.is_empty() || witness.last().unwrap()[1] > 0)
+        {
+            witness.push([0; 4]);
+        }
+        let w = witness.last_mut().expect("the capture starts with a SYN");
+        if out {
+            w[0] += 1;
+            w[2] += p.ip_len;
+        } else {
+            w[1] += 1;
+            w[3] += p.ip_len;
+        }
+    }
+    assert_eq!(
+        witness.len(),
+        3,
+        "tshark saw three connections: {witness:?}"
+    );
+    let reports = daemon.reports();
+    let mut mine: Vec<&Value> = reports
+        .iter()
+        .filter(|r| r["protocol"] == "TCP" && ip(&r["src"]) == client.0 && port(&r["src"]) == PORT)
+        .collect();
+    mine.sort_by_key(|r| r["start"].as_str().unwrap_or("").to_string());
+    let got: Vec<[u64; 4]> = mine
+        .iter()
+        .map(|r| {
+            [
+                r["packets"]["sent"].as_u64().unwrap_or(0),
+                r["packets"]["received"].as_u64().unwrap_or(0),
+                r["bytes"]["sent"].as_u64().unwrap_or(0),
+                r["bytes"]["received"].as_u64().unwrap_or(0),
+            ]
+        })
+        .collect();
+    assert_eq!(
+        got, witness,
+        "one report per connection, each with tshark's exact [packets sent, received, bytes sent, received]: {mine:#?}"
+    );
+    for (r, n) in mine.iter().zip(SENT) {
+        assert!(r["ended"] != false, "each connection ended: {r}");
+        assert!(
+            r["bytes"]["sent"].as_u64().unwrap_or(0) > n as u64,
+            "the socket sent {n} bytes of payload: {r}"
+        );
+    }
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "segwatch_events_lost_total{stage=\"tcp_handover\"}"
+        ),
+        0.0
+    );
+}

@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use monitor_common::{Counter, FlowEvent};
+use monitor_common::{event_kind, Counter, FlowEvent, FlowKey};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::datapath::links::{self, LinkEvent, Selector};
 use crate::datapath::Datapath;
-use crate::flows::{self, ConnKey, Timeouts, Tracker};
+use crate::flows::{self, ConnId, ConnKey, Timeouts, Tracker};
 use crate::metrics::{stage, Metrics};
 use crate::report::FlowReport;
 
@@ -193,9 +193,10 @@ struct Daemon {
     /// ifindex → name of every interface we attached to (kept after it goes,
     /// for the reports of its last flows).
     names: HashMap<u32, String>,
-    /// Connections announced through the ring buffer whose violations were
-    /// already counted (so the report does not count them twice).
-    announced: HashSet<ConnKey>,
+    /// Connections (tuple and generation) announced through the ring buffer
+    /// whose violations were already counted (so the report does not count
+    /// them twice). Emptied as connections end.
+    announced: HashSet<ConnId>,
     /// Kernel counters at the last sweep, to export increments.
     last_counters: [u64; Counter::COUNT as usize],
     health: Arc<http::Health>,
@@ -245,10 +246,19 @@ impl Daemon {
     }
 
     fn on_event(&mut self, ev: FlowEvent) {
-        let ck = ConnKey::from(&ev.key);
-        if self.announced.contains(&ck) {
-            // The same connection on a second interface of this node.
-            return;
+        let key = FlowKey::new(&ev.key, ev.ifindex);
+        let ck = ConnKey::from(&key);
+        if ev.kind == event_kind::ROTATED {
+            // A SYN started a new connection on this tuple: the old one's
+            // final totals, exactly as the kernel held them.
+            let prev = crate::datapath::final_stats(&ev.prev, self.dp.clock());
+            if let Some(raw) = self
+                .tracker
+                .handed_over(key, ev.prev.gen, &prev, monotonic_ns())
+            {
+                self.emit(&[raw]);
+            }
+            self.announced.remove(&(ck, ev.prev.gen));
         }
         let mut stats = monitor_common::FlowStats {
             opener: ev.opener,
@@ -264,18 +274,20 @@ impl Daemon {
         stats.packets[dir] = 1;
         stats.bytes[dir] = u64::from(ev.bytes);
         let raw = flows::RawReport {
-            key: ev.key,
+            key,
             stats,
             packets: stats.packets,
             bytes: stats.bytes,
             start_ns: ev.ts_ns,
             end_ns: ev.ts_ns,
             ended: false,
+            generation: ev.gen,
+            first: true,
         };
         let clock = Clock::now();
         let iface = self
             .names
-            .get(&ev.key.ifindex)
+            .get(&key.ifindex)
             .map(String::as_str)
             .unwrap_or("");
         let mut report = flows::to_report(&raw, iface, chrono::Utc::now(), |ns| clock.wall(ns));
@@ -283,7 +295,44 @@ impl Daemon {
         crate::reporter::stamp(&mut report, &raw, self.observer.as_deref());
         self.judge.judge(&mut report);
         if self.judge.announce(&self.metrics, &report) {
-            self.announced.insert(ck);
+            self.announced.insert((ck, ev.gen));
+        }
+    }
+
+    /// Judges, counts and logs raw reports (a report the judge holds for a
+    /// late identity is written when it is released).
+    fn emit(&mut self, raws: &[flows::RawReport]) {
+        let clock = Clock::now();
+        let wall_now = chrono::Utc::now();
+        for raw in raws {
+            let id = (ConnKey::from(&raw.key), raw.generation);
+            let iface = self
+                .names
+                .get(&raw.key.ifindex)
+                .cloned()
+                .or_else(|| links::ifname(raw.key.ifindex))
+                .unwrap_or_else(|| format!("if{}", raw.key.ifindex));
+            let mut report = flows::to_report(raw, &iface, wall_now, |ns| clock.wall(ns));
+            report.observer.clone_from(&self.observer);
+            crate::reporter::stamp(&mut report, raw, self.observer.as_deref());
+            self.judge.judge(&mut report);
+            // Violations count once per connection: at the announcement if
+            // the judge counted them then, else with the first report.
+            let first = raw.first && !self.announced.contains(&id);
+            self.metrics
+                .packets
+                .with_label_values(&["accounted"])
+                .inc_by(raw.packets[0] + raw.packets[1]);
+            let published = self.judge.observe(&self.metrics, report, first);
+            if raw.ended {
+                self.announced.remove(&id);
+            }
+            if let Some(report) = published {
+                self.write_report(&report);
+            }
+        }
+        if let Err(e) = self.log.flush() {
+            tracing::warn!(error = %e, "cannot flush the flow log");
         }
     }
 
@@ -297,36 +346,14 @@ impl Daemon {
         let now = monotonic_ns();
         let out = self.tracker.sweep(&entries, now, shutdown);
         self.metrics.flows_deduplicated.inc_by(out.new_duplicates);
-        let clock = Clock::now();
-        let wall_now = chrono::Utc::now();
-        for raw in &out.reports {
-            let ck = ConnKey::from(&raw.key);
-            let iface = self
-                .names
-                .get(&raw.key.ifindex)
-                .cloned()
-                .or_else(|| links::ifname(raw.key.ifindex))
-                .unwrap_or_else(|| format!("if{}", raw.key.ifindex));
-            let mut report = flows::to_report(raw, &iface, wall_now, |ns| clock.wall(ns));
-            report.observer.clone_from(&self.observer);
-            crate::reporter::stamp(&mut report, raw, self.observer.as_deref());
-            self.judge.judge(&mut report);
-            // Violations count once per connection: at the announcement if
-            // the judge counted them then, else with the first report.
-            let first = raw.start_ns == raw.stats.first_ns && !self.announced.contains(&ck);
-            let published = self.judge.observe(&self.metrics, report, first);
-            if raw.ended {
-                self.announced.remove(&ck);
-            }
-            if let Some(report) = published {
-                self.write_report(&report);
-            }
-        }
+        self.emit(&out.reports);
+        // Removing returns the last counts (nothing is lost between the
+        // snapshot and the removal); the ended connections are reported
+        // from those.
+        let taken = self.dp.take(&out.remove);
+        let finals = self.tracker.removed(&taken, now);
+        self.emit(&finals);
         self.after_sweep(shutdown);
-        if let Err(e) = self.log.flush() {
-            tracing::warn!(error = %e, "cannot flush the flow log");
-        }
-        self.dp.remove(&out.remove);
         self.export_counters()?;
         Ok(())
     }
@@ -346,11 +373,17 @@ impl Daemon {
     /// that are due go to the flow log.
     fn after_sweep(&mut self, shutdown: bool) {
         let tracker = &self.tracker;
-        let open = |k: &ConnKey| tracker.tracks(k);
+        let tuples = tracker.open_tuples();
+        let open = |k: &ConnKey| tuples.contains(k);
         let released = self.judge.after_sweep(&self.metrics, &open, shutdown);
-        self.announced.retain(|k| tracker.tracks(k));
+        self.announced.retain(|id| tracker.tracks(id));
         for r in &released {
             self.write_report(r);
+        }
+        if !released.is_empty() {
+            if let Err(e) = self.log.flush() {
+                tracing::warn!(error = %e, "cannot flush the flow log");
+            }
         }
     }
 
@@ -366,18 +399,15 @@ impl Daemon {
             .inc_by(delta(Counter::Unparsable));
         lost.with_label_values(&[stage::IPV6_EXT_LIMIT])
             .inc_by(delta(Counter::Ipv6ExtLimit));
-        let skipped = [
-            Counter::NonIp,
-            Counter::Unparsable,
-            Counter::Ipv6ExtLimit,
-            Counter::FlowMapFull,
-        ]
-        .iter()
-        .map(|c| delta(*c))
-        .sum::<u64>();
+        lost.with_label_values(&[stage::TCP_HANDOVER])
+            .inc_by(delta(Counter::HandoverLost));
+        lost.with_label_values(&[stage::TCP_HANDOVER_RACE])
+            .inc_by(delta(Counter::HandoverRace));
+        // Accounted packets are in the flow reports (no per-packet counter
+        // on the kernel's hot path): counted as reports are made.
         let p = &self.metrics.packets;
-        p.with_label_values(&["accounted"])
-            .inc_by(delta(Counter::Packets).saturating_sub(skipped));
+        p.with_label_values(&["second_interface"])
+            .inc_by(delta(Counter::SecondInterface));
         p.with_label_values(&["non_ip"])
             .inc_by(delta(Counter::NonIp));
         p.with_label_values(&["fragment"])

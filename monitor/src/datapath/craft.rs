@@ -126,6 +126,8 @@ pub struct Quirks {
     pub tcp_doff: Option<u8>,
     /// Cut the frame to this many bytes.
     pub truncate: Option<usize>,
+    /// Override the TCP sequence number (default 1).
+    pub tcp_seq: Option<u32>,
 }
 
 const ETH_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -215,6 +217,9 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 fn patch_doff(f: &mut [u8], l4_start: usize, l4: &L4, q: &Quirks) {
     if let (L4::Tcp { .. }, Some(doff)) = (l4, q.tcp_doff) {
         f[l4_start + 12] = doff << 4;
+    }
+    if let (L4::Tcp { .. }, Some(seq)) = (l4, q.tcp_seq) {
+        f[l4_start + 4..l4_start + 8].copy_from_slice(&seq.to_be_bytes());
     }
 }
 

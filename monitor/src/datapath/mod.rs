@@ -3,9 +3,11 @@
 //!
 //! ```text
 //!  Datapath::load ─► capabilities checked ─► object loaded (FLOWS sized by --max-flows)
+//!                 └► jiffies calibrated against the monotonic clock (segwatch_clock)
 //!  attach(ifname) ─► tcx ingress + egress, LinkOrder::first()   (kernel ≥ 6.6)
 //!                 └► clsact qdisc + direct-action filters        (older kernels)
-//!  snapshot()     ─► every FLOWS entry with its per-CPU values merged
+//!  snapshot()     ─► every FLOWS entry (batched), current connection's counts
+//!  take(keys)     ─► lookup-and-delete: the last counts of ended entries
 //!  counters()     ─► COUNTERS summed over CPUs
 //!  take_events()  ─► the ring buffer, for an async reader
 //! ```
@@ -13,16 +15,20 @@
 pub mod caps;
 pub mod craft;
 pub mod links;
+pub mod table;
 
 use std::collections::BTreeMap;
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use std::os::fd::AsFd as _;
+
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{self, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use monitor_common::{
-    Counter, FlowKey, FlowStats, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, PROG_EGRESS, PROG_INGRESS,
+    Counter, FinalStats, FlowKey, FlowStats, FlowValue, TupleKey, CLOCK_MAP, COUNTERS_MAP,
+    EVENTS_MAP, FLOWS_MAP, GEN_ROTATING, MARK_SECOND_IF, PROG_CLOCK, PROG_EGRESS, PROG_INGRESS,
 };
 
 /// The compiled kernel programs (built by build.rs with aya-build).
@@ -63,35 +69,174 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("reading map {name} in batches")]
+    Batch {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot calibrate jiffies against the monotonic clock: {reason}")]
+    Clock { reason: String },
 }
 
-/// One connection as the kernel table holds it, per-CPU values merged.
+/// One connection as the kernel table holds it: the counts of the entry's
+/// current connection (generation), with times in monotonic ns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The tuple and the interface that counts it.
     pub key: FlowKey,
     pub stats: FlowStats,
+    /// Generation of the connection on this tuple (see [`FlowValue`]).
+    pub gen: u32,
+    /// The connection also crossed a second interface of this node (whose
+    /// packets the kernel did not count again).
+    pub second_if: bool,
 }
 
-/// Merges the per-CPU slots of one entry: counts add up, flags unite, the
-/// earliest first and latest last packet win, and the opener comes from the
-/// one slot (the creating CPU's) that has it.
-pub fn merge(slots: &[FlowStats]) -> FlowStats {
-    let mut out = FlowStats::default();
-    for s in slots {
-        for d in 0..2 {
-            out.packets[d] += s.packets[d];
-            out.bytes[d] += s.bytes[d];
-            out.tcp_flags[d] |= s.tcp_flags[d];
+impl Entry {
+    /// The current connection of a kernel value; `None` for a copy torn by a
+    /// rotation running at the same time (see [`FlowValue`]).
+    pub fn from_value(key: &TupleKey, v: &FlowValue, clock: &JiffyClock) -> Option<Entry> {
+        if u64::from(v.gen_lo) != v.gen || v.gen & GEN_ROTATING != 0 {
+            return None;
         }
-        if s.first_ns != 0 && (out.first_ns == 0 || s.first_ns < out.first_ns) {
-            out.first_ns = s.first_ns;
+        let stats = FlowStats {
+            packets: [
+                v.packets[0].wrapping_sub(v.base_packets[0]),
+                v.packets[1].wrapping_sub(v.base_packets[1]),
+            ],
+            bytes: [
+                v.bytes[0].wrapping_sub(v.base_bytes[0]),
+                v.bytes[1].wrapping_sub(v.base_bytes[1]),
+            ],
+            first_ns: v.first_ns,
+            last_ns: clock.to_ns(v.last_jiffies).max(v.first_ns),
+            tcp_flags: [v.tcp_flags as u8, (v.tcp_flags >> 8) as u8],
+            opener: v.opener,
+            _pad: [0; 5],
+        };
+        Some(Entry {
+            key: FlowKey::new(key, v.ifindex),
+            stats,
+            gen: v.gen as u32,
+            second_if: v.marks & MARK_SECOND_IF != 0,
+        })
+    }
+}
+
+/// The final totals the kernel handed over when a SYN started a new
+/// connection on the tuple.
+pub fn final_stats(f: &FinalStats, clock: &JiffyClock) -> FlowStats {
+    FlowStats {
+        packets: f.packets,
+        bytes: f.bytes,
+        first_ns: f.first_ns,
+        last_ns: clock.to_ns(f.last_jiffies).max(f.first_ns),
+        tcp_flags: [f.tcp_flags as u8, (f.tcp_flags >> 8) as u8],
+        opener: f.opener,
+        _pad: [0; 5],
+    }
+}
+
+/// Maps `bpf_jiffies64()` values to the monotonic clock. The programs read
+/// jiffies for the last-seen time (~1 ns: the verifier inlines the helper)
+/// instead of `bpf_ktime_get_ns()` (~33 ns per call on this kind of
+/// machine); exact ns only for a connection's first packet. A converted
+/// time is correct to one tick (1/CONFIG_HZ: 1-10 ms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JiffyClock {
+    anchor_ns: u64,
+    anchor_jiffies: u64,
+    /// CONFIG_HZ of the running kernel.
+    pub hz: u32,
+}
+
+/// The tick rates Linux can be built with (kernel/Kconfig.hz).
+const KERNEL_HZ: [u32; 4] = [100, 250, 300, 1000];
+
+impl JiffyClock {
+    /// From two samples `(ns, jiffies)` of both clocks, far enough apart to
+    /// tell the tick rates apart (≥ 100 ms).
+    pub fn from_samples(a: (u64, u64), b: (u64, u64)) -> Result<Self, DatapathError> {
+        let dns = b.0.saturating_sub(a.0);
+        let dj = b.1.saturating_sub(a.1);
+        if dns < 50_000_000 {
+            return Err(DatapathError::Clock {
+                reason: format!("samples only {dns} ns apart"),
+            });
         }
-        out.last_ns = out.last_ns.max(s.last_ns);
-        if out.opener == monitor_common::opener::UNSET {
-            out.opener = s.opener;
+        let measured = dj as f64 * 1e9 / dns as f64;
+        // Within one tick of error either way over the interval.
+        let slack = 1e9 / dns as f64 * 1.5;
+        let hz = KERNEL_HZ
+            .iter()
+            .copied()
+            .min_by(|x, y| {
+                (f64::from(*x) - measured)
+                    .abs()
+                    .total_cmp(&(f64::from(*y) - measured).abs())
+            })
+            .filter(|hz| (f64::from(*hz) - measured).abs() <= slack + f64::from(*hz) * 0.02)
+            .ok_or_else(|| DatapathError::Clock {
+                reason: format!("{measured:.1} ticks/s is no CONFIG_HZ (100, 250, 300, 1000)"),
+            })?;
+        Ok(JiffyClock {
+            anchor_ns: b.0,
+            anchor_jiffies: b.1,
+            hz,
+        })
+    }
+
+    /// Monotonic ns of the tick `jiffies` (to one tick).
+    pub fn to_ns(&self, jiffies: u64) -> u64 {
+        let tick = 1_000_000_000 / u64::from(self.hz);
+        if jiffies >= self.anchor_jiffies {
+            self.anchor_ns + (jiffies - self.anchor_jiffies) * tick
+        } else {
+            self.anchor_ns
+                .saturating_sub((self.anchor_jiffies - jiffies) * tick)
         }
     }
-    out
+}
+
+/// Runs `segwatch_clock` once and reads what it sampled.
+fn sample_clock(ebpf: &mut Ebpf) -> Result<(u64, u64), DatapathError> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROG_CLOCK)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::Map { name: PROG_CLOCK })?;
+    // "Already loaded" is fine (the second sample).
+    let _ = prog.load();
+    let frame = [0u8; 64];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.repeat = 1;
+    prog.test_run(opts)
+        .map_err(|source| DatapathError::Program {
+            name: PROG_CLOCK,
+            source,
+        })?;
+    let map = ebpf
+        .map(CLOCK_MAP)
+        .ok_or(DatapathError::Map { name: CLOCK_MAP })?;
+    let arr: Array<&MapData, u64> =
+        Array::try_from(map).map_err(|_| DatapathError::Map { name: CLOCK_MAP })?;
+    let read = |i: u32| {
+        arr.get(&i, 0).map_err(|source| DatapathError::MapRead {
+            name: CLOCK_MAP,
+            source,
+        })
+    };
+    Ok((read(0)?, read(1)?))
+}
+
+/// Two clock samples 120 ms apart give the tick rate and an anchor.
+fn calibrate(ebpf: &mut Ebpf) -> Result<JiffyClock, DatapathError> {
+    let a = sample_clock(ebpf)?;
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let b = sample_clock(ebpf)?;
+    JiffyClock::from_samples(a, b)
 }
 
 /// What the user asked for (`--attach-mode`).
@@ -115,7 +260,8 @@ pub enum Mode {
 
 pub struct Datapath {
     ebpf: Ebpf,
-    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    flows: MapData,
+    clock: JiffyClock,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     mode: Mode,
@@ -147,10 +293,12 @@ impl Datapath {
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        let flows = ebpf
-            .take_map(FLOWS_MAP)
-            .and_then(|m| PerCpuHashMap::try_from(m).ok())
-            .ok_or(DatapathError::Map { name: FLOWS_MAP })?;
+        let flows = match ebpf.take_map(FLOWS_MAP) {
+            Some(Map::HashMap(data)) => data,
+            _ => return Err(DatapathError::Map { name: FLOWS_MAP }),
+        };
+        let clock = calibrate(&mut ebpf)?;
+        tracing::debug!(hz = clock.hz, "jiffies calibrated");
         let counters = ebpf
             .take_map(COUNTERS_MAP)
             .and_then(|m| PerCpuArray::try_from(m).ok())
@@ -170,6 +318,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             flows,
+            clock,
             counters,
             events: Some(events),
             mode,
@@ -376,34 +525,41 @@ impl Datapath {
         self.attached.contains_key(ifname)
     }
 
-    /// Every entry of the flow table, per-CPU values merged. Entries that
-    /// vanish during the walk (deleted concurrently) are skipped.
-    pub fn snapshot(&self) -> Result<Vec<Entry>, DatapathError> {
-        let mut out = Vec::new();
-        for item in self.flows.iter() {
-            match item {
-                Ok((key, values)) => out.push(Entry {
-                    key,
-                    stats: merge(&values),
-                }),
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(DatapathError::MapRead {
-                        name: FLOWS_MAP,
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(out)
+    /// The jiffies → monotonic ns mapping measured at load.
+    pub fn clock(&self) -> &JiffyClock {
+        &self.clock
     }
 
-    /// Removes ended connections from the kernel table.
-    pub fn remove(&mut self, keys: &[FlowKey]) {
+    /// Every entry of the flow table (read in batches), as the counts of its
+    /// current connection. A copy torn by a rotation running at that moment
+    /// is left out: counts are cumulative, the next sweep has them.
+    pub fn snapshot(&self) -> Result<Vec<Entry>, DatapathError> {
+        let all: Vec<(TupleKey, FlowValue)> =
+            table::lookup_all(self.flows.fd().as_fd()).map_err(|source| DatapathError::Batch {
+                name: FLOWS_MAP,
+                source,
+            })?;
+        Ok(all
+            .iter()
+            .filter_map(|(k, v)| Entry::from_value(k, v, &self.clock))
+            .collect())
+    }
+
+    /// Removes ended connections from the kernel table and returns what each
+    /// entry held at the moment it went (packets that arrived after the
+    /// snapshot included). Entries already gone, or torn by a rotation at
+    /// that instant, are left out.
+    pub fn take(&mut self, keys: &[FlowKey]) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            // Already gone is fine (a concurrent delete or the interface went).
-            let _ = self.flows.remove(k);
+            let t = k.tuple();
+            match table::lookup_and_delete::<TupleKey, FlowValue>(self.flows.fd().as_fd(), &t) {
+                Ok(Some(v)) => out.extend(Entry::from_value(&t, &v, &self.clock)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot remove a flow table entry"),
+            }
         }
+        out
     }
 
     /// The kernel counters, summed over CPUs, in [`Counter::ALL`] order.
@@ -458,6 +614,7 @@ impl Datapath {
         let name: &'static str = match program {
             PROG_INGRESS => PROG_INGRESS,
             PROG_EGRESS => PROG_EGRESS,
+            PROG_CLOCK => PROG_CLOCK,
             _ => monitor_common::PROG_NOOP,
         };
         let prog: &mut SchedClassifier = self
@@ -465,8 +622,8 @@ impl Datapath {
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .ok_or(DatapathError::Map { name })?;
-        if name == monitor_common::PROG_NOOP {
-            // Loaded lazily: only benchmarks use it.
+        if name == monitor_common::PROG_NOOP || name == PROG_CLOCK {
+            // Loaded lazily: only benchmarks (and the calibration) use them.
             let _ = prog.load();
         }
         let mut ctx = [0u8; SKB_CTX_LEN];
@@ -487,8 +644,14 @@ impl Datapath {
 
     /// Clears the flow table (tests and benchmarks only).
     pub fn clear_flows(&mut self) -> Result<(), DatapathError> {
-        let keys: Vec<FlowKey> = self.flows.keys().filter_map(Result::ok).collect();
-        self.remove(&keys);
+        let all: Vec<(TupleKey, FlowValue)> =
+            table::lookup_all(self.flows.fd().as_fd()).map_err(|source| DatapathError::Batch {
+                name: FLOWS_MAP,
+                source,
+            })?;
+        for (k, _) in all {
+            let _ = table::lookup_and_delete::<TupleKey, FlowValue>(self.flows.fd().as_fd(), &k);
+        }
         Ok(())
     }
 }
@@ -504,40 +667,63 @@ mod tests {
     use super::*;
     use monitor_common::opener;
 
+    fn clock() -> JiffyClock {
+        // HZ 250: 4 ms per tick; jiffy 1000 at 10 s.
+        JiffyClock::from_samples((9_880_000_000, 970), (10_000_000_000, 1000)).unwrap()
+    }
+
     #[test]
-    fn merge_adds_counts_and_keeps_the_creators_opener() {
-        let a = FlowStats {
-            packets: [3, 1],
-            bytes: [300, 60],
-            first_ns: 50,
-            last_ns: 90,
-            tcp_flags: [0x02, 0x12],
-            opener: 0,
-            _pad: [0; 5],
-        };
-        let b = FlowStats {
-            packets: [2, 0],
-            bytes: [200, 0],
-            first_ns: 40,
-            last_ns: 70,
-            tcp_flags: [0x11, 0],
-            opener: opener::HI,
-            _pad: [0; 5],
-        };
-        let idle = FlowStats::default();
-        let m = merge(&[a, idle, b]);
-        assert_eq!(m.packets, [5, 1]);
-        assert_eq!(m.bytes, [500, 60]);
-        assert_eq!(
-            (m.first_ns, m.last_ns),
-            (40, 90),
-            "earliest first, latest last; idle CPUs ignored"
+    fn the_tick_rate_is_one_of_the_kernels() {
+        assert_eq!(clock().hz, 250);
+        assert_eq!(clock().to_ns(1000), 10_000_000_000);
+        assert_eq!(clock().to_ns(1250), 11_000_000_000, "250 ticks = 1 s");
+        assert_eq!(clock().to_ns(750), 9_000_000_000);
+        let hz1000 = JiffyClock::from_samples((0, 0), (120_000_000, 121)).unwrap();
+        assert_eq!(hz1000.hz, 1000, "one tick of slack");
+        assert!(
+            JiffyClock::from_samples((0, 0), (120_000_000, 60)).is_err(),
+            "500 ticks/s is no kernel's HZ"
         );
-        assert_eq!(m.tcp_flags, [0x13, 0x12]);
-        assert_eq!(
-            m.opener,
-            opener::HI,
-            "the opener comes from the slot that recorded it"
+    }
+
+    fn value(gen: u32) -> FlowValue {
+        FlowValue {
+            gen_lo: gen,
+            ifindex: 7,
+            packets: [10, 4],
+            bytes: [1000, 400],
+            base_packets: [3, 1],
+            base_bytes: [300, 100],
+            first_ns: 10_000_000_000,
+            last_jiffies: 1001,
+            tcp_flags: 0x12 << 8 | 0x02,
+            isn: 0,
+            opener: opener::LO,
+            marks: MARK_SECOND_IF,
+            _pad: [0; 2],
+            gen: u64::from(gen),
+        }
+    }
+
+    #[test]
+    fn an_entry_is_its_current_connection() {
+        let e = Entry::from_value(&TupleKey::default(), &value(5), &clock()).unwrap();
+        assert_eq!(e.stats.packets, [7, 3], "counts since the generation began");
+        assert_eq!(e.stats.bytes, [700, 300]);
+        assert_eq!(e.stats.tcp_flags, [0x02, 0x12]);
+        assert_eq!(e.stats.last_ns, 10_004_000_000, "jiffy 1001 = 10.004 s");
+        assert_eq!((e.gen, e.key.ifindex, e.second_if), (5, 7, true));
+    }
+
+    #[test]
+    fn a_copy_torn_by_a_rotation_is_skipped() {
+        let mut v = value(5);
+        v.gen = 6 | GEN_ROTATING;
+        assert!(Entry::from_value(&TupleKey::default(), &v, &clock()).is_none());
+        v.gen = 6;
+        assert!(
+            Entry::from_value(&TupleKey::default(), &v, &clock()).is_none(),
+            "gen_lo not yet published"
         );
     }
 }

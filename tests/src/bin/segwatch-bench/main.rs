@@ -64,6 +64,10 @@ struct Args {
     /// How the run was started, as quoted in the results.
     #[arg(long, default_value = "cargo xtask bench", value_name = "TEXT")]
     command: String,
+    /// Prefix of the network namespaces and interfaces the bench creates
+    /// (distinct prefixes let runs share a host with tests).
+    #[arg(long, default_value = "sw", value_name = "PREFIX")]
+    name_prefix: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -194,7 +198,7 @@ fn run(args: &Args) -> Result<bool> {
         if args.quick { " (quick)" } else { "" }
     );
 
-    let topo = Topo::new(3, true);
+    let topo = Topo::with_prefix(&args.name_prefix, 3, true);
     // The kernel side (our Datapath, tcx queries, the daemon's /metrics on
     // 127.0.0.1) lives in the node namespace; this thread stays there.
     tests::enter(&topo.node.path());
