@@ -96,6 +96,9 @@ fn parse_semantic_diff(out: &str) -> Result<(Section, Section), String> {
     Ok((added, removed))
 }
 
+/// (pod, range, pod is source, added, removed) of one of our diff lines.
+type OursExternal = (String, (u32, u32), bool, ConnSet, ConnSet);
+
 /// `ns/name[Pod]` -> `ns/name`.
 fn pod_of(endpoint: &str) -> Option<&str> {
     endpoint.strip_suffix("[Pod]")
@@ -214,7 +217,7 @@ fn compare(dir: &Path, nca_out: &str, nca_changed: bool) -> Vec<String> {
     let pods: Vec<String> = new.endpoints().iter().map(|e| e.id()).collect();
     // Ours, per pod pair and per (pod, range, side).
     let mut ours_pods: HashMap<(String, String), (ConnSet, ConnSet)> = HashMap::new();
-    let mut ours_ext: Vec<(String, (u32, u32), bool, ConnSet, ConnSet)> = Vec::new();
+    let mut ours_ext: Vec<OursExternal> = Vec::new();
     for l in &lines {
         let plus = l.after.difference(&l.before);
         let minus = l.before.difference(&l.after);
