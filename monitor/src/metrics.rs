@@ -43,6 +43,9 @@ pub struct Metrics {
     /// watches or `inventory` files) is current, 0 while the index runs on
     /// the last good state.
     pub source_up: IntGaugeVec,
+    /// `segwatch_policy_errors_total{policy}`: invalid versions of
+    /// SegmentationPolicies (by name; the previous valid version is kept).
+    pub policy_errors: IntCounterVec,
 }
 
 /// Names of the loss stages in `segwatch_events_lost_total{stage}`.
@@ -123,6 +126,11 @@ impl Metrics {
             "segwatch_inventory_errors_total",
             "Inventory files or API objects that could not be read; the last good state is kept.",
             &["source"],
+        );
+        let policy_errors = counter_vec(
+            "segwatch_policy_errors_total",
+            "Invalid SegmentationPolicy versions seen, by policy name; the previous valid version of the policy stays in force.",
+            &["policy"],
         );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric definition is valid");
@@ -213,6 +221,7 @@ impl Metrics {
             new_flows,
             inventory_errors,
             source_up,
+            policy_errors,
         }
     }
 

@@ -2,18 +2,32 @@
 //!
 //! /healthz: the process serves requests (liveness). /readyz: programs are
 //! attached and the cluster view has synced; 503 with the reason otherwise,
-//! including "degraded" states such as a lost API server or netlink feed.
+//! including "degraded" states such as a lost API server or netlink feed,
+//! and a failed program load.
+//!
+//! ```text
+//!  --metrics-auth none:        ADDR (HTTP, or HTTPS with --tls-*): /metrics /healthz /readyz
+//!  --metrics-auth kubernetes:  ADDR (HTTPS): /metrics behind TokenReview + SubjectAccessReview
+//!                              --probe-addr (HTTP): /healthz /readyz, for the kubelet
+//! ```
+//!
+//! The listeners are bound before the programs are loaded, so a slow or
+//! failing load is visible on /readyz instead of a process that never
+//! answers.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::auth::{self, Decision, Reviewer};
 use crate::metrics::Metrics;
 
 /// The parts of the daemon that can degrade it, each with its own reason:
@@ -31,9 +45,16 @@ pub struct Health {
     attached: AtomicBool,
     synced: AtomicBool,
     degraded: Mutex<BTreeMap<Component, String>>,
+    /// Why the programs could not be loaded, once that failed.
+    load_failed: Mutex<Option<String>>,
 }
 
 impl Health {
+    /// The programs could not be loaded: /readyz says why from now on.
+    pub fn set_load_failed(&self, why: &str) {
+        *self.load_failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+    }
+
     pub fn set_ready(&self, attached: bool, synced: bool) {
         self.attached.store(attached, Ordering::Relaxed);
         self.synced.store(synced, Ordering::Relaxed);
@@ -53,6 +74,9 @@ impl Health {
 
     /// `Ok("ready")` or the reason it is not.
     pub fn readiness(&self) -> Result<&'static str, String> {
+        if let Some(why) = &*self.load_failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(format!("cannot load the eBPF programs: {why}"));
+        }
         {
             let degraded = self.degraded();
             if !degraded.is_empty() {
@@ -94,24 +118,179 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
     }
 }
 
-/// Binds `addr` now (so a bad address fails at start) and serves in the
-/// background.
-pub async fn serve(
-    addr: std::net::SocketAddr,
-    metrics: Metrics,
-    health: Arc<Health>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let app = Router::new()
-        .route("/metrics", get(self::metrics))
+/// Where and how to serve.
+#[derive(Clone)]
+pub struct Endpoints {
+    /// `--metrics-addr`: /metrics (and the probes when `probe_addr` is not
+    /// set and there is no authentication).
+    pub metrics_addr: SocketAddr,
+    /// `--probe-addr`: /healthz and /readyz, plain HTTP.
+    pub probe_addr: Option<SocketAddr>,
+    /// HTTPS on `metrics_addr`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--metrics-auth kubernetes`: who may read /metrics.
+    pub auth: Option<Arc<Reviewer>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--metrics-addr {addr}: cannot listen: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--probe-addr {addr}: cannot listen: {source}")]
+    Probe {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running listeners; aborted on drop.
+pub struct Server {
+    /// Where /metrics is served (the bound address: port 0 resolved).
+    pub metrics_addr: SocketAddr,
+    pub probe_addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+fn probes(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
+        .with_state(state)
+}
+
+/// Binds every listener now (so a bad address fails at start) and serves
+/// in the background.
+pub async fn serve(ep: Endpoints, metrics: Metrics, health: Arc<Health>) -> Result<Server, ServeError> {
+    let state = AppState { metrics, health };
+    let mut app = Router::new()
+        .route("/metrics", get(self::metrics))
+        .with_state(state.clone());
+    match &ep.auth {
+        Some(reviewer) => {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                reviewer.clone(),
+                require_token,
+            ));
         }
-    }))
+        // Plain mode: everything on one address, as before.
+        None if ep.probe_addr.is_none() => app = app.merge(probes(state.clone())),
+        None => {}
+    }
+    let addr = ep.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Metrics { addr, source })?;
+    let metrics_addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Metrics { addr, source })?;
+    let mut tasks = Vec::new();
+    match ep.tls {
+        Some(tls) => {
+            let listener = super::tls::TlsListener::new(listener, tls)
+                .map_err(|source| ServeError::Metrics { addr, source })?;
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            }));
+        }
+        None => tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        })),
+    }
+    let mut probe_addr = None;
+    if let Some(addr) = ep.probe_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Probe { addr, source })?;
+        probe_addr = Some(
+            listener
+                .local_addr()
+                .map_err(|source| ServeError::Probe { addr, source })?,
+        );
+        let app = probes(state);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "probe server stopped");
+            }
+        }));
+    }
+    Ok(Server {
+        metrics_addr,
+        probe_addr,
+        tasks,
+    })
+}
+
+/// 401 without a valid bearer token, 403 for a user without `get` on
+/// `/metrics`, 503 when the API server cannot tell; the metrics otherwise.
+async fn require_token(State(reviewer): State<Arc<Reviewer>>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer)
+        .map(str::to_owned);
+    let unauthorized = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            // RFC 6750 §3: tell the client which scheme to use.
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"segwatch\"")],
+            "Unauthorized: a bearer token the API server accepts is required\n",
+        )
+            .into_response()
+    };
+    let Some(token) = token else {
+        return unauthorized();
+    };
+    match reviewer.check(&token).await {
+        Ok(Decision::Allowed { user }) => {
+            tracing::debug!(%user, "metrics: scrape allowed");
+            next.run(req).await
+        }
+        Ok(Decision::Unauthenticated) => unauthorized(),
+        Ok(Decision::Forbidden { user, reason }) => {
+            tracing::debug!(%user, %reason, "metrics: scrape forbidden");
+            (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden: user \"{user}\" may not get {}\n",
+                    auth::METRICS_PATH
+                ),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            // Never served unverified; the scraper retries next interval.
+            tracing::warn!(error = %format!("{e:#}"), "metrics: cannot verify a scraper's token");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot verify the token with the API server\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 #[cfg(test)]
