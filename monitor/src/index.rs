@@ -477,21 +477,41 @@ impl ClusterIndex {
         let rv = |m: &ObjectMeta| m.resource_version.clone().unwrap_or_default();
         let ns_key = |(ns, n): &Key| format!("{ns}/{n}");
         match kind {
-            ObjectKind::Namespace => self.namespaces.iter().map(|(k, o)| (k.clone(), rv(&o.metadata))).collect(),
-            ObjectKind::Node => self.nodes.iter().map(|(k, o)| (k.clone(), rv(&o.metadata))).collect(),
+            ObjectKind::Namespace => self
+                .namespaces
+                .iter()
+                .map(|(k, o)| (k.clone(), rv(&o.metadata)))
+                .collect(),
+            ObjectKind::Node => self
+                .nodes
+                .iter()
+                .map(|(k, o)| (k.clone(), rv(&o.metadata)))
+                .collect(),
             ObjectKind::SegmentationPolicy => self
                 .segpolicies
                 .iter()
                 .map(|(k, (o, _))| (k.clone(), rv(&o.metadata)))
                 .collect(),
-            ObjectKind::Pod => self.pods.iter().map(|(k, o)| (ns_key(k), rv(&o.metadata))).collect(),
-            ObjectKind::Service => self.services.iter().map(|(k, o)| (ns_key(k), rv(&o.metadata))).collect(),
+            ObjectKind::Pod => self
+                .pods
+                .iter()
+                .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
+                .collect(),
+            ObjectKind::Service => self
+                .services
+                .iter()
+                .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
+                .collect(),
             ObjectKind::ServiceAccount => self
                 .service_accounts
                 .iter()
                 .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
                 .collect(),
-            ObjectKind::NetworkPolicy => self.netpols.iter().map(|(k, o)| (ns_key(k), rv(&o.metadata))).collect(),
+            ObjectKind::NetworkPolicy => self
+                .netpols
+                .iter()
+                .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
+                .collect(),
             _ => self
                 .workloads
                 .iter()

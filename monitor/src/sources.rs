@@ -47,6 +47,8 @@ use policies::PolicyGate;
 
 #[cfg(test)]
 mod api_tests;
+#[cfg(test)]
+mod replay_tests;
 
 /// What the daemon passes in.
 pub struct SourcesConfig {
@@ -152,10 +154,7 @@ pub fn spawn_api_sources(cfg: SourcesConfig, kube: kube::Config) -> anyhow::Resu
         .context("configuring the Kubernetes API client")?
         .with_layer(&health::ContactLayer(health.clone()))
         .build();
-    let status = policy_status_writer(
-        &client,
-        spread_delay(&node_name, cfg.status_spread),
-    );
+    let status = policy_status_writer(&client, spread_delay(&node_name, cfg.status_spread));
     spawn_watchers(
         client,
         shared.clone(),
@@ -475,6 +474,12 @@ async fn watch_kind(
                 }
                 write(&index).delete(kind, o.metadata.namespace.as_deref(), &name);
             }
+            // 410 Gone: the API server no longer has the history to resume
+            // from (its watch cache moved on). Routine; the watcher lists
+            // again at once. Not an error of the objects, not an outage.
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                tracing::debug!(kind = %kind, "watch expired (410 Gone), listing again");
+            }
             Err(e) => {
                 metrics.inventory_errors.with_label_values(&["kube"]).inc();
                 // Every retry of an outage lands here (with backoff, up to
@@ -510,10 +515,7 @@ fn admit_policy(
     let generation = o.metadata.generation;
     // The status is ours to write, not part of the policy: a malformed one
     // must not make the policy invalid.
-    let current = o
-        .data
-        .as_object_mut()
-        .and_then(|m| m.remove("status"));
+    let current = o.data.as_object_mut().and_then(|m| m.remove("status"));
     let converted = serde_json::to_value(&o)
         .map_err(|e| e.to_string())
         .and_then(|v| inventory::object_from_value(ObjectKind::SegmentationPolicy, v));
@@ -528,11 +530,7 @@ fn admit_policy(
         }
         Err(problem) => (gate.reject(&name, &version, &problem), Err(problem)),
     };
-    status.want(
-        &name,
-        current,
-        policies::condition(&verdict, generation),
-    );
+    status.want(&name, current, policies::condition(&verdict, generation));
     keep.map(inventory::Object::SegmentationPolicy)
 }
 

@@ -342,7 +342,10 @@ fn answer(s: &mut TcpStream, state: &State, req: &Request) -> bool {
             // /apis/segwatch.dev/v1alpha1/segmentationpolicies/NAME/status
             let name = req.path.rsplit('/').nth(1).unwrap_or_default().to_string();
             let patch: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
-            state.lock().status_patches.push((name.clone(), patch.clone()));
+            state
+                .lock()
+                .status_patches
+                .push((name.clone(), patch.clone()));
             // The object as the API server would return it: enough for the
             // client to parse.
             let obj = json!({
@@ -391,7 +394,10 @@ fn answer(s: &mut TcpStream, state: &State, req: &Request) -> bool {
     let want_watch = expect.remove("watch").is_some_and(|w| w == "true");
     let mut problems = Vec::new();
     if want_watch != watch {
-        problems.push(format!("expected a {}", if want_watch { "watch" } else { "list" }));
+        problems.push(format!(
+            "expected a {}",
+            if want_watch { "watch" } else { "list" }
+        ));
     }
     for (k, v) in &expect {
         if req.query.get(k) != Some(v) {
@@ -423,11 +429,10 @@ fn answer(s: &mut TcpStream, state: &State, req: &Request) -> bool {
 /// A watch with no events, held until the client goes or the server
 /// shuts down.
 fn hold_quiet_watch(s: &mut TcpStream, state: &State) -> bool {
-    if s
-        .write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-        )
-        .is_err()
+    if s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .is_err()
     {
         return false;
     }
@@ -446,11 +451,10 @@ fn chunk(s: &mut TcpStream, data: &[u8]) -> bool {
 /// chunks: chunk boundaries carry no meaning, and the client must join
 /// the lines itself.
 fn stream(s: &mut TcpStream, state: &State, events: &[Value], close: bool) -> bool {
-    if s
-        .write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-        )
-        .is_err()
+    if s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .is_err()
     {
         return false;
     }

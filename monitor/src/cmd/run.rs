@@ -127,7 +127,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let auth = args.metrics_auth == MetricsAuth::Kubernetes;
     let probe_addr = match args.probe_addr {
         Some(a) => Some(a),
-        None if auth => Some(DEFAULT_PROBE_ADDR.parse().context("default probe address")?),
+        None if auth => Some(
+            DEFAULT_PROBE_ADDR
+                .parse()
+                .context("default probe address")?,
+        ),
         None => None,
     };
     if probe_addr == Some(args.metrics_addr) && args.metrics_addr.port() != 0 {

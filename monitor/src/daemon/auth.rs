@@ -148,7 +148,10 @@ impl Reviewer {
         let user = match (status.authenticated, status.user) {
             (Some(true), Some(user)) => user,
             _ => {
-                tracing::debug!(error = status.error.as_deref().unwrap_or(""), "metrics: token not authenticated");
+                tracing::debug!(
+                    error = status.error.as_deref().unwrap_or(""),
+                    "metrics: token not authenticated"
+                );
                 return Ok(Decision::Unauthenticated);
             }
         };

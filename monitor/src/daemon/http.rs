@@ -179,7 +179,11 @@ fn probes(state: AppState) -> Router {
 
 /// Binds every listener now (so a bad address fails at start) and serves
 /// in the background.
-pub async fn serve(ep: Endpoints, metrics: Metrics, health: Arc<Health>) -> Result<Server, ServeError> {
+pub async fn serve(
+    ep: Endpoints,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> Result<Server, ServeError> {
     let state = AppState { metrics, health };
     let mut app = Router::new()
         .route("/metrics", get(self::metrics))
@@ -245,7 +249,11 @@ pub async fn serve(ep: Endpoints, metrics: Metrics, health: Arc<Health>) -> Resu
 
 /// 401 without a valid bearer token, 403 for a user without `get` on
 /// `/metrics`, 503 when the API server cannot tell; the metrics otherwise.
-async fn require_token(State(reviewer): State<Arc<Reviewer>>, req: Request, next: Next) -> Response {
+async fn require_token(
+    State(reviewer): State<Arc<Reviewer>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)

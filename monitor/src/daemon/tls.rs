@@ -183,7 +183,13 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
     let cert_pem = read("--tls-cert-file", cert)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| invalid("--tls-cert-file", cert, format!("not PEM certificates: {e}")))?;
+        .map_err(|e| {
+            invalid(
+                "--tls-cert-file",
+                cert,
+                format!("not PEM certificates: {e}"),
+            )
+        })?;
     if chain.is_empty() {
         return Err(invalid(
             "--tls-cert-file",
@@ -328,7 +334,10 @@ mod tests {
             key: key.clone(),
         })
         .expect_err("key of another certificate");
-        assert!(mismatch.to_string().contains("does not match"), "{mismatch}");
+        assert!(
+            mismatch.to_string().contains("does not match"),
+            "{mismatch}"
+        );
         std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
         server_config(&CertSource::Files { cert, key }).expect("a matching pair loads");
         let _ = std::fs::remove_dir_all(&dir);

@@ -82,7 +82,12 @@ impl PolicyGate {
 
     /// A version of policy `name` that is invalid (`problem` says why):
     /// reported once per version; returns the last valid version, if any.
-    pub fn reject(&mut self, name: &str, version: &str, problem: &str) -> Option<SegmentationPolicy> {
+    pub fn reject(
+        &mut self,
+        name: &str,
+        version: &str,
+        problem: &str,
+    ) -> Option<SegmentationPolicy> {
         let keep = self.last_valid.get(name).cloned();
         if self.reported.get(name).map(String::as_str) != Some(version) {
             self.reported.insert(name.to_owned(), version.to_owned());
@@ -113,7 +118,11 @@ impl PolicyGate {
 /// The `Accepted` condition for a verdict, as it should be on the object.
 pub fn condition(verdict: &Result<(), String>, generation: Option<i64>) -> Value {
     let (status, reason, message) = match verdict {
-        Ok(()) => ("True", "Valid", "in force on every segwatch agent".to_string()),
+        Ok(()) => (
+            "True",
+            "Valid",
+            "in force on every segwatch agent".to_string(),
+        ),
         Err(problem) => (
             "False",
             "Invalid",
