@@ -305,6 +305,121 @@ async fn require_token(
 mod tests {
     use super::*;
 
+    /// A plain HTTP/1.0 GET; (status, body).
+    async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
+            .await
+            .expect("send");
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.expect("read");
+        let code = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_need_a_token_the_api_server_accepts_and_authorizes() {
+        let api = crate::testing::FakeApiServer::start(0, Vec::new());
+        api.set_reviews(crate::testing::Reviews {
+            tokens: [
+                ("tok-prometheus".to_string(), "system:serviceaccount:monitoring:prometheus".to_string()),
+                ("tok-web".to_string(), "system:serviceaccount:shop:web".to_string()),
+            ]
+            .into(),
+            allowed: ["system:serviceaccount:monitoring:prometheus".to_string()].into(),
+        });
+        let client = kube::Client::try_from(kube::Config::new(api.url().parse().expect("url")))
+            .expect("client");
+        let health = Arc::new(Health::default());
+        health.set_ready(true, true);
+        let metrics = Metrics::new();
+        let server = serve(
+            Endpoints {
+                metrics_addr: "127.0.0.1:0".parse().expect("addr"),
+                probe_addr: Some("127.0.0.1:0".parse().expect("addr")),
+                tls: None,
+                auth: Some(Arc::new(Reviewer::new(client))),
+            },
+            metrics,
+            health,
+        )
+        .await
+        .expect("serve");
+        let m = server.metrics_addr;
+        let (code, _) = get(m, "/metrics", None).await;
+        assert_eq!(code, 401, "no token");
+        let (code, _) = get(m, "/metrics", Some("tok-unknown")).await;
+        assert_eq!(code, 401, "a token the TokenReview rejects");
+        let (code, body) = get(m, "/metrics", Some("tok-web")).await;
+        assert_eq!(code, 403, "authenticated, but not allowed get /metrics: {body}");
+        assert!(body.contains("system:serviceaccount:shop:web"), "{body}");
+        let (code, body) = get(m, "/metrics", Some("tok-prometheus")).await;
+        assert_eq!(code, 200, "allowed: {body}");
+        assert!(body.contains("segwatch_build_info"), "{body}");
+        // The probes are not on the metrics address, and need no token on
+        // their own.
+        assert_eq!(get(m, "/readyz", Some("tok-prometheus")).await.0, 404);
+        let p = server.probe_addr.expect("probe listener");
+        assert_eq!(get(p, "/readyz", None).await, (200, "ready\n".to_string()));
+        assert_eq!(get(p, "/healthz", None).await, (200, "ok\n".to_string()));
+        assert_eq!(get(p, "/metrics", None).await.0, 404, "no metrics on the probe port");
+        // Decisions are cached: more scrapes, no more reviews.
+        let reviews = || {
+            api.requests()
+                .iter()
+                .filter(|r| r.contains("tokenreviews"))
+                .count()
+        };
+        let before = reviews();
+        assert_eq!(before, 3, "one TokenReview per distinct token: {:?}", api.requests());
+        for _ in 0..3 {
+            assert_eq!(get(m, "/metrics", Some("tok-prometheus")).await.0, 200);
+            assert_eq!(get(m, "/metrics", Some("tok-web")).await.0, 403);
+        }
+        assert_eq!(reviews(), before, "cached decisions: {:?}", api.requests());
+        let sars = api
+            .requests()
+            .iter()
+            .filter(|r| r.contains("subjectaccessreviews"))
+            .count();
+        assert_eq!(sars, 2, "one SubjectAccessReview per authenticated user");
+    }
+
+    #[tokio::test]
+    async fn without_auth_everything_is_on_the_metrics_address() {
+        let health = Arc::new(Health::default());
+        let server = serve(
+            Endpoints {
+                metrics_addr: "127.0.0.1:0".parse().expect("addr"),
+                probe_addr: None,
+                tls: None,
+                auth: None,
+            },
+            Metrics::new(),
+            health.clone(),
+        )
+        .await
+        .expect("serve");
+        let m = server.metrics_addr;
+        assert_eq!(get(m, "/metrics", None).await.0, 200);
+        assert_eq!(get(m, "/healthz", None).await, (200, "ok\n".to_string()));
+        // Before the load: not ready, and after a failed one, the reason.
+        assert_eq!(get(m, "/readyz", None).await.0, 503);
+        health.set_load_failed("missing capabilities CAP_BPF");
+        assert_eq!(
+            get(m, "/readyz", None).await,
+            (
+                503,
+                "cannot load the eBPF programs: missing capabilities CAP_BPF\n".to_string()
+            )
+        );
+    }
+
     #[test]
     fn each_component_degrades_readiness_on_its_own() {
         let h = Health::default();
