@@ -314,7 +314,7 @@ async fn maintain(index: SharedIndex) {
     loop {
         tick.tick().await;
         n += 1;
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             if let Ok(a) = host_addresses() {
                 write(&index).set_host_addresses(a);
             }
@@ -400,6 +400,10 @@ fn spawn_watchers(
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one watcher's shared handles, each cloned in spawn_watchers"
+)]
 async fn watch_kind(
     (kind, plural): (ObjectKind, &'static str),
     api: kube::Api<DynamicObject>,

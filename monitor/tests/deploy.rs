@@ -245,11 +245,21 @@ fn kustomizations_list_every_manifest_and_nothing_else() {
     // built-in system:auth-delegator (TokenReview, SubjectAccessReview).
     assert_eq!(
         names("ClusterRole"),
-        ["segwatch", "segwatch-metrics-reader", "segwatch-policy-status"].into()
+        [
+            "segwatch",
+            "segwatch-metrics-reader",
+            "segwatch-policy-status"
+        ]
+        .into()
     );
     assert_eq!(
         names("ClusterRoleBinding"),
-        ["segwatch", "segwatch-auth-delegator", "segwatch-policy-status"].into()
+        [
+            "segwatch",
+            "segwatch-auth-delegator",
+            "segwatch-policy-status"
+        ]
+        .into()
     );
     for kind in want.iter().filter(|k| !k.starts_with("ClusterRole")) {
         assert_eq!(names(kind).len(), 1, "one {kind} in deploy/");
@@ -471,7 +481,10 @@ fn the_example_policy_lets_monitoring_reach_the_metrics_port_and_nothing_else_of
         }]),
         "only the monitoring namespace, only the metrics port"
     );
-    assert_eq!(docs[0]["spec"]["metadataApi"]["allow"], serde_json::json!([]));
+    assert_eq!(
+        docs[0]["spec"]["metadataApi"]["allow"],
+        serde_json::json!([])
+    );
 }
 
 // ------------------------------------------------------ kubernetes-validate
@@ -1883,7 +1896,10 @@ fn the_agent_loads_and_attaches_with_exactly_the_daemonsets_privileges() {
     // Reviewing scrapers' tokens needs an API server, which this test has
     // not: /metrics is read without authentication here (the authenticated
     // mode is tested in tests/tests/security.rs with a fake API server).
-    for a in args.iter_mut().filter(|a| *a == "--metrics-auth=kubernetes") {
+    for a in args
+        .iter_mut()
+        .filter(|a| *a == "--metrics-auth=kubernetes")
+    {
         *a = "--metrics-auth=none".into();
     }
     let dir = scratch("confined");

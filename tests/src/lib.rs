@@ -414,9 +414,17 @@ impl Daemon {
     pub fn https(&self, path: &str, token: Option<&str>, tls: &[&str]) -> (u16, String) {
         let url = format!("https://127.0.0.1:{}{path}", self.metrics_port);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns, "curl", "-sS", "--max-time", "10"])
-            .args(tls)
-            .args(["-w", "\n%{http_code}"]);
+        cmd.args([
+            "netns",
+            "exec",
+            &self.netns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+        ])
+        .args(tls)
+        .args(["-w", "\n%{http_code}"]);
         if let Some(t) = token {
             cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
         }

@@ -337,7 +337,10 @@ fn metrics_need_https_and_a_token_allowed_to_get_them() {
         code, 403,
         "authenticated, but the SubjectAccessReview denies get /metrics: {body}"
     );
-    assert!(!body.contains("segwatch_"), "no metrics in a refusal: {body}");
+    assert!(
+        !body.contains("segwatch_"),
+        "no metrics in a refusal: {body}"
+    );
     let (code, body) = daemon.https("/metrics", Some("token-prometheus"), &k);
     assert_eq!(code, 200, "allowed: {body}");
     assert!(
@@ -352,15 +355,27 @@ fn metrics_need_https_and_a_token_allowed_to_get_them() {
     );
     // The certificate is self-signed: a verifying client refuses it.
     let (code, err) = daemon.https("/metrics", Some("token-prometheus"), &[]);
-    assert_eq!(code, 0, "a self-signed certificate cannot be verified: {err}");
+    assert_eq!(
+        code, 0,
+        "a self-signed certificate cannot be verified: {err}"
+    );
     // The kubelet's probes: plain, on their own port, no token.
-    assert_eq!(daemon.get("/readyz").expect("readyz"), (200, "ready\n".into()));
-    assert_eq!(daemon.get("/healthz").expect("healthz"), (200, "ok\n".into()));
+    assert_eq!(
+        daemon.get("/readyz").expect("readyz"),
+        (200, "ready\n".into())
+    );
+    assert_eq!(
+        daemon.get("/healthz").expect("healthz"),
+        (200, "ok\n".into())
+    );
     // The reviews went to the API server: one TokenReview per distinct
     // token (3), one SubjectAccessReview per authenticated user (2); the
     // decisions are cached.
     for _ in 0..3 {
-        assert_eq!(daemon.https("/metrics", Some("token-prometheus"), &k).0, 200);
+        assert_eq!(
+            daemon.https("/metrics", Some("token-prometheus"), &k).0,
+            200
+        );
     }
     let count = |what: &str| {
         api.requests()

@@ -318,7 +318,10 @@ mod tests {
         let mut buf = String::new();
         s.read_to_string(&mut buf).await.expect("read");
         let code = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (code, body)
     }
 
@@ -327,8 +330,14 @@ mod tests {
         let api = crate::testing::FakeApiServer::start(0, Vec::new());
         api.set_reviews(crate::testing::Reviews {
             tokens: [
-                ("tok-prometheus".to_string(), "system:serviceaccount:monitoring:prometheus".to_string()),
-                ("tok-web".to_string(), "system:serviceaccount:shop:web".to_string()),
+                (
+                    "tok-prometheus".to_string(),
+                    "system:serviceaccount:monitoring:prometheus".to_string(),
+                ),
+                (
+                    "tok-web".to_string(),
+                    "system:serviceaccount:shop:web".to_string(),
+                ),
             ]
             .into(),
             allowed: ["system:serviceaccount:monitoring:prometheus".to_string()].into(),
@@ -356,7 +365,10 @@ mod tests {
         let (code, _) = get(m, "/metrics", Some("tok-unknown")).await;
         assert_eq!(code, 401, "a token the TokenReview rejects");
         let (code, body) = get(m, "/metrics", Some("tok-web")).await;
-        assert_eq!(code, 403, "authenticated, but not allowed get /metrics: {body}");
+        assert_eq!(
+            code, 403,
+            "authenticated, but not allowed get /metrics: {body}"
+        );
         assert!(body.contains("system:serviceaccount:shop:web"), "{body}");
         let (code, body) = get(m, "/metrics", Some("tok-prometheus")).await;
         assert_eq!(code, 200, "allowed: {body}");
@@ -367,7 +379,11 @@ mod tests {
         let p = server.probe_addr.expect("probe listener");
         assert_eq!(get(p, "/readyz", None).await, (200, "ready\n".to_string()));
         assert_eq!(get(p, "/healthz", None).await, (200, "ok\n".to_string()));
-        assert_eq!(get(p, "/metrics", None).await.0, 404, "no metrics on the probe port");
+        assert_eq!(
+            get(p, "/metrics", None).await.0,
+            404,
+            "no metrics on the probe port"
+        );
         // Decisions are cached: more scrapes, no more reviews.
         let reviews = || {
             api.requests()
@@ -376,7 +392,12 @@ mod tests {
                 .count()
         };
         let before = reviews();
-        assert_eq!(before, 3, "one TokenReview per distinct token: {:?}", api.requests());
+        assert_eq!(
+            before,
+            3,
+            "one TokenReview per distinct token: {:?}",
+            api.requests()
+        );
         for _ in 0..3 {
             assert_eq!(get(m, "/metrics", Some("tok-prometheus")).await.0, 200);
             assert_eq!(get(m, "/metrics", Some("tok-web")).await.0, 403);
