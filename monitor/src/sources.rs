@@ -429,7 +429,10 @@ async fn watch_kind(
     };
     let mut buffer = Vec::new();
     let mut listed = std::collections::HashSet::new();
-    let mut stream = watcher(api, watcher::Config::default())
+    // Lists from the API server's watch cache (resourceVersion=0), as
+    // client-go's informers do, not from etcd: a DaemonSet rollout makes
+    // every node list every kind at once.
+    let mut stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .boxed();
     while let Some(ev) = stream.next().await {
@@ -679,6 +682,8 @@ fn convert(kind: ObjectKind, o: DynamicObject, metrics: &Metrics) -> Option<inve
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -723,6 +728,132 @@ mod tests {
         .expect("dynamic object");
         let obj = convert(ObjectKind::SegmentationPolicy, sp, &m).expect("a policy converts");
         assert_eq!(obj.describe(), "SegmentationPolicy p");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_policy_in_the_inventory_keeps_its_previous_version() {
+        let dir = std::env::temp_dir().join(format!("segwatch-pol-src-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("cluster.yaml");
+        let policy = |rv: &str, name: &str, ports: &str| {
+            format!(
+                "apiVersion: segwatch.dev/v1alpha1\nkind: SegmentationPolicy\n\
+                 metadata: {{name: {name}, resourceVersion: '{rv}'}}\n\
+                 spec: {{hostAccess: {{allow: [{{ports: {ports}}}]}}}}\n"
+            )
+        };
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, resourceVersion: '1'}\n";
+        std::fs::write(
+            &f,
+            format!(
+                "{ns}---\n{}---\n{}",
+                policy("1", "p", "['22/TCP']"),
+                policy("1", "q", "['80/TCP']")
+            ),
+        )
+        .expect("write");
+        let metrics = Metrics::new();
+        let Sources { index, .. } = spawn_sources(SourcesConfig {
+            inventory: vec![dir.clone()],
+            index: IndexConfig::default(),
+            metrics: metrics.clone(),
+            poll_interval: Duration::from_millis(20),
+            api_grace: Duration::from_secs(5),
+            status_spread: Duration::ZERO,
+        })
+        .await
+        .expect("inventory loads");
+        let policies = || read(&index).versions(ObjectKind::SegmentationPolicy);
+        let errors = |p: &str| {
+            metrics.render().lines().find_map(|l| {
+                l.strip_prefix(&format!("segwatch_policy_errors_total{{policy=\"{p}\"}} "))
+                    .map(str::to_owned)
+            })
+        };
+        let want = |p: &str, q: &str| -> BTreeMap<String, String> {
+            [
+                ("p".to_string(), p.to_string()),
+                ("q".to_string(), q.to_string()),
+            ]
+            .into()
+        };
+        assert_eq!(policies(), want("1", "1"));
+        // p: a bad port (the document fits the schema but does not compile);
+        // q: valid, changed. q's new version applies, p's old one stays.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(
+            &f,
+            format!(
+                "{ns}---\n{}---\n{}",
+                policy("2", "p", "['22/TCPX']"),
+                policy("2", "q", "['81/TCP']")
+            ),
+        )
+        .expect("write");
+        let mut seen = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if policies() == want("1", "2") && errors("p").as_deref() == Some("1") {
+                seen = true;
+                break;
+            }
+        }
+        assert!(
+            seen,
+            "p keeps version 1, q moves to 2, p counted once: {:?} {:?}",
+            policies(),
+            errors("p")
+        );
+        // p: a document that does not even fit the schema (a string where
+        // the port list belongs): reported, the previous version stays.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(
+            &f,
+            format!(
+                "{ns}---\n{}---\n{}",
+                policy("3", "p", "'22/TCP'"),
+                policy("2", "q", "['81/TCP']")
+            ),
+        )
+        .expect("write");
+        let mut seen = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if errors("p").as_deref() == Some("2") {
+                seen = true;
+                break;
+            }
+        }
+        assert!(
+            seen,
+            "the second invalid version is counted: {:?}",
+            errors("p")
+        );
+        assert_eq!(policies(), want("1", "2"), "p's last valid version stays");
+        assert_eq!(errors("q"), None, "q was never invalid");
+        // A valid p again takes over.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(
+            &f,
+            format!(
+                "{ns}---\n{}---\n{}",
+                policy("4", "p", "['23/TCP']"),
+                policy("2", "q", "['81/TCP']")
+            ),
+        )
+        .expect("write");
+        let mut seen = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if policies() == want("4", "2") {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "a valid version applies again: {:?}", policies());
+        assert_eq!(errors("p").as_deref(), Some("2"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
