@@ -429,10 +429,10 @@ async fn watch_kind(
     };
     let mut buffer = Vec::new();
     let mut listed = std::collections::HashSet::new();
-    // Lists from the API server's watch cache (resourceVersion=0), as
-    // client-go's informers do, not from etcd: a DaemonSet rollout makes
-    // every node list every kind at once.
-    let mut stream = watcher(api, watcher::Config::default().any_semantic())
+    // Paginated lists (500 a page) of the most recent state: kube omits
+    // resourceVersion=0 when a page size is set, so the pages are served
+    // by etcd through the API server (README, "API load").
+    let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     while let Some(ev) = stream.next().await {
