@@ -68,7 +68,7 @@ struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Nodes in the synthetic cluster (10 pods each, 1 Service per 10 pods,
-    /// 2 NetworkPolicies per 50 pods).
+    /// 4 NetworkPolicies per 100 pods).
     #[arg(long, default_value_t = 5000)]
     nodes: usize,
     /// Pod churn events to time.
@@ -133,7 +133,23 @@ fn cluster(nodes: usize) -> Vec<Object> {
             json!({"metadata": {"name": format!("ns{ns}"),
                    "labels": {"kubernetes.io/metadata.name": format!("ns{ns}"), "team": format!("t{}", ns % 20)}}}),
         ));
-        // Two NetworkPolicies per namespace of 100 pods: 2,000 for 50,000.
+        // Four NetworkPolicies per namespace of 100 pods: 2,000 for 50,000.
+        out.push(obj(
+            ObjectKind::NetworkPolicy,
+            json!({"metadata": {"name": "allow-dns", "namespace": format!("ns{ns}")},
+                   "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                                        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]}}),
+        ));
+        out.push(obj(
+            ObjectKind::NetworkPolicy,
+            json!({"metadata": {"name": "allow-egress-db", "namespace": format!("ns{ns}")},
+                   "spec": {"podSelector": {"matchLabels": {"tier": "api"}}, "policyTypes": ["Egress"],
+                            "egress": [{"to": [{"podSelector": {"matchLabels": {"tier": "db"}}},
+                                               {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.128.0.0/9"]}}],
+                                        "ports": [{"port": 5432, "protocol": "TCP"}]}]}}),
+        ));
         out.push(obj(
             ObjectKind::NetworkPolicy,
             json!({"metadata": {"name": "default-deny", "namespace": format!("ns{ns}")},
