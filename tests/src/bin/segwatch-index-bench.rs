@@ -79,6 +79,7 @@ struct Args {
 const PODS_PER_NODE: usize = 10;
 const PODS_PER_DEPLOYMENT: usize = 10;
 const PODS_PER_NAMESPACE: usize = 100;
+const TIERS: [&str; 3] = ["web", "api", "db"];
 
 fn ip(base: u32, n: usize) -> String {
     Ipv4Addr::from(base + n as u32).to_string()
@@ -99,7 +100,7 @@ fn pod(i: usize, generation: usize, nodes: usize) -> Object {
                 "name": format!("app{dep}-{hash}-{i}x{generation}"),
                 "namespace": format!("ns{ns}"),
                 "resourceVersion": "1",
-                "labels": {"app": format!("app{dep}"), "tier": ["web", "api", "db"][dep % 3],
+                "labels": {"app": format!("app{dep}"), "tier": TIERS[dep % 3],
                            "pod-template-hash": hash},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                                      "name": format!("app{dep}-{hash}"), "uid": format!("rs{dep}"),
@@ -169,7 +170,7 @@ fn cluster(nodes: usize) -> Vec<Object> {
     for d in 0..deployments {
         let ns = format!("ns{}", d * PODS_PER_DEPLOYMENT / PODS_PER_NAMESPACE);
         let hash = format!("{:x}", 0x5f0000 + d);
-        let labels = json!({"app": format!("app{d}"), "tier": ["web", "api", "db"][d % 3]});
+        let labels = json!({"app": format!("app{d}"), "tier": TIERS[d % 3]});
         let template = json!({"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}});
         out.push(obj(
             ObjectKind::Deployment,
