@@ -798,7 +798,8 @@ fn daemonset_security_posture() {
 fn posture_check_catches_weakened_daemonsets() {
     let objects = kustomize(&deploy());
     let good = find(&objects, "DaemonSet").value.clone();
-    let cases: [(&str, fn(&mut Value)); 10] = [
+    type Weaken = fn(&mut Value);
+    let cases: [(&str, Weaken); 10] = [
         ("--metrics-auth=kubernetes", |d| {
             let args = d["spec"]["template"]["spec"]["containers"][0]["args"]
                 .as_array_mut()
