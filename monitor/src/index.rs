@@ -519,6 +519,57 @@ impl ClusterIndex {
         }
     }
 
+    /// Every object of `kind` held now: `namespace/name` (or `name` for
+    /// cluster-scoped kinds) → its resourceVersion. What the watch-path
+    /// tests compare with the API's state.
+    pub fn versions(&self, kind: ObjectKind) -> BTreeMap<String, String> {
+        let rv = |m: &ObjectMeta| m.resource_version.clone().unwrap_or_default();
+        let ns_key = |(ns, n): &Key| format!("{ns}/{n}");
+        match kind {
+            ObjectKind::Namespace => self
+                .namespaces
+                .iter()
+                .map(|(k, o)| (k.clone(), rv(&o.metadata)))
+                .collect(),
+            ObjectKind::Node => self
+                .nodes
+                .iter()
+                .map(|(k, o)| (k.clone(), rv(&o.metadata)))
+                .collect(),
+            ObjectKind::SegmentationPolicy => self
+                .segpolicies
+                .iter()
+                .map(|(k, (o, _))| (k.clone(), rv(&o.metadata)))
+                .collect(),
+            ObjectKind::Pod => self
+                .pods
+                .iter()
+                .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
+                .collect(),
+            ObjectKind::Service => self
+                .services
+                .iter()
+                .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
+                .collect(),
+            ObjectKind::ServiceAccount => self
+                .service_accounts
+                .iter()
+                .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
+                .collect(),
+            ObjectKind::NetworkPolicy => self
+                .netpols
+                .iter()
+                .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
+                .collect(),
+            _ => self
+                .workloads
+                .iter()
+                .filter(|((k, _, _), _)| *k == kind)
+                .map(|((_, ns, n), o)| (format!("{ns}/{n}"), rv(o.metadata())))
+                .collect(),
+        }
+    }
+
     fn keys_of(&self, kind: ObjectKind) -> Vec<(Option<String>, String)> {
         let ns_keys =
             |m: &dyn Fn() -> Vec<Key>| m().into_iter().map(|(n, k)| (Some(n), k)).collect();

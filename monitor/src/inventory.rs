@@ -308,6 +308,10 @@ pub struct Inventory {
     pub objects: Vec<Object>,
     /// Skipped documents and objects, one line each (also logged).
     pub warnings: Vec<String>,
+    /// SegmentationPolicies that do not fit their schema (also in
+    /// `warnings`): (name, file/document and problem). The sources report
+    /// them and keep their previous valid version.
+    pub rejected_policies: Vec<(String, String)>,
 }
 
 /// Where a document or list item came from.
@@ -376,6 +380,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Inventory, InventoryError> {
     Ok(Inventory {
         objects: loaded.objects.into_iter().map(|(_, o)| o).collect(),
         warnings: loaded.warnings,
+        rejected_policies: loaded.rejected_policies,
     })
 }
 
@@ -410,6 +415,7 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Inventory, InventoryError> {
     Ok(Inventory {
         objects: loaded.objects.into_iter().map(|(_, o)| o).collect(),
         warnings: loaded.warnings,
+        rejected_policies: loaded.rejected_policies,
     })
 }
 
@@ -492,6 +498,7 @@ enum Mode {
 struct Loaded {
     objects: Vec<(Origin, Object)>,
     warnings: Vec<String>,
+    rejected_policies: Vec<(String, String)>,
 }
 
 impl Loaded {
@@ -653,6 +660,10 @@ fn object_into(
             let message = format!("{kind} {name}: invalid {e}");
             match mode {
                 Mode::Lenient => {
+                    if kind == ObjectKind::SegmentationPolicy {
+                        out.rejected_policies
+                            .push((name.clone(), format!("{origin}: {message}")));
+                    }
                     out.warn(format!("{origin}: {message}, skipped"));
                     Ok(())
                 }

@@ -66,6 +66,9 @@ pub struct Metrics {
     /// released, `attributed` (judged once the index learned the end) or
     /// `unjudged` (not learned within the wait, or no room to hold).
     pub flows_identity_late: IntCounterVec,
+    /// `segwatch_policy_errors_total{policy}`: invalid versions of
+    /// SegmentationPolicies (by name; the previous valid version is kept).
+    pub policy_errors: IntCounterVec,
 }
 
 /// Names of the loss stages in `segwatch_events_lost_total{stage}`.
@@ -175,6 +178,11 @@ impl Metrics {
         for o in ["attributed", "unjudged"] {
             flows_identity_late.with_label_values(&[o]);
         }
+        let policy_errors = counter_vec(
+            "segwatch_policy_errors_total",
+            "Invalid SegmentationPolicy versions seen, by policy name; the previous valid version of the policy stays in force.",
+            &["policy"],
+        );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric definition is valid");
             registry
@@ -282,6 +290,7 @@ impl Metrics {
             conntrack_errors,
             flows_awaiting_identity,
             flows_identity_late,
+            policy_errors,
         }
     }
 

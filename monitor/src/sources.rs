@@ -10,6 +10,11 @@
 //!  maintenance tick ──► build_netpol (read lock) ─► install_netpol (write lock)
 //! ```
 //!
+//! A SegmentationPolicy that does not compile (from either source) is
+//! reported (`segwatch_policy_errors_total{policy}`, one warn line per
+//! version, on the API an `Accepted=False` status condition) and the
+//! previous valid version of that document stays in force ([`policies`]).
+//!
 //! A broken inventory file keeps the last good state, counts
 //! `segwatch_inventory_errors_total{source="inventory"}`, sets
 //! `segwatch_source_up{source="inventory"}` to 0 and logs one line per
@@ -36,10 +41,14 @@ use crate::judge::{ReadyFlag, SharedIndex};
 use crate::metrics::Metrics;
 
 pub mod health;
+pub mod policies;
 pub use health::SourceHealth;
+use policies::PolicyGate;
 
 #[cfg(test)]
 mod api_tests;
+#[cfg(test)]
+mod replay_tests;
 
 /// What the daemon passes in.
 pub struct SourcesConfig {
@@ -52,6 +61,10 @@ pub struct SourcesConfig {
     /// How long an API server watch may fail before the sources report
     /// degraded (reconnects and control-plane rollouts take seconds).
     pub api_grace: Duration,
+    /// SegmentationPolicy status writes are spread over this long, by node
+    /// name, so that of hundreds of agents seeing the same invalid policy
+    /// one writes its condition and the others see it written.
+    pub status_spread: Duration,
 }
 
 /// What the daemon gets back: the index and how its sources are doing.
@@ -95,7 +108,9 @@ pub async fn spawn_sources(cfg: SourcesConfig) -> anyhow::Result<Sources> {
         return spawn_api_sources(cfg, kube);
     }
     let shared = new_index(cfg.index);
-    let inv = inventory::load_paths(&cfg.inventory).context("--inventory")?;
+    let mut inv = inventory::load_paths(&cfg.inventory).context("--inventory")?;
+    let mut gate = PolicyGate::new(cfg.metrics.clone());
+    gate_inventory(&mut gate, &mut inv);
     let fp = fingerprint(&cfg.inventory);
     tracing::info!(
         objects = inv.objects.len(),
@@ -112,6 +127,7 @@ pub async fn spawn_sources(cfg: SourcesConfig) -> anyhow::Result<Sources> {
     tokio::spawn(poll_inventory(
         cfg.inventory,
         fp,
+        gate,
         cfg.poll_interval,
         shared.clone(),
         cfg.metrics.clone(),
@@ -127,6 +143,7 @@ pub async fn spawn_sources(cfg: SourcesConfig) -> anyhow::Result<Sources> {
 /// The API server half of [`spawn_sources`], with the client configuration
 /// given (`cfg.inventory` is not read). Must run inside a tokio runtime.
 pub fn spawn_api_sources(cfg: SourcesConfig, kube: kube::Config) -> anyhow::Result<Sources> {
+    let node_name = cfg.index.node_name.clone();
     let shared = new_index(cfg.index);
     let ready = ReadyFlag::default();
     let health = SourceHealth::for_api(
@@ -138,12 +155,14 @@ pub fn spawn_api_sources(cfg: SourcesConfig, kube: kube::Config) -> anyhow::Resu
         .context("configuring the Kubernetes API client")?
         .with_layer(&health::ContactLayer(health.clone()))
         .build();
+    let status = policy_status_writer(&client, spread_delay(&node_name, cfg.status_spread));
     spawn_watchers(
         client,
         shared.clone(),
         ready.clone(),
         health.clone(),
         cfg.metrics.clone(),
+        status,
     );
     cfg.metrics.source_up.with_label_values(&["kube"]).set(1);
     tokio::spawn(review_health(health.clone(), cfg.metrics.clone()));
@@ -214,9 +233,42 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
         .collect()
 }
 
+/// Runs the inventory's SegmentationPolicies through the gate: an invalid
+/// one is replaced by its last valid version (or dropped).
+fn gate_inventory(gate: &mut PolicyGate, inv: &mut inventory::Inventory) {
+    use sha2::Digest as _;
+    let mut names = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(inv.objects.len());
+    for o in inv.objects.drain(..) {
+        match o {
+            inventory::Object::SegmentationPolicy(sp) => {
+                let name = sp.metadata.name.clone().unwrap_or_default();
+                names.insert(name);
+                // The content is the version: an unchanged invalid document
+                // in a reloaded set is not reported again.
+                let text = serde_json::to_string(&sp).unwrap_or_default();
+                let version = format!("{:x}", sha2::Sha256::digest(text.as_bytes()));
+                if let Some(keep) = gate.admit(sp, &version).keep {
+                    out.push(inventory::Object::SegmentationPolicy(keep));
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    for (name, problem) in &inv.rejected_policies {
+        names.insert(name.clone());
+        if let Some(keep) = gate.reject(name, problem, problem) {
+            out.push(inventory::Object::SegmentationPolicy(keep));
+        }
+    }
+    gate.retain(&names);
+    inv.objects = out;
+}
+
 async fn poll_inventory(
     paths: Vec<PathBuf>,
     mut last: Fingerprint,
+    mut gate: PolicyGate,
     every: Duration,
     index: SharedIndex,
     metrics: Metrics,
@@ -231,7 +283,8 @@ async fn poll_inventory(
         }
         last = now;
         match inventory::load_paths(&paths) {
-            Ok(inv) => {
+            Ok(mut inv) => {
+                gate_inventory(&mut gate, &mut inv);
                 tracing::info!(
                     objects = inv.objects.len(),
                     skipped = inv.warnings.len(),
@@ -262,7 +315,7 @@ async fn maintain(index: SharedIndex) {
     loop {
         tick.tick().await;
         n += 1;
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             if let Ok(a) = host_addresses() {
                 write(&index).set_host_addresses(a);
             }
@@ -337,6 +390,7 @@ fn spawn_watchers(
     ready: ReadyFlag,
     health: SourceHealth,
     metrics: Metrics,
+    status: StatusTx,
 ) {
     let pending = Arc::new(std::sync::atomic::AtomicUsize::new(WATCHES.len()));
     for &(kind, group, version, plural) in WATCHES {
@@ -360,10 +414,15 @@ fn spawn_watchers(
             pending.clone(),
             health.clone(),
             metrics.clone(),
+            status.clone(),
         ));
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one watcher's shared handles, each cloned in spawn_watchers"
+)]
 async fn watch_kind(
     (kind, plural): (ObjectKind, &'static str),
     api: kube::Api<DynamicObject>,
@@ -372,8 +431,11 @@ async fn watch_kind(
     pending: Arc<std::sync::atomic::AtomicUsize>,
     health: SourceHealth,
     metrics: Metrics,
+    status: StatusTx,
 ) {
     use std::sync::atomic::Ordering;
+    let mut gate = PolicyGate::new(metrics.clone());
+    let is_policy = kind == ObjectKind::SegmentationPolicy;
     let mut synced = false;
     let mark_synced = |synced: &mut bool| {
         if !*synced {
@@ -385,6 +447,10 @@ async fn watch_kind(
         }
     };
     let mut buffer = Vec::new();
+    let mut listed = std::collections::HashSet::new();
+    // Paginated lists (500 a page) of the most recent state: kube omits
+    // resourceVersion=0 when a page size is set, so the pages are served
+    // by etcd through the API server (README, "API load").
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -394,24 +460,51 @@ async fn watch_kind(
             health.contact(plural);
         }
         match ev {
-            Ok(watcher::Event::Init) => buffer.clear(),
+            Ok(watcher::Event::Init) => {
+                buffer.clear();
+                listed.clear();
+            }
             Ok(watcher::Event::InitApply(o)) => {
-                if let Some(obj) = convert(kind, o, &metrics) {
+                let obj = if is_policy {
+                    listed.insert(o.metadata.name.clone().unwrap_or_default());
+                    admit_policy(&mut gate, &status, o)
+                } else {
+                    convert(kind, o, &metrics)
+                };
+                if let Some(obj) = obj {
                     buffer.push(obj);
                 }
             }
             Ok(watcher::Event::InitDone) => {
+                if is_policy {
+                    gate.retain(&listed);
+                }
                 write(&index).reset_kind(kind, std::mem::take(&mut buffer));
                 mark_synced(&mut synced);
             }
             Ok(watcher::Event::Apply(o)) => {
-                if let Some(obj) = convert(kind, o, &metrics) {
+                let obj = if is_policy {
+                    admit_policy(&mut gate, &status, o)
+                } else {
+                    convert(kind, o, &metrics)
+                };
+                if let Some(obj) = obj {
                     write(&index).apply(obj);
                 }
             }
             Ok(watcher::Event::Delete(o)) => {
                 let name = o.metadata.name.clone().unwrap_or_default();
+                if is_policy {
+                    gate.forget(&name);
+                    status.gone(&name);
+                }
                 write(&index).delete(kind, o.metadata.namespace.as_deref(), &name);
+            }
+            // 410 Gone: the API server no longer has the history to resume
+            // from (its watch cache moved on). Routine; the watcher lists
+            // again at once. Not an error of the objects, not an outage.
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                tracing::debug!(kind = %kind, "watch expired (410 Gone), listing again");
             }
             Err(e) => {
                 metrics.inventory_errors.with_label_values(&["kube"]).inc();
@@ -443,6 +536,157 @@ async fn watch_kind(
     }
 }
 
+/// One version of a SegmentationPolicy from the watch: checked by the
+/// gate, its `Accepted` condition queued; returns what the index should
+/// hold (this version, the previous valid one, or nothing).
+fn admit_policy(
+    gate: &mut PolicyGate,
+    status: &StatusTx,
+    mut o: DynamicObject,
+) -> Option<inventory::Object> {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let version = o.metadata.resource_version.clone().unwrap_or_default();
+    let generation = o.metadata.generation;
+    // The status is ours to write, not part of the policy: a malformed one
+    // must not make the policy invalid.
+    let current = o.data.as_object_mut().and_then(|m| m.remove("status"));
+    let converted = serde_json::to_value(&o)
+        .map_err(|e| e.to_string())
+        .and_then(|v| inventory::object_from_value(ObjectKind::SegmentationPolicy, v));
+    let (keep, verdict) = match converted {
+        Ok(inventory::Object::SegmentationPolicy(sp)) => {
+            let a = gate.admit(sp, &version);
+            (a.keep, a.verdict)
+        }
+        Ok(other) => {
+            let problem = format!("not a SegmentationPolicy: {}", other.describe());
+            (gate.reject(&name, &version, &problem), Err(problem))
+        }
+        Err(problem) => (gate.reject(&name, &version, &problem), Err(problem)),
+    };
+    status.want(&name, current, policies::condition(&verdict, generation));
+    keep.map(inventory::Object::SegmentationPolicy)
+}
+
+/// Where the watchers send what a policy's status condition should be.
+#[derive(Clone)]
+struct StatusTx(Option<tokio::sync::mpsc::UnboundedSender<StatusMsg>>);
+
+enum StatusMsg {
+    /// The object as last seen (its status) and the condition it should
+    /// carry.
+    Want {
+        name: String,
+        current: Option<serde_json::Value>,
+        condition: serde_json::Value,
+    },
+    Gone(String),
+}
+
+impl StatusTx {
+    fn want(&self, name: &str, current: Option<serde_json::Value>, condition: serde_json::Value) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(StatusMsg::Want {
+                name: name.to_owned(),
+                current,
+                condition,
+            });
+        }
+    }
+
+    fn gone(&self, name: &str) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(StatusMsg::Gone(name.to_owned()));
+        }
+    }
+}
+
+/// This agent's delay before writing a status: a stable point in
+/// `0..spread` picked by its node name, so agents spread out evenly.
+fn spread_delay(node_name: &str, spread: Duration) -> Duration {
+    use sha2::Digest as _;
+    if spread.is_zero() {
+        return Duration::ZERO;
+    }
+    let d = sha2::Sha256::digest(node_name.as_bytes());
+    let x = u64::from_le_bytes(d[..8].try_into().unwrap_or_default());
+    Duration::from_millis(x % spread.as_millis().max(1) as u64)
+}
+
+/// Writes `Accepted` conditions on SegmentationPolicies' status (merge
+/// patch on the status subresource), each after `delay`, and only if the
+/// object does not carry it by then (another agent wrote it: the watch
+/// shows it).
+fn policy_status_writer(client: &kube::Client, delay: Duration) -> StatusTx {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StatusMsg>();
+    let api = kube::Api::<DynamicObject>::all_with(
+        client.clone(),
+        &ApiResource {
+            group: "segwatch.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "segwatch.dev/v1alpha1".into(),
+            kind: "SegmentationPolicy".into(),
+            plural: "segmentationpolicies".into(),
+        },
+    );
+    tokio::spawn(async move {
+        use std::collections::HashMap;
+        // name → (condition wanted, when to write it)
+        let mut pending: HashMap<String, (serde_json::Value, tokio::time::Instant)> =
+            HashMap::new();
+        let mut failed_once: std::collections::HashSet<String> = Default::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    None => return,
+                    Some(StatusMsg::Want { name, current, condition }) => {
+                        if policies::has_condition(current.as_ref(), &condition) {
+                            pending.remove(&name);
+                        } else if pending.get(&name).map(|p| &p.0) != Some(&condition) {
+                            pending.insert(name, (condition, tokio::time::Instant::now() + delay));
+                        }
+                    }
+                    Some(StatusMsg::Gone(name)) => {
+                        pending.remove(&name);
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = tokio::time::Instant::now();
+                    let due: Vec<String> = pending
+                        .iter()
+                        .filter(|(_, (_, at))| *at <= now)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for name in due {
+                        let Some((mut condition, _)) = pending.remove(&name) else { continue };
+                        condition["lastTransitionTime"] = serde_json::json!(
+                            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        );
+                        let patch = serde_json::json!({"status": {"conditions": [condition]}});
+                        match api
+                            .patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                            .await
+                        {
+                            Ok(_) => tracing::debug!(policy = %name, "SegmentationPolicy status written"),
+                            // Once per policy: RBAC or an old CRD without the
+                            // status subresource would fail every time.
+                            Err(e) if failed_once.insert(name.clone()) => tracing::warn!(
+                                policy = %name,
+                                error = %e,
+                                "cannot write the SegmentationPolicy's status condition"
+                            ),
+                            Err(e) => tracing::debug!(policy = %name, error = %e, "status write failed"),
+                        }
+                    }
+                }
+            }
+        }
+    });
+    StatusTx(Some(tx))
+}
+
 fn convert(kind: ObjectKind, o: DynamicObject, metrics: &Metrics) -> Option<inventory::Object> {
     let ns = o.metadata.namespace.clone().unwrap_or_default();
     let name = o.metadata.name.clone().unwrap_or_default();
@@ -465,6 +709,8 @@ fn convert(kind: ObjectKind, o: DynamicObject, metrics: &Metrics) -> Option<inve
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -512,6 +758,132 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_invalid_policy_in_the_inventory_keeps_its_previous_version() {
+        let dir = std::env::temp_dir().join(format!("segwatch-pol-src-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("cluster.yaml");
+        let policy = |rv: &str, name: &str, ports: &str| {
+            format!(
+                "apiVersion: segwatch.dev/v1alpha1\nkind: SegmentationPolicy\n\
+                 metadata: {{name: {name}, resourceVersion: '{rv}'}}\n\
+                 spec: {{hostAccess: {{allow: [{{ports: {ports}}}]}}}}\n"
+            )
+        };
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, resourceVersion: '1'}\n";
+        std::fs::write(
+            &f,
+            format!(
+                "{ns}---\n{}---\n{}",
+                policy("1", "p", "['22/TCP']"),
+                policy("1", "q", "['80/TCP']")
+            ),
+        )
+        .expect("write");
+        let metrics = Metrics::new();
+        let Sources { index, .. } = spawn_sources(SourcesConfig {
+            inventory: vec![dir.clone()],
+            index: IndexConfig::default(),
+            metrics: metrics.clone(),
+            poll_interval: Duration::from_millis(20),
+            api_grace: Duration::from_secs(5),
+            status_spread: Duration::ZERO,
+        })
+        .await
+        .expect("inventory loads");
+        let policies = || read(&index).versions(ObjectKind::SegmentationPolicy);
+        let errors = |p: &str| {
+            metrics.render().lines().find_map(|l| {
+                l.strip_prefix(&format!("segwatch_policy_errors_total{{policy=\"{p}\"}} "))
+                    .map(str::to_owned)
+            })
+        };
+        let want = |p: &str, q: &str| -> BTreeMap<String, String> {
+            [
+                ("p".to_string(), p.to_string()),
+                ("q".to_string(), q.to_string()),
+            ]
+            .into()
+        };
+        assert_eq!(policies(), want("1", "1"));
+        // p: a bad port (the document fits the schema but does not compile);
+        // q: valid, changed. q's new version applies, p's old one stays.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(
+            &f,
+            format!(
+                "{ns}---\n{}---\n{}",
+                policy("2", "p", "['22/TCPX']"),
+                policy("2", "q", "['81/TCP']")
+            ),
+        )
+        .expect("write");
+        let mut seen = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if policies() == want("1", "2") && errors("p").as_deref() == Some("1") {
+                seen = true;
+                break;
+            }
+        }
+        assert!(
+            seen,
+            "p keeps version 1, q moves to 2, p counted once: {:?} {:?}",
+            policies(),
+            errors("p")
+        );
+        // p: a document that does not even fit the schema (a string where
+        // the port list belongs): reported, the previous version stays.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(
+            &f,
+            format!(
+                "{ns}---\n{}---\n{}",
+                policy("3", "p", "'22/TCP'"),
+                policy("2", "q", "['81/TCP']")
+            ),
+        )
+        .expect("write");
+        let mut seen = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if errors("p").as_deref() == Some("2") {
+                seen = true;
+                break;
+            }
+        }
+        assert!(
+            seen,
+            "the second invalid version is counted: {:?}",
+            errors("p")
+        );
+        assert_eq!(policies(), want("1", "2"), "p's last valid version stays");
+        assert_eq!(errors("q"), None, "q was never invalid");
+        // A valid p again takes over.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(
+            &f,
+            format!(
+                "{ns}---\n{}---\n{}",
+                policy("4", "p", "['23/TCP']"),
+                policy("2", "q", "['81/TCP']")
+            ),
+        )
+        .expect("write");
+        let mut seen = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if policies() == want("4", "2") {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "a valid version applies again: {:?}", policies());
+        assert_eq!(errors("p").as_deref(), Some("2"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn inventory_reload_keeps_last_good_state_and_counts_errors() {
         let dir = std::env::temp_dir().join(format!("segwatch-src-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -528,6 +900,7 @@ mod tests {
             metrics: metrics.clone(),
             poll_interval: Duration::from_millis(20),
             api_grace: Duration::from_secs(5),
+            status_spread: Duration::ZERO,
         })
         .await
         .expect("inventory loads");

@@ -136,6 +136,13 @@ fn kustomize(dir: &Path) -> Vec<Object> {
     out
 }
 
+fn find_named<'a>(objects: &'a [Object], kind: &str, name: &str) -> &'a Object {
+    objects
+        .iter()
+        .find(|o| o.kind() == kind && o.name() == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the manifests"))
+}
+
 fn find<'a>(objects: &'a [Object], kind: &str) -> &'a Object {
     let found: Vec<&Object> = objects.iter().filter(|o| o.kind() == kind).collect();
     assert_eq!(
@@ -234,7 +241,36 @@ fn kustomizations_list_every_manifest_and_nothing_else() {
     ]
     .into();
     assert_eq!(kinds, want, "deploy/ must hold exactly the agent's objects");
-    assert_eq!(base.len(), want.len(), "one object of each kind in deploy/");
+    let names = |kind: &str| -> BTreeSet<&str> {
+        base.iter()
+            .filter(|o| o.kind() == kind)
+            .map(Object::name)
+            .collect()
+    };
+    // The read-only role (what the index watches), the scrapers' role and
+    // the status writer's; bindings for the agent's roles and to the
+    // built-in system:auth-delegator (TokenReview, SubjectAccessReview).
+    assert_eq!(
+        names("ClusterRole"),
+        [
+            "segwatch",
+            "segwatch-metrics-reader",
+            "segwatch-policy-status"
+        ]
+        .into()
+    );
+    assert_eq!(
+        names("ClusterRoleBinding"),
+        [
+            "segwatch",
+            "segwatch-auth-delegator",
+            "segwatch-policy-status"
+        ]
+        .into()
+    );
+    for kind in want.iter().filter(|k| !k.starts_with("ClusterRole")) {
+        assert_eq!(names(kind).len(), 1, "one {kind} in deploy/");
+    }
     for kind in CUSTOM_KINDS {
         assert!(
             !kinds.contains(kind),
@@ -248,6 +284,12 @@ fn kustomizations_list_every_manifest_and_nothing_else() {
         .filter(|k| !want.contains(k))
         .collect();
     assert_eq!(extra, ["PrometheusRule", "ServiceMonitor"].into());
+    assert!(
+        monitoring
+            .iter()
+            .any(|o| o.kind() == "ClusterRoleBinding" && o.name() == "segwatch-metrics-reader"),
+        "monitoring/ binds the scraper role to Prometheus"
+    );
 
     for dir in ["base", "monitoring"] {
         let listed: BTreeSet<PathBuf> = kustomize(&deploy().join(dir))
@@ -298,7 +340,7 @@ fn service_and_service_monitor_select_the_agents_metrics_port() {
     let ds = &find(&objects, "DaemonSet").value;
     let svc = &find(&objects, "Service").value;
     let sm = &find(&objects, "ServiceMonitor").value;
-    let binding = &find(&objects, "ClusterRoleBinding").value;
+    let binding = &find_named(&objects, "ClusterRoleBinding", "segwatch").value;
     let sa = find(&objects, "ServiceAccount");
 
     let pod_labels = ds["spec"]["template"]["metadata"]["labels"]
@@ -355,7 +397,100 @@ fn service_and_service_monitor_select_the_agents_metrics_port() {
     assert_eq!(binding["subjects"][0]["name"].as_str(), Some(sa.name()));
     assert_eq!(
         binding["roleRef"]["name"],
-        find(&objects, "ClusterRole").value["metadata"]["name"]
+        find_named(&objects, "ClusterRole", "segwatch").value["metadata"]["name"]
+    );
+}
+
+#[test]
+fn metrics_are_served_over_tls_to_authorized_scrapers_only_and_the_service_monitor_matches() {
+    let objects = kustomize(&deploy().join("monitoring"));
+    let ds = &find(&objects, "DaemonSet").value;
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&"--metrics-auth=kubernetes"),
+        "HTTPS + TokenReview + SubjectAccessReview: {args:?}"
+    );
+    // Without certificate files the agent serves a self-signed one; with
+    // them, both must be given.
+    let cert = args.iter().any(|a| a.starts_with("--tls-cert-file"));
+    let key = args.iter().any(|a| a.starts_with("--tls-private-key-file"));
+    assert_eq!(cert, key, "certificate and key come together: {args:?}");
+
+    let sm = &find(&objects, "ServiceMonitor").value;
+    let ep = &sm["spec"]["endpoints"][0];
+    assert_eq!(ep["scheme"], "https", "the agents serve HTTPS: {ep}");
+    assert_eq!(
+        ep["bearerTokenFile"], "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "Prometheus sends its ServiceAccount token: {ep}"
+    );
+    if cert {
+        assert!(
+            ep["tlsConfig"]["ca"].is_object(),
+            "a served certificate from a CA is verified: {ep}"
+        );
+    } else {
+        assert_eq!(
+            ep["tlsConfig"]["insecureSkipVerify"], true,
+            "a self-signed certificate cannot be verified: {ep}"
+        );
+    }
+    let svc = &find(&objects, "Service").value;
+    assert_eq!(svc["spec"]["ports"][0]["appProtocol"], "https");
+    assert_eq!(
+        ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"],
+        "https"
+    );
+
+    // The agent may ask the API server about tokens: bound to the built-in
+    // system:auth-delegator (create tokenreviews, subjectaccessreviews).
+    let sa = find(&objects, "ServiceAccount");
+    let delegator = &find_named(&objects, "ClusterRoleBinding", "segwatch-auth-delegator").value;
+    assert_eq!(delegator["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(delegator["roleRef"]["name"], "system:auth-delegator");
+    assert_eq!(delegator["subjects"][0]["name"].as_str(), Some(sa.name()));
+    assert_eq!(delegator["subjects"][0]["namespace"], "segwatch");
+    // Scrapers get exactly `get /metrics`, nothing else.
+    let reader = &find_named(&objects, "ClusterRole", "segwatch-metrics-reader").value;
+    assert_eq!(
+        reader["rules"],
+        serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    let bound = &find_named(&objects, "ClusterRoleBinding", "segwatch-metrics-reader").value;
+    assert_eq!(bound["roleRef"]["name"], "segwatch-metrics-reader");
+    assert_eq!(bound["subjects"][0]["kind"], "ServiceAccount");
+    // The status writer: patch on the status subresource only.
+    let status = &find_named(&objects, "ClusterRole", "segwatch-policy-status").value;
+    assert_eq!(
+        status["rules"],
+        serde_json::json!([{"apiGroups": ["segwatch.dev"], "resources": ["segmentationpolicies/status"], "verbs": ["patch"]}])
+    );
+    let sb = &find_named(&objects, "ClusterRoleBinding", "segwatch-policy-status").value;
+    assert_eq!(sb["roleRef"]["name"], "segwatch-policy-status");
+    assert_eq!(sb["subjects"][0]["name"].as_str(), Some(sa.name()));
+}
+
+#[test]
+fn the_example_policy_lets_monitoring_reach_the_metrics_port_and_nothing_else_of_the_node() {
+    let docs = yaml_docs(&deploy().join("examples/baseline-policy.yaml"));
+    let host = &docs[0]["spec"]["hostAccess"]["allow"];
+    assert_eq!(
+        host,
+        &serde_json::json!([{
+            "name": "monitoring-scrapes-segwatch",
+            "from": {"namespace": "monitoring"},
+            "ports": ["9810/TCP"]
+        }]),
+        "only the monitoring namespace, only the metrics port"
+    );
+    assert_eq!(
+        docs[0]["spec"]["metadataApi"]["allow"],
+        serde_json::json!([])
     );
 }
 
@@ -541,10 +676,52 @@ fn posture_problems(ds: &Value) -> Vec<String> {
                 ));
             }
         }
-        for (kind, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        for (kind, path) in [
+            ("startupProbe", "/healthz"),
+            ("livenessProbe", "/healthz"),
+            ("readinessProbe", "/readyz"),
+        ] {
             if c[kind]["httpGet"]["path"] != path {
                 p.push(format!("{name}: {kind} must GET {path}"));
             }
+            // The probe port serves only the probes; /metrics stays behind
+            // its token. `host` would point the kubelet elsewhere (and the
+            // Pod Security baseline level forbids it since 1.34).
+            if c[kind]["httpGet"]["port"] != "probes" {
+                p.push(format!("{name}: {kind} must use the port named probes"));
+            }
+            if c[kind]["httpGet"].get("host").is_some() {
+                p.push(format!("{name}: {kind} must not set host"));
+            }
+        }
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        // hostNetwork puts /metrics on every node address, reachable from
+        // every pod: never without authentication.
+        if !args.contains(&"--metrics-auth=kubernetes") {
+            p.push(format!(
+                "{name}: /metrics must be authenticated (--metrics-auth=kubernetes)"
+            ));
+        }
+        let probe_port = c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "probes")
+            .and_then(|p| p["containerPort"].as_u64());
+        let probe_arg = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--probe-addr="))
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse::<u64>().ok());
+        if probe_port.is_none() || probe_port != probe_arg {
+            p.push(format!(
+                "{name}: the port named probes ({probe_port:?}) must be --probe-addr's ({probe_arg:?})"
+            ));
         }
         for (section, res) in [
             ("requests", "cpu"),
@@ -628,7 +805,19 @@ fn daemonset_security_posture() {
 fn posture_check_catches_weakened_daemonsets() {
     let objects = kustomize(&deploy());
     let good = find(&objects, "DaemonSet").value.clone();
-    let cases: [(&str, fn(&mut Value)); 8] = [
+    type Weaken = fn(&mut Value);
+    let cases: [(&str, Weaken); 10] = [
+        ("--metrics-auth=kubernetes", |d| {
+            let args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array_mut()
+                .expect("args");
+            args.retain(|a| a != "--metrics-auth=kubernetes");
+            args.push("--metrics-auth=none".into());
+        }),
+        ("port named probes", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] =
+                "metrics".into()
+        }),
         ("privileged", |d| {
             d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] =
                 true.into()
@@ -718,7 +907,7 @@ fn granted(role: &Value) -> BTreeSet<(String, String)> {
 #[test]
 fn clusterrole_is_read_only_and_never_grants_secrets() {
     let objects = kustomize(&deploy());
-    let grants = granted(&find(&objects, "ClusterRole").value);
+    let grants = granted(&find_named(&objects, "ClusterRole", "segwatch").value);
     for forbidden in [
         "secrets",
         "configmaps",
@@ -749,7 +938,7 @@ fn role_diff(grants: &BTreeSet<(String, String)>, watched: &[(&str, &str)]) -> R
 #[test]
 fn clusterrole_grants_exactly_what_the_index_watches() {
     let objects = kustomize(&deploy());
-    let grants = granted(&find(&objects, "ClusterRole").value);
+    let grants = granted(&find_named(&objects, "ClusterRole", "segwatch").value);
     let (missing, extra) = role_diff(&grants, segwatch::index::WATCHED_RESOURCES);
     assert!(
         missing.is_empty(),
@@ -1703,12 +1892,24 @@ fn the_agent_loads_and_attaches_with_exactly_the_daemonsets_privileges() {
         .iter()
         .map(|a| a.as_str().expect("string arg").to_string())
         .collect();
-    let port: u16 = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--metrics-addr="))
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("--metrics-addr=ADDR:PORT in the DaemonSet args");
+    let port_of = |flag: &str| -> u16 {
+        args.iter()
+            .find_map(|a| a.strip_prefix(flag))
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("{flag}ADDR:PORT in the DaemonSet args"))
+    };
+    let port = port_of("--metrics-addr=");
+    let probe_port = port_of("--probe-addr=");
+    // Reviewing scrapers' tokens needs an API server, which this test has
+    // not: /metrics is read without authentication here (the authenticated
+    // mode is tested in tests/tests/security.rs with a fake API server).
+    for a in args
+        .iter_mut()
+        .filter(|a| *a == "--metrics-auth=kubernetes")
+    {
+        *a = "--metrics-auth=none".into();
+    }
     let dir = scratch("confined");
     let inventory = dir.join("inventory.yaml");
     std::fs::write(
@@ -1729,9 +1930,36 @@ fn the_agent_loads_and_attaches_with_exactly_the_daemonsets_privileges() {
     ip_cmd(&["-n", &ns.0, "link", "set", "swd1", "up"]);
 
     // Negative control first: one capability less must fail, or the
-    // confinement would not be real.
+    // confinement would not be real. The DaemonSet's agent says why on
+    // /readyz (--load-failure-hold) before it exits with the reason.
     let fewer: Vec<&str> = caps.iter().copied().filter(|c| *c != "PERFMON").collect();
     let mut child = spawn_confined(&ns.0, &fewer, &args, &dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let why = loop {
+        if let Some((503, body)) = get_in(&ns.0, probe_port, "/readyz") {
+            if body.starts_with("cannot load") {
+                break body;
+            }
+        }
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            panic!(
+                "without CAP_PERFMON the agent must stay up and say why on /readyz, exited ({st}): {}",
+                std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load failure on /readyz within 30 s: {:?}",
+            get_in(&ns.0, probe_port, "/readyz")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        why.contains("missing capabilities CAP_PERFMON"),
+        "/readyz names the missing capability: {why}"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().expect("wait");
     let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
     assert!(
@@ -1749,7 +1977,7 @@ fn the_agent_loads_and_attaches_with_exactly_the_daemonsets_privileges() {
                 stderr()
             );
         }
-        if get_in(&ns.0, port, "/readyz").is_some_and(|(code, _)| code == 200) {
+        if get_in(&ns.0, probe_port, "/readyz").is_some_and(|(code, _)| code == 200) {
             break;
         }
         if std::time::Instant::now() > deadline {

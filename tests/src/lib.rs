@@ -302,6 +302,9 @@ pub struct Daemon {
     pub stderr_log: PathBuf,
     pub netns: String,
     pub metrics_port: u16,
+    /// `--probe-addr`'s port, when the args give one: /healthz and /readyz
+    /// are asked there.
+    pub probe_port: Option<u16>,
     _dir: TempDir,
 }
 
@@ -347,12 +350,19 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(File::create(&stderr_log).expect("stderr log"));
         let child = cmd.spawn().expect("spawn segwatch");
+        let probe_port = args
+            .iter()
+            .position(|a| *a == "--probe-addr")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok());
         let mut d = Daemon {
             child: Some(child),
             flow_log,
             stderr_log,
             netns: netns.to_string(),
             metrics_port: port,
+            probe_port,
             _dir: dir,
         };
         d.wait_ready();
@@ -385,10 +395,14 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
-    /// HTTP GET on the daemon's metrics address (inside its namespace).
+    /// HTTP GET on the daemon's metrics address (inside its namespace);
+    /// /healthz and /readyz on its probe address when it has one.
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
         let ns = Path::new("/var/run/netns").join(&self.netns);
-        let port = self.metrics_port;
+        let port = match self.probe_port {
+            Some(p) if path == "/healthz" || path == "/readyz" => p,
+            _ => self.metrics_port,
+        };
         let path = path.to_string();
         std::thread::spawn(move || -> std::io::Result<(u16, String)> {
             enter(&ns);
@@ -406,6 +420,39 @@ impl Daemon {
         })
         .join()
         .expect("http thread")
+    }
+
+    /// HTTPS GET of `path` on the metrics address with curl (inside the
+    /// daemon's namespace), with a bearer token if given and `tls` as
+    /// curl's certificate options (`-k`, `--cacert FILE`); (status, body).
+    /// Status 0: no HTTP answer (curl's error is the body).
+    pub fn https(&self, path: &str, token: Option<&str>, tls: &[&str]) -> (u16, String) {
+        let url = format!("https://127.0.0.1:{}{path}", self.metrics_port);
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.netns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+        ])
+        .args(tls)
+        .args(["-w", "\n%{http_code}"]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = cmd
+            .arg(&url)
+            .output()
+            .expect("curl (Debian curl, installed by `cargo xtask test`'s setup) must run");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        match code.trim().parse::<u16>() {
+            Ok(c) if c != 0 => (c, body.to_string()),
+            _ => (0, String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
     }
 
     pub fn metrics(&self) -> String {

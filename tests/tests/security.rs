@@ -8,6 +8,10 @@
 //! label values are never an IP address, a pod name or a ReplicaSet name
 //! (CONTRACT.md "Metrics": bounded sets only); and every flow log field is
 //! one of the header fields the contract lists.
+//!
+//! And who may read /metrics at all: with `--metrics-auth kubernetes` (the
+//! DaemonSet's mode) only HTTPS callers whose token the API server accepts
+//! and authorizes for `get /metrics`.
 
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
@@ -279,4 +283,163 @@ fn label_value_parser_sees_every_label() {
             ("c".to_string(), String::new()),
         ]
     );
+}
+
+/// The agent in the DaemonSet's mode, against a fake API server that knows
+/// two tokens: one of a user allowed `get /metrics`, one of a user who is
+/// not.
+fn auth_daemon(node: &Netns, api: &FakeApiServer, dir: &TempDir, tls: &[&str]) -> Daemon {
+    let kubeconfig = api.kubeconfig(&dir.0);
+    let inv = dir.0.join("inventory.json");
+    std::fs::write(
+        &inv,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}).to_string(),
+    )
+    .expect("write inventory");
+    let inv = inv.display().to_string();
+    let mut args = vec![
+        "--inventory",
+        &inv,
+        "--metrics-auth",
+        "kubernetes",
+        "--probe-addr",
+        "127.0.0.1:9811",
+    ];
+    args.extend_from_slice(tls);
+    Daemon::start_with_env(&node.name, &args, &[("KUBECONFIG", &kubeconfig)])
+}
+
+const PROMETHEUS: &str = "system:serviceaccount:monitoring:prometheus-k8s";
+const WEB: &str = "system:serviceaccount:shop:web";
+
+fn reviews() -> segwatch::testing::Reviews {
+    segwatch::testing::Reviews {
+        tokens: [
+            ("token-prometheus".to_string(), PROMETHEUS.to_string()),
+            ("token-web".to_string(), WEB.to_string()),
+        ]
+        .into(),
+        allowed: [PROMETHEUS.to_string()].into(),
+    }
+}
+
+#[test]
+fn metrics_need_https_and_a_token_allowed_to_get_them() {
+    require_root();
+    let node = Netns::new(format!("swh-auth-{}", unique_tag()));
+    let api = fake_api_server(&node, 0, Vec::new());
+    api.set_reviews(reviews());
+    let dir = TempDir::new("metrics-auth");
+    let daemon = auth_daemon(&node, &api, &dir, &[]);
+    let k = ["-k"];
+
+    let (code, body) = daemon.https("/metrics", None, &k);
+    assert_eq!(code, 401, "no token: {body}");
+    let (code, body) = daemon.https("/metrics", Some("not-a-token"), &k);
+    assert_eq!(code, 401, "a token the TokenReview rejects: {body}");
+    let (code, body) = daemon.https("/metrics", Some("token-web"), &k);
+    assert_eq!(
+        code, 403,
+        "authenticated, but the SubjectAccessReview denies get /metrics: {body}"
+    );
+    assert!(
+        !body.contains("segwatch_"),
+        "no metrics in a refusal: {body}"
+    );
+    let (code, body) = daemon.https("/metrics", Some("token-prometheus"), &k);
+    assert_eq!(code, 200, "allowed: {body}");
+    assert!(
+        body.contains("segwatch_build_info{version="),
+        "the metrics themselves: {body}"
+    );
+    // Plain HTTP on the metrics port gets no metrics, whatever the token.
+    let plain = daemon.get("/metrics");
+    assert!(
+        !matches!(&plain, Ok((200, b)) if b.contains("segwatch_")),
+        "plain HTTP must not serve the metrics: {plain:?}"
+    );
+    // The certificate is self-signed: a verifying client refuses it.
+    let (code, err) = daemon.https("/metrics", Some("token-prometheus"), &[]);
+    assert_eq!(
+        code, 0,
+        "a self-signed certificate cannot be verified: {err}"
+    );
+    // The kubelet's probes: plain, on their own port, no token.
+    assert_eq!(
+        daemon.get("/readyz").expect("readyz"),
+        (200, "ready\n".into())
+    );
+    assert_eq!(
+        daemon.get("/healthz").expect("healthz"),
+        (200, "ok\n".into())
+    );
+    // The reviews went to the API server: one TokenReview per distinct
+    // token (3), one SubjectAccessReview per authenticated user (2); the
+    // decisions are cached.
+    for _ in 0..3 {
+        assert_eq!(
+            daemon.https("/metrics", Some("token-prometheus"), &k).0,
+            200
+        );
+    }
+    let count = |what: &str| {
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with("POST ") && r.contains(what))
+            .count()
+    };
+    assert_eq!(
+        (count("tokenreviews"), count("subjectaccessreviews")),
+        (3, 2),
+        "{:?}",
+        api.requests()
+    );
+}
+
+#[test]
+fn a_mounted_certificate_from_a_ca_is_served_and_verifies() {
+    require_root();
+    let node = Netns::new(format!("swh-tls-{}", unique_tag()));
+    let api = fake_api_server(&node, 0, Vec::new());
+    api.set_reviews(reviews());
+    let dir = TempDir::new("metrics-tls");
+    // A CA and a serving certificate it signs, as cert-manager would put
+    // into a kubernetes.io/tls Secret.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Distinct names: a leaf whose subject equals its issuer reads as
+    // self-signed to a verifier.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "segwatch test CA");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "segwatch node-1");
+    let leaf = leaf.signed_by(&key, &ca).expect("signed");
+    let (ca_pem, crt, tls_key) = (
+        dir.0.join("ca.crt"),
+        dir.0.join("tls.crt"),
+        dir.0.join("tls.key"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).expect("write");
+    std::fs::write(&crt, leaf.pem()).expect("write");
+    std::fs::write(&tls_key, key.serialize_pem()).expect("write");
+    let (crt_s, key_s, ca_s) = (
+        crt.display().to_string(),
+        tls_key.display().to_string(),
+        ca_pem.display().to_string(),
+    );
+    let daemon = auth_daemon(
+        &node,
+        &api,
+        &dir,
+        &["--tls-cert-file", &crt_s, "--tls-private-key-file", &key_s],
+    );
+    let (code, body) = daemon.https("/metrics", Some("token-prometheus"), &["--cacert", &ca_s]);
+    assert_eq!(code, 200, "verified against the CA and allowed: {body}");
+    let (code, _) = daemon.https("/metrics", None, &["--cacert", &ca_s]);
+    assert_eq!(code, 401, "still no metrics without a token");
 }

@@ -315,7 +315,18 @@ fn bench(root: &Path, quick: bool, args: &[String]) -> Result<()> {
         cmd.arg("--quick");
     }
     cmd.args(args);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    step("cluster index at scale (results in target/bench/index.md)");
+    let mut index = Command::new(root.join("target/release/segwatch-index-bench"));
+    index
+        .current_dir(root)
+        .arg("--out")
+        .arg(root.join("target/bench"));
+    if quick {
+        // 500 nodes' worth: the same code paths in seconds.
+        index.args(["--nodes", "500"]);
+    }
+    run(&mut index)
 }
 
 fn soak(root: &Path, minutes: f64) -> Result<()> {

@@ -39,6 +39,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("python3-venv", "venv for the Python checkers"),
     (
+        "curl",
+        "HTTPS scrapes with bearer tokens in the authenticated-metrics test",
+    ),
+    (
         "chromium",
         "headless rendering check of the audit HTML report",
     ),

@@ -23,9 +23,34 @@ pub struct Args {
     /// SegmentationPolicy documents (repeatable).
     #[arg(long = "policy", value_name = "PATH")]
     pub policy: Vec<PathBuf>,
-    /// Address for /metrics, /healthz and /readyz.
+    /// Address for /metrics (and /healthz, /readyz unless --probe-addr or
+    /// --metrics-auth kubernetes moves them).
     #[arg(long, default_value = "0.0.0.0:9810", value_name = "ADDR")]
     pub metrics_addr: SocketAddr,
+    /// Who may read /metrics. `kubernetes`: HTTPS, and the caller's bearer
+    /// token must pass a TokenReview and a SubjectAccessReview for `get` on
+    /// the non-resource URL /metrics (needs API access). `none`: anyone who
+    /// can reach the address (a lab, a loopback address).
+    #[arg(long, value_enum, default_value = "none", value_name = "MODE")]
+    pub metrics_auth: MetricsAuth,
+    /// Serving certificate for /metrics (PEM, leaf first), re-read when it
+    /// changes; with --tls-private-key-file. Without them, --metrics-auth
+    /// kubernetes makes a self-signed one at start.
+    #[arg(long, value_name = "PATH", requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Address for /healthz and /readyz, plain HTTP (for the kubelet's
+    /// probes). Default with --metrics-auth kubernetes: 0.0.0.0:9811;
+    /// otherwise they are served on --metrics-addr.
+    #[arg(long, value_name = "ADDR")]
+    pub probe_addr: Option<SocketAddr>,
+    /// When the eBPF programs cannot be loaded, keep answering /readyz with
+    /// the reason for this long before exiting with it (seconds; 0: exit at
+    /// once).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub load_failure_hold: u64,
     /// Where flow reports go, one JSON object per line; `-` is stdout.
     #[arg(long, default_value = "-", value_name = "PATH|-")]
     pub flow_log: String,
@@ -89,6 +114,19 @@ fn parse_selector(s: &str) -> anyhow::Result<Option<crate::index::Labels>> {
     Ok(Some(out))
 }
 
+/// `--metrics-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsAuth {
+    /// TokenReview + SubjectAccessReview (`get` on /metrics), over HTTPS.
+    Kubernetes,
+    /// No authentication.
+    None,
+}
+
+/// Port of the probe listener when --metrics-auth kubernetes moves the
+/// probes off the metrics address.
+pub const DEFAULT_PROBE_ADDR: &str = "0.0.0.0:9811";
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
     const NS: u64 = 1_000_000_000;
@@ -118,9 +156,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let agent_selector = parse_selector(&args.agent_selector)?;
     let node_name = args.node_name.clone().or_else(hostname);
+    let auth = args.metrics_auth == MetricsAuth::Kubernetes;
+    let probe_addr = match args.probe_addr {
+        Some(a) => Some(a),
+        None if auth => Some(
+            DEFAULT_PROBE_ADDR
+                .parse()
+                .context("default probe address")?,
+        ),
+        None => None,
+    };
+    if probe_addr == Some(args.metrics_addr) && args.metrics_addr.port() != 0 {
+        anyhow::bail!(
+            "--probe-addr {}: the same address as --metrics-addr",
+            args.metrics_addr
+        );
+    }
+    let cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(crate::daemon::tls::CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        // A bearer token must never travel in the clear.
+        _ if auth => Some(crate::daemon::tls::CertSource::SelfSigned {
+            names: self_signed_names(node_name.as_deref(), &args.node_ip),
+        }),
+        _ => None,
+    };
+    let tls = cert
+        .as_ref()
+        .map(crate::daemon::tls::server_config)
+        .transpose()?;
     let cfg = crate::daemon::Config {
         interfaces: args.interfaces,
-        metrics_addr: args.metrics_addr,
+        http: crate::daemon::http::Endpoints {
+            metrics_addr: args.metrics_addr,
+            probe_addr,
+            tls,
+            // Set below, inside the runtime (the client needs it).
+            auth: None,
+        },
+        load_failure_hold: std::time::Duration::from_secs(args.load_failure_hold),
         flow_log: args.flow_log,
         node_name,
         sweep_interval: std::time::Duration::from_millis(args.sweep_interval_ms),
@@ -149,7 +225,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let mut cfg = cfg;
     rt.block_on(async move {
+        if auth {
+            let kube = kube::Config::infer().await.context(
+                "--metrics-auth kubernetes: no Kubernetes API access (in-cluster config or KUBECONFIG) \
+                 to review tokens with",
+            )?;
+            let client = kube::Client::try_from(kube)
+                .context("--metrics-auth kubernetes: configuring the API client")?;
+            cfg.http.auth = Some(std::sync::Arc::new(crate::daemon::auth::Reviewer::new(client)));
+        }
         let sources = if inventory.is_empty() && kube::Config::infer().await.is_err() {
             // A plain Linux host (or a test): still useful, with honest
             // attribution: the node's own addresses, metadata, external.
@@ -165,6 +251,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 metrics: metrics.clone(),
                 poll_interval: std::time::Duration::from_secs(2),
                 api_grace: std::time::Duration::from_secs(5),
+                status_spread: std::time::Duration::from_secs(10),
             })
             .await?
         };
@@ -215,6 +302,20 @@ async fn refresh_host_addresses(index: crate::judge::SharedIndex) {
             idx.set_host_addresses(addrs);
         }
     }
+}
+
+/// Subject alternative names of the self-signed certificate: the node's
+/// name, its --node-ip addresses and loopback (scrapers cannot verify it
+/// anyway; the names only make it readable).
+fn self_signed_names(node: Option<&str>, ips: &[IpAddr]) -> Vec<String> {
+    let mut names: Vec<String> = node
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+    names.extend(ips.iter().map(IpAddr::to_string));
+    names
 }
 
 fn hostname() -> Option<String> {

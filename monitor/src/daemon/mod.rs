@@ -9,7 +9,9 @@
 //!  SIGTERM/SIGINT ─► final sweep (flush) ─► detach everything ─► exit 0
 //! ```
 
+pub mod auth;
 pub mod http;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -33,7 +35,11 @@ use crate::report::FlowReport;
 /// Everything `segwatch run` needs, parsed and validated at the edge.
 pub struct Config {
     pub interfaces: Vec<String>,
-    pub metrics_addr: std::net::SocketAddr,
+    /// /metrics, /healthz, /readyz: addresses, TLS, authentication.
+    pub http: http::Endpoints,
+    /// After a failed program load, keep answering /readyz (503, with the
+    /// reason) this long before exiting with the error.
+    pub load_failure_hold: Duration,
     pub flow_log: String,
     pub node_name: Option<String>,
     pub sweep_interval: Duration,
@@ -462,6 +468,30 @@ async fn read_events(
     }
 }
 
+/// Keeps the listeners up for `hold` (or until SIGTERM/SIGINT) after a
+/// failed load, so that the reason is on /readyz, not only in the log.
+async fn hold_after_load_failure(hold: Duration, e: &anyhow::Error) {
+    if hold.is_zero() {
+        return;
+    }
+    tracing::error!(
+        error = %format!("{e:#}"),
+        hold_secs = hold.as_secs(),
+        "cannot load the eBPF programs; /readyz says so until exiting"
+    );
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(hold) => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. `metrics` is shared with the
 /// cluster sources (their error counters live in the same registry).
 pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result<()> {
@@ -473,13 +503,20 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
     }
     let mut log = FlowLog::open(&cfg.flow_log)?;
     log.flush().ok();
-    let mut dp = Datapath::load(cfg.max_flows, cfg.attach_mode)?;
+    // Listening before the load: a slow or failing load shows on /readyz.
+    let health = Arc::new(http::Health::default());
+    let server = http::serve(cfg.http.clone(), metrics.clone(), health.clone()).await?;
+    let mut dp = match Datapath::load(cfg.max_flows, cfg.attach_mode) {
+        Ok(dp) => dp,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            health.set_load_failed(&format!("{e:#}"));
+            hold_after_load_failure(cfg.load_failure_hold, &e).await;
+            return Err(e);
+        }
+    };
     tracing::info!(mode = ?dp.mode(), max_flows = dp.max_flows(), "programs loaded");
     metrics.flow_table_capacity.set(i64::from(dp.max_flows()));
-    let health = Arc::new(http::Health::default());
-    let server = http::serve(cfg.metrics_addr, metrics.clone(), health.clone())
-        .await
-        .with_context(|| format!("--metrics-addr {}: cannot listen", cfg.metrics_addr))?;
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<FlowEvent>(65_536);
     let rb = dp.take_events().context("ring buffer already taken")?;

@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
     shortname = "segpol",
     derive = "PartialEq",
     derive = "Default",
+    status = "SegmentationPolicyStatus",
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "Whitelist of allowed traffic between namespaces, to nodes, to the cloud metadata API and to the outside; segwatch flags everything else as a violation."
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -53,6 +56,18 @@ pub struct SegmentationPolicySpec {
     /// outside traffic is not judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<External>,
+}
+
+/// What the segwatch agents report about the policy (written by them, never
+/// read for judging).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentationPolicyStatus {
+    /// `Accepted`: `True` while this version is valid and in force; `False`
+    /// (reason `Invalid`, the problem with its field path as the message)
+    /// when it is not; the previous valid version then stays in force.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

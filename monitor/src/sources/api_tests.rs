@@ -47,6 +47,7 @@ async fn a_lost_api_server_degrades_the_sources_keeps_the_index_and_recovers() {
             metrics: metrics.clone(),
             poll_interval: Duration::from_secs(2),
             api_grace: grace,
+            status_spread: Duration::ZERO,
         },
         kube,
     )
