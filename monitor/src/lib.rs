@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cmd;
 pub mod daemon;
 pub mod datapath;
+pub mod export;
 pub mod flows;
 pub mod index;
 pub mod inventory;

@@ -43,6 +43,10 @@ pub struct Metrics {
     /// watches or `inventory` files) is current, 0 while the index runs on
     /// the last good state.
     pub source_up: IntGaugeVec,
+    /// `segwatch_export_records_total{exporter,result}`: flow reports handed
+    /// to an exporter, by how they ended (`sent`, `queue_full`, `failed`,
+    /// `shutdown`).
+    pub export_records: IntCounterVec,
 }
 
 /// Names of the loss stages in `segwatch_events_lost_total{stage}`.
@@ -60,6 +64,11 @@ pub mod stage {
     /// New-flow events dropped because the daemon fell behind (the flows are
     /// still reported at the next sweep, only not announced at once).
     pub const EVENT_QUEUE_FULL: &str = "event_queue_full";
+    /// Flow reports the OTLP exporter could not deliver (queue over its
+    /// memory budget, retries given up, or left at shutdown).
+    pub const EXPORT_OTLP: &str = "export_otlp";
+    /// The same for the IPFIX exporter.
+    pub const EXPORT_IPFIX: &str = "export_ipfix";
 }
 
 impl Metrics {
@@ -118,6 +127,11 @@ impl Metrics {
             "segwatch_packets_total",
             "Packets the kernel programs ran on, by result.",
             &["result"],
+        );
+        let export_records = counter_vec(
+            "segwatch_export_records_total",
+            "Flow reports handed to an exporter, by exporter and result (sent, or lost: queue_full, failed, shutdown).",
+            &["exporter", "result"],
         );
         let inventory_errors = counter_vec(
             "segwatch_inventory_errors_total",
@@ -193,6 +207,8 @@ impl Metrics {
             stage::IPV6_EXT_LIMIT,
             stage::FLOW_LOG_WRITE,
             stage::EVENT_QUEUE_FULL,
+            stage::EXPORT_OTLP,
+            stage::EXPORT_IPFIX,
         ] {
             events_lost.with_label_values(&[s]);
         }
@@ -213,6 +229,7 @@ impl Metrics {
             new_flows,
             inventory_errors,
             source_up,
+            export_records,
         }
     }
 

@@ -142,15 +142,23 @@ impl Topo {
     /// the node side .1 / ::1. `offload` false turns TSO/GSO/GRO off on
     /// both veth ends, so every skb is one wire packet (what tshark counts).
     pub fn new(n: usize, offload: bool) -> Self {
+        Self::with_prefix("sw", n, offload)
+    }
+
+    /// [`Topo::new`] with every namespace and interface name starting with
+    /// `prefix` (at most 4 bytes: interface names are at most 15), so that
+    /// test suites run side by side can tell their objects apart.
+    pub fn with_prefix(prefix: &str, n: usize, offload: bool) -> Self {
         require_root();
-        let tag = unique_tag();
-        let node = Netns::new(format!("sw-node-{tag}"));
+        assert!(prefix.len() <= 4, "prefix {prefix:?} longer than 4 bytes");
+        let tag = format!("{}{}", &prefix[2.min(prefix.len())..], unique_tag());
+        let node = Netns::new(format!("{prefix}-node-{tag}"));
         for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
             sh_in(&node.name, &["sysctl", "-q", "-w", key]);
         }
         let mut pods = Vec::new();
         for i in 0..n {
-            let ns = Netns::new(format!("sw-pod-{tag}-{i}"));
+            let ns = Netns::new(format!("{prefix}-pod-{tag}-{i}"));
             let host_if = format!("sw{tag}p{i}");
             let tmp = format!("sw{tag}t{i}");
             sh_in(

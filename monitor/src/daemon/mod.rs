@@ -5,6 +5,8 @@
 //!  netlink links ──► attach / detach ──► segwatch_interfaces_attached
 //!  ring buffer ────► new connection (judged at once, for fast alerts)
 //!  every sweep ────► snapshot ─► Tracker ─► FlowReport ─► judge ─► flow log + metrics
+//!                                                               └─► exporters (queued, never awaited)
+//!  SIGHUP ─────────► reopen the flow log (logrotate)
 //!                    counters ─► segwatch_events_lost_total, segwatch_packets_total
 //!  SIGTERM/SIGINT ─► final sweep (flush) ─► detach everything ─► exit 0
 //! ```
@@ -40,6 +42,30 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub max_flows: u32,
     pub attach_mode: crate::datapath::AttachMode,
+    pub flow_log_filter: FlowLogFilter,
+    pub export: crate::export::ExportConfig,
+}
+
+/// Which reports the flow log keeps (`--flow-log-filter`); exporters and
+/// metrics see every report either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowLogFilter {
+    /// Every report.
+    #[default]
+    All,
+    /// Only reports whose verdict is `violation`.
+    Violations,
+}
+
+impl FlowLogFilter {
+    pub fn keeps(self, report: &FlowReport) -> bool {
+        match self {
+            FlowLogFilter::All => true,
+            FlowLogFilter::Violations => {
+                report.verdict == Some(crate::report::Verdict::Violation)
+            }
+        }
+    }
 }
 
 /// Judges a flow report in place (attribution, verdict, violations) and
@@ -93,7 +119,7 @@ impl Judge for NoJudge {
 /// Where flow reports go.
 enum FlowLog {
     Stdout(std::io::BufWriter<std::io::Stdout>),
-    File(std::io::BufWriter<std::fs::File>),
+    File(std::io::BufWriter<std::fs::File>, String),
 }
 
 impl FlowLog {
@@ -106,14 +132,25 @@ impl FlowLog {
             .append(true)
             .open(spec)
             .with_context(|| format!("--flow-log {spec}: cannot open for appending"))?;
-        Ok(FlowLog::File(std::io::BufWriter::new(f)))
+        Ok(FlowLog::File(std::io::BufWriter::new(f), spec.to_string()))
+    }
+
+    /// Opens the path again (SIGHUP after logrotate moved the file away);
+    /// on failure the old file stays in use and the error is returned.
+    fn reopen(&mut self) -> Result<()> {
+        if let FlowLog::File(w, spec) = self {
+            w.flush().ok();
+            let spec = spec.clone();
+            *self = FlowLog::open(&spec)?;
+        }
+        Ok(())
     }
 
     fn write(&mut self, report: &FlowReport) -> std::io::Result<()> {
         let line = serde_json::to_string(report).map_err(std::io::Error::other)?;
         let w: &mut dyn std::io::Write = match self {
             FlowLog::Stdout(w) => w,
-            FlowLog::File(w) => w,
+            FlowLog::File(w, _) => w,
         };
         w.write_all(line.as_bytes())?;
         w.write_all(b"\n")
@@ -122,7 +159,7 @@ impl FlowLog {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             FlowLog::Stdout(w) => w.flush(),
-            FlowLog::File(w) => w.flush(),
+            FlowLog::File(w, _) => w.flush(),
         }
     }
 }
@@ -166,6 +203,8 @@ struct Daemon {
     judge: Box<dyn Judge>,
     tracker: Tracker,
     log: FlowLog,
+    log_filter: FlowLogFilter,
+    exporters: crate::export::Exporters,
     observer: Option<String>,
     /// ifindex → name of every interface we attached to (kept after it goes,
     /// for the reports of its last flows).
@@ -293,6 +332,10 @@ impl Daemon {
             if raw.ended {
                 self.announced.remove(&ck);
             }
+            self.exporters.offer(&report);
+            if !self.log_filter.keeps(&report) {
+                continue;
+            }
             if let Err(e) = self.log.write(&report) {
                 self.metrics
                     .events_lost
@@ -398,6 +441,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
     }
     let mut log = FlowLog::open(&cfg.flow_log)?;
     log.flush().ok();
+    let exporters = crate::export::Exporters::start(&cfg.export, &metrics).await?;
     let mut dp = Datapath::load(cfg.max_flows, cfg.attach_mode)?;
     tracing::info!(mode = ?dp.mode(), max_flows = dp.max_flows(), "programs loaded");
     metrics.flow_table_capacity.set(i64::from(dp.max_flows()));
@@ -421,6 +465,8 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
         judge,
         tracker: Tracker::new(cfg.timeouts),
         log,
+        log_filter: cfg.flow_log_filter,
+        exporters,
         observer: cfg.node_name.clone(),
         names: HashMap::new(),
         announced: HashSet::new(),
@@ -432,6 +478,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut tick = tokio::time::interval(cfg.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut links_done = false;
@@ -458,6 +505,10 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
                     None => daemon.health.clear_degraded(http::Component::ClusterSources),
                 }
             }
+            _ = sighup.recv() => match daemon.log.reopen() {
+                Ok(()) => tracing::info!(path = %cfg.flow_log, "flow log reopened"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot reopen the flow log; still writing the old file"),
+            },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -469,6 +520,9 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
     }
     daemon.sweep(true)?;
     daemon.dp.detach_all();
+    // The datapath is released first; then the exporters get their grace
+    // period to deliver the last reports (what is left is counted lost).
+    std::mem::take(&mut daemon.exporters).shutdown().await;
     daemon.metrics.interfaces_attached.set(0);
     ev_task.abort();
     link_task.abort();
