@@ -445,7 +445,7 @@ impl IpfixSink {
         socket.connect(addr).await.map_err(io)?;
         Ok(IpfixSink {
             socket,
-            encoder: Encoder::new(1),
+            encoder: Encoder::new(domain),
         })
     }
 }

@@ -22,6 +22,7 @@ use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider 
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, SdkLogRecord, SdkLoggerProvider};
+use rustls_pki_types::pem::PemObject as _;
 
 use super::ExportError;
 use crate::report::{Endpoint, FlowReport, Verdict};
@@ -236,7 +237,6 @@ fn http_client(
     let builder = builder.with_root_certificates(roots);
     let tls = match (&cfg.client_cert, &cfg.client_key) {
         (Some(c), Some(k)) => {
-            use rustls_pki_types::pem::PemObject as _;
             let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&read_pem(
                 "--otlp-client-cert",
                 c,
