@@ -620,7 +620,7 @@ fn ipfix_nfdump_reads_the_flow_logs_counts_and_a_second_decoder_the_k8s_elements
             names
                 .iter()
                 .map(|(id, name)| EnterpriseFieldDef::new(32473, *id, *name, FieldDataType::String))
-                .collect(),
+                .collect::<Vec<_>>(),
         )
         .build()
         .expect("parser");

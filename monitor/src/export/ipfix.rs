@@ -24,9 +24,19 @@ use crate::report::{Endpoint, FlowReport, TcpState};
 /// registered number only changes this constant and the README.
 pub const PEN: u32 = 32473;
 
-/// Template ids (data sets use ids ≥ 256, RFC 7011 §3.4.1).
-pub const TEMPLATE_V4: u16 = 256;
-pub const TEMPLATE_V6: u16 = 257;
+/// Template ids (data sets use ids ≥ 256, RFC 7011 §3.4.1): one template
+/// per IP version and set of enterprise elements present. An element a
+/// report does not have is left out of the record (never sent as an empty
+/// or made-up value): id = 256 + 2048 × (IPv6) + bitmask of the enterprise
+/// elements present, in [`ENTERPRISE_FIELDS`] order.
+pub const TEMPLATE_BASE: u16 = 256;
+const TEMPLATE_V6_BIT: u16 = 2048;
+
+/// The template id of records of this IP version with these enterprise
+/// elements present.
+pub fn template_id(v6: bool, mask: u16) -> u16 {
+    TEMPLATE_BASE + if v6 { TEMPLATE_V6_BIT } else { 0 } + (mask & 0x7ff)
+}
 
 /// Largest message we build: below a 1500-byte MTU after IP and UDP headers,
 /// as RFC 7011 §10.3.3 asks of UDP exporters (a message with one record
@@ -128,25 +138,38 @@ const ENTERPRISE_FIELDS: [u16; 11] = [
     pen_ie::VIOLATION_KINDS,
 ];
 
-/// The template set (set id 2) with both templates.
-pub fn template_set() -> Vec<u8> {
-    let mut set = Vec::with_capacity(256);
-    put16(&mut set, 2);
-    put16(&mut set, 0); // length, patched below
-    for (id, v6) in [(TEMPLATE_V4, false), (TEMPLATE_V6, true)] {
-        let std = standard_fields(v6);
-        put16(&mut set, id);
-        put16(&mut set, (std.len() + ENTERPRISE_FIELDS.len()) as u16);
-        for (ie, len) in std {
-            put16(&mut set, ie);
-            put16(&mut set, len);
-        }
-        for ie in ENTERPRISE_FIELDS {
-            // Enterprise bit (RFC 7011 §3.2) and the PEN after the length.
-            put16(&mut set, 0x8000 | ie);
-            put16(&mut set, VARLEN);
-            set.extend_from_slice(&PEN.to_be_bytes());
-        }
+/// One template record (RFC 7011 §3.4.1) for template id `tid`.
+pub fn template_record(tid: u16) -> Vec<u8> {
+    let v6 = tid >= TEMPLATE_BASE + TEMPLATE_V6_BIT;
+    let mask = (tid - TEMPLATE_BASE) & 0x7ff;
+    let std = standard_fields(v6);
+    let ent = ENTERPRISE_FIELDS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, ie)| *ie)
+        .collect::<Vec<_>>();
+    let mut t = Vec::with_capacity(4 + std.len() * 4 + ent.len() * 8);
+    put16(&mut t, tid);
+    put16(&mut t, (std.len() + ent.len()) as u16);
+    for (ie, len) in std {
+        put16(&mut t, ie);
+        put16(&mut t, len);
+    }
+    for ie in ent {
+        // Enterprise bit (RFC 7011 §3.2) and the PEN after the length.
+        put16(&mut t, 0x8000 | ie);
+        put16(&mut t, VARLEN);
+        t.extend_from_slice(&PEN.to_be_bytes());
+    }
+    t
+}
+
+/// A template set (set id 2) with the given templates.
+pub fn template_set(tids: &[u16]) -> Vec<u8> {
+    let mut set = vec![0, 2, 0, 0];
+    for &tid in tids {
+        set.extend_from_slice(&template_record(tid));
     }
     let len = set.len() as u16;
     set[2..4].copy_from_slice(&len.to_be_bytes());
@@ -158,7 +181,8 @@ fn put16(b: &mut Vec<u8>, v: u16) {
 }
 
 /// A variable-length string (RFC 7011 §7): one length byte below 255, else
-/// 255 and two length bytes. Longer strings are cut at a character boundary
+/// 255 and two length bytes. Only non-empty strings are encoded (an absent
+/// value leaves the element out of the template). Longer strings are cut at a character boundary
 /// (Kubernetes names are at most 253 bytes; this only guards the encoding).
 fn put_varlen(b: &mut Vec<u8>, s: &str) {
     let mut end = s.len().min(usize::from(u16::MAX) - 1);
@@ -244,7 +268,6 @@ fn put_addr(b: &mut Vec<u8>, ip: IpAddr, v6: bool) {
 /// opener's direction first.
 pub fn data_records(r: &FlowReport) -> Vec<(u16, Vec<u8>)> {
     let v6 = r.ip_version == 6;
-    let template = if v6 { TEMPLATE_V6 } else { TEMPLATE_V4 };
     let mut out = Vec::with_capacity(2);
     let kinds = r
         .violations
@@ -280,8 +303,11 @@ pub fn data_records(r: &FlowReport) -> Vec<(u16, Vec<u8>)> {
         put16(&mut b, icmp);
         b.push(direction);
         b.push(end_reason(r));
-        let s = |o: &Option<std::sync::Arc<str>>| o.as_deref().unwrap_or("").to_string();
-        for v in [
+        fn s(o: &Option<std::sync::Arc<str>>) -> &str {
+            o.as_deref().unwrap_or("")
+        }
+        // In ENTERPRISE_FIELDS order.
+        let values: [&str; 11] = [
             s(&from.namespace),
             s(&from.pod),
             s(&from.workload),
@@ -291,22 +317,39 @@ pub fn data_records(r: &FlowReport) -> Vec<(u16, Vec<u8>)> {
             s(&to.workload),
             s(&to.service_account),
             s(&to.service),
-            verdict(r).to_string(),
-            kinds.clone(),
-        ] {
-            put_varlen(&mut b, &v);
+            verdict(r),
+            &kinds,
+        ];
+        let mut mask = 0u16;
+        for (i, v) in values.iter().enumerate() {
+            if !v.is_empty() {
+                mask |= 1 << i;
+                put_varlen(&mut b, v);
+            }
         }
-        out.push((template, b));
+        out.push((template_id(v6, mask), b));
     }
     out
 }
 
-/// Builds IPFIX messages: header, templates when due, data sets.
+/// Builds IPFIX messages: header, the templates the collector has not been
+/// sent yet, data sets.
 pub struct Encoder {
     domain: u32,
     /// Data records sent so far (RFC 7011 §3.1 sequence number, mod 2^32).
     sequence: u32,
-    templates_sent: Option<Instant>,
+    /// Templates sent since the last refresh.
+    announced: std::collections::BTreeSet<u16>,
+    refreshed: Option<Instant>,
+}
+
+/// One message being filled.
+#[derive(Default)]
+struct Draft {
+    templates: Vec<u16>,
+    records: Vec<(u16, Vec<u8>)>,
+    size: usize,
+    reports: usize,
 }
 
 impl Encoder {
@@ -314,88 +357,97 @@ impl Encoder {
         Encoder {
             domain,
             sequence: 0,
-            templates_sent: None,
+            announced: Default::default(),
+            refreshed: None,
         }
     }
 
-    /// Forget that templates were sent (after a send error the collector
-    /// may have restarted without them).
+    /// Send every template again with its next use (after a send error:
+    /// the collector may have restarted without them).
     pub fn resend_templates(&mut self) {
-        self.templates_sent = None;
-    }
-
-    fn templates_due(&self, now: Instant) -> bool {
-        self.templates_sent
-            .is_none_or(|t| now.duration_since(t) >= TEMPLATE_INTERVAL)
+        self.announced.clear();
     }
 
     /// Encodes `reports` into messages of at most [`MAX_MESSAGE`] bytes
-    /// (unless one record alone is larger). Returns each message with the
-    /// number of reports whose records it completes, so a sender knows how
-    /// many reports were delivered when a later message fails. The
-    /// sequence numbers advance as if every message is sent.
+    /// (unless one report alone is larger). Each template goes out before
+    /// its first data record, and again on first use after every
+    /// [`TEMPLATE_INTERVAL`]. Returns each message with the number of
+    /// reports whose records it completes, so a sender knows how many were
+    /// delivered when a later message fails. The sequence numbers advance
+    /// as if every message is sent.
     pub fn encode(
         &mut self,
         reports: &[std::sync::Arc<FlowReport>],
         now: Instant,
         export_time: u32,
     ) -> Vec<(Vec<u8>, usize)> {
+        if self
+            .refreshed
+            .is_none_or(|t| now.duration_since(t) >= TEMPLATE_INTERVAL)
+        {
+            self.announced.clear();
+            self.refreshed = Some(now);
+        }
         let mut out = Vec::new();
-        let mut msg = Vec::new();
-        let mut records_in_msg = 0u32;
-        let mut reports_in_msg = 0usize;
-        let mut set_start: Option<(usize, u16)> = None;
-        let start_msg = |enc: &mut Encoder, msg: &mut Vec<u8>| {
-            msg.clear();
-            msg.extend_from_slice(&[0; 16]);
-            if enc.templates_due(now) {
-                msg.extend_from_slice(&template_set());
-                enc.templates_sent = Some(now);
-            }
-        };
-        let close_set = |msg: &mut Vec<u8>, set_start: &mut Option<(usize, u16)>| {
-            if let Some((at, _)) = set_start.take() {
-                let len = (msg.len() - at) as u16;
-                msg[at + 2..at + 4].copy_from_slice(&len.to_be_bytes());
-            }
-        };
-        start_msg(self, &mut msg);
+        let mut draft = Draft::default();
         for r in reports {
             let recs = data_records(r);
-            let size: usize = recs.iter().map(|(_, b)| b.len() + 4).sum();
-            if records_in_msg > 0 && msg.len() + size > MAX_MESSAGE {
-                close_set(&mut msg, &mut set_start);
-                out.push(self.finish(&mut msg, records_in_msg, export_time, reports_in_msg));
-                records_in_msg = 0;
-                reports_in_msg = 0;
-                start_msg(self, &mut msg);
+            let new = recs
+                .iter()
+                .map(|(t, _)| *t)
+                .filter(|t| !self.announced.contains(t) && !draft.templates.contains(t))
+                .collect::<std::collections::BTreeSet<_>>();
+            let size = recs.iter().map(|(_, b)| b.len() + 4).sum::<usize>()
+                + new
+                    .iter()
+                    .map(|t| template_record(*t).len() + 4)
+                    .sum::<usize>();
+            if draft.reports > 0 && 16 + draft.size + size > MAX_MESSAGE {
+                out.push(self.finish(std::mem::take(&mut draft), export_time));
             }
-            for (tid, rec) in recs {
-                if set_start.is_none_or(|(_, t)| t != tid) {
-                    close_set(&mut msg, &mut set_start);
-                    set_start = Some((msg.len(), tid));
-                    put16(&mut msg, tid);
-                    put16(&mut msg, 0);
+            // A template announced in a finished message needs no resend.
+            for t in new {
+                if !self.announced.contains(&t) && !draft.templates.contains(&t) {
+                    draft.templates.push(t);
                 }
-                msg.extend_from_slice(&rec);
-                records_in_msg += 1;
             }
-            reports_in_msg += 1;
+            draft.size += size;
+            draft.records.extend(recs);
+            draft.reports += 1;
         }
-        if records_in_msg > 0 {
-            close_set(&mut msg, &mut set_start);
-            out.push(self.finish(&mut msg, records_in_msg, export_time, reports_in_msg));
+        if draft.reports > 0 {
+            out.push(self.finish(draft, export_time));
         }
         out
     }
 
-    fn finish(
-        &mut self,
-        msg: &mut Vec<u8>,
-        records: u32,
-        export_time: u32,
-        reports: usize,
-    ) -> (Vec<u8>, usize) {
+    fn finish(&mut self, draft: Draft, export_time: u32) -> (Vec<u8>, usize) {
+        let mut msg = vec![0u8; 16];
+        if !draft.templates.is_empty() {
+            msg.extend_from_slice(&template_set(&draft.templates));
+            self.announced.extend(draft.templates.iter().copied());
+        }
+        // Consecutive records of one template share a data set.
+        let mut set_start: Option<(usize, u16)> = None;
+        let close = |msg: &mut Vec<u8>, at: usize| {
+            let len = (msg.len() - at) as u16;
+            msg[at + 2..at + 4].copy_from_slice(&len.to_be_bytes());
+        };
+        let records = draft.records.len() as u32;
+        for (tid, rec) in draft.records {
+            if set_start.is_none_or(|(_, t)| t != tid) {
+                if let Some((at, _)) = set_start {
+                    close(&mut msg, at);
+                }
+                set_start = Some((msg.len(), tid));
+                put16(&mut msg, tid);
+                put16(&mut msg, 0);
+            }
+            msg.extend_from_slice(&rec);
+        }
+        if let Some((at, _)) = set_start {
+            close(&mut msg, at);
+        }
         let len = msg.len() as u16;
         msg[0..2].copy_from_slice(&10u16.to_be_bytes());
         msg[2..4].copy_from_slice(&len.to_be_bytes());
@@ -404,7 +456,7 @@ impl Encoder {
         msg[8..12].copy_from_slice(&self.sequence.to_be_bytes());
         msg[12..16].copy_from_slice(&self.domain.to_be_bytes());
         self.sequence = self.sequence.wrapping_add(records);
-        (std::mem::take(msg), reports)
+        (msg, draft.reports)
     }
 }
 
@@ -515,17 +567,23 @@ mod tests {
     }
 
     #[test]
-    fn template_set_declares_every_field_with_the_pen() {
-        let t = template_set();
-        assert_eq!(&t[0..2], &[0, 2], "template set id 2");
-        assert_eq!(usize::from(u16::from_be_bytes([t[2], t[3]])), t.len());
-        assert_eq!(u16::from_be_bytes([t[4], t[5]]), TEMPLATE_V4);
-        assert_eq!(u16::from_be_bytes([t[6], t[7]]), 24, "13 standard + 11 enterprise");
-        // v4 template: 4 + 13*4 + 11*8 bytes; then the v6 one, same size.
-        assert_eq!(t.len(), 4 + 2 * (4 + 13 * 4 + 11 * 8));
-        let first_pen = 8 + 13 * 4;
+    fn a_template_declares_the_standard_fields_and_the_present_enterprise_ones() {
+        let tid = template_id(false, 0b101);
+        assert_eq!(tid, 256 + 5);
+        assert_eq!(template_id(true, 0b101), 256 + 2048 + 5);
+        let t = template_record(tid);
+        assert_eq!(u16::from_be_bytes([t[0], t[1]]), tid);
+        assert_eq!(u16::from_be_bytes([t[2], t[3]]), 15, "13 standard + 2 enterprise");
+        assert_eq!(t.len(), 4 + 13 * 4 + 2 * 8);
+        let first_pen = 4 + 13 * 4;
         assert_eq!(&t[first_pen..first_pen + 4], &[0x80, 1, 0xff, 0xff]);
         assert_eq!(&t[first_pen + 4..first_pen + 8], &PEN.to_be_bytes());
+        assert_eq!(&t[first_pen + 8..first_pen + 12], &[0x80, 3, 0xff, 0xff]);
+        let v6 = template_record(template_id(true, 0));
+        assert_eq!(&v6[4 + 4 * 4..4 + 5 * 4], &[0, 27, 0, 16], "sourceIPv6Address");
+        let set = template_set(&[tid, tid + 1]);
+        assert_eq!(&set[0..2], &[0, 2], "template set id 2");
+        assert_eq!(usize::from(u16::from_be_bytes([set[2], set[3]])), set.len());
     }
 
     #[test]
@@ -533,7 +591,7 @@ mod tests {
         let recs = data_records(&report());
         assert_eq!(recs.len(), 2, "responder sent packets: two records");
         let (tid, fwd) = &recs[0];
-        assert_eq!(*tid, TEMPLATE_V4);
+        assert_eq!(*tid, 256 + 0b111_0001_0011, "src ns+pod, dst ns+service, verdict, kinds");
         assert_eq!(&fwd[0..8], &1_700_000_000_005u64.to_be_bytes(), "start ms");
         assert_eq!(&fwd[16..24], &1432u64.to_be_bytes());
         assert_eq!(&fwd[24..32], &12u64.to_be_bytes());
@@ -544,32 +602,38 @@ mod tests {
         assert_eq!(&fwd[45..47], &[0, 0x13], "FIN|SYN|ACK");
         assert_eq!(fwd[49], 1, "initiator");
         assert_eq!(fwd[50], 3, "end of flow detected");
-        assert_eq!(&fwd[51..56], b"\x04shop");
-        let rev = &recs[1].1;
+        assert_eq!(
+            &fwd[51..],
+            b"\x04shop\x05web-0\x03api\x0bapi/backend\x09violation\x0fcross_namespace"
+        );
+        let (rtid, rev) = &recs[1];
+        assert_eq!(*rtid, 256 + 0b110_0011_0001, "the responder's view");
         assert_eq!(&rev[16..24], &88123u64.to_be_bytes());
         assert_eq!(&rev[24..32], &10u64.to_be_bytes());
         assert_eq!(&rev[32..36], &[10, 2, 0, 7], "responder is the source");
         assert_eq!(rev[49], 2, "reverseInitiator");
-        assert_eq!(&rev[51..55], b"\x03api", "its namespace first");
-        assert!(
-            rev.ends_with(b"\x09violation\x0fcross_namespace"),
-            "verdict and kinds close the record"
+        assert_eq!(
+            &rev[51..],
+            b"\x03api\x04shop\x05web-0\x09violation\x0fcross_namespace"
         );
     }
 
     #[test]
-    fn a_one_way_flow_is_one_record_and_v6_uses_the_v6_template() {
+    fn a_one_way_unjudged_flow_is_one_record_and_v6_uses_a_v6_template() {
         let mut r = report();
         r.packets.received = 0;
         r.bytes.received = 0;
         r.ip_version = 6;
+        r.verdict = None;
+        r.violations.clear();
         r.src.ip = "fd00::1".parse().expect("ip");
         r.dst.ip = "fd00::2".parse().expect("ip");
         let recs = data_records(&r);
         assert_eq!(recs.len(), 1);
-        assert_eq!(recs[0].0, TEMPLATE_V6);
+        assert_eq!(recs[0].0, 256 + 2048 + 0b11_0001_0011);
         assert_eq!(recs[0].1[32 + 15], 1);
         assert_eq!(recs[0].1[48 + 15], 2);
+        assert!(recs[0].1.ends_with(b"\x08unjudged"), "never allowed by default");
     }
 
     /// Every data record an independent decoder (`netflow_parser`) finds in
@@ -583,7 +647,7 @@ mod tests {
             .register_enterprise_fields(
                 (1..=11)
                     .map(|id| EnterpriseFieldDef::new(PEN, id, "segwatch", FieldDataType::String))
-                    .collect(),
+                    .collect::<Vec<_>>(),
             )
             .build()
             .expect("parser");
@@ -702,11 +766,15 @@ mod tests {
             assert_eq!(u32::from_be_bytes([m[8], m[9], m[10], m[11]]), seq);
             assert_eq!(&m[12..16], &7u32.to_be_bytes());
             let has_templates = m[16..18] == [0, 2];
-            assert_eq!(has_templates, i == 0, "templates only in the first");
+            assert_eq!(has_templates, i == 0, "templates once, before their data");
             seq += 2 * *n as u32;
         }
         let later = enc.encode(&reports[..1], t0 + Duration::from_secs(1), 0);
         assert_ne!(&later[0].0[16..18], &[0, 2], "not due yet");
+        let mut other = report();
+        other.src.pod = None;
+        let new_shape = enc.encode(&[Arc::new(other)], t0 + Duration::from_secs(1), 0);
+        assert_eq!(&new_shape[0].0[16..18], &[0, 2], "a new template goes first");
         let due = enc.encode(&reports[..1], t0 + TEMPLATE_INTERVAL, 0);
         assert_eq!(&due[0].0[16..18], &[0, 2], "re-sent on the timer");
         enc.resend_templates();
