@@ -224,9 +224,8 @@ fn otlp_receiver(netns: &Netns, grpc: bool, port: u16) -> Arc<Mutex<Received>> {
                             let g = g.clone();
                             async move {
                                 use prost::Message as _;
-                                let gzip = headers
-                                    .get("content-encoding")
-                                    .is_some_and(|v| v == "gzip");
+                                let gzip =
+                                    headers.get("content-encoding").is_some_and(|v| v == "gzip");
                                 let raw = if gzip {
                                     use std::io::Read as _;
                                     let mut out = Vec::new();
@@ -340,14 +339,20 @@ fn otlp_roundtrip(grpc: bool) {
     want.sort();
     have.sort();
     assert_eq!(
-        have, want,
+        have,
+        want,
         "the receiver got every flow report once ({} reports)",
         reports.len()
     );
     for (res, _, _) in &got.records {
         assert_eq!(
             res.keys().cloned().collect::<Vec<_>>(),
-            ["k8s.cluster.name", "k8s.node.name", "service.name", "service.version"],
+            [
+                "k8s.cluster.name",
+                "k8s.node.name",
+                "service.name",
+                "service.version"
+            ],
             "resource attributes name the agent only: {res:?}"
         );
         assert_eq!(res["service.name"], "segwatch");
@@ -378,7 +383,10 @@ fn otlp_roundtrip(grpc: bool) {
         ("segwatch.verdict", json!("violation")),
         ("segwatch.violation.kinds", json!("cross_namespace")),
         ("segwatch.packets.sent", bad["packets"]["sent"].clone()),
-        ("segwatch.packets.received", bad["packets"]["received"].clone()),
+        (
+            "segwatch.packets.received",
+            bad["packets"]["received"].clone(),
+        ),
         ("segwatch.bytes.sent", bad["bytes"]["sent"].clone()),
         ("segwatch.bytes.received", bad["bytes"]["received"].clone()),
         ("segwatch.tcp.state", bad["tcp"]["state"].clone()),
@@ -511,7 +519,17 @@ fn ipfix_nfdump_reads_the_flow_logs_counts_and_a_second_decoder_the_k8s_elements
     let node = &setup.topo.node;
     let capdir = TempDir::new("nfcapd");
     let nfcapd = Command::new("ip")
-        .args(["netns", "exec", &node.name, "nfcapd", "-b", "127.0.0.1", "-p", "4740", "-w"])
+        .args([
+            "netns",
+            "exec",
+            &node.name,
+            "nfcapd",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            "4740",
+            "-w",
+        ])
         .arg(&capdir.0)
         .args(["-t", "3600"])
         .stdout(Stdio::null())
@@ -566,14 +584,26 @@ fn ipfix_nfdump_reads_the_flow_logs_counts_and_a_second_decoder_the_k8s_elements
         let ip = |e: &Value| e["ip"].as_str().unwrap_or("").to_string();
         let port = |e: &Value| e["port"].as_u64().unwrap_or(0);
         *want
-            .entry((ip(&r["src"]), port(&r["src"]), ip(&r["dst"]), port(&r["dst"]), proto))
+            .entry((
+                ip(&r["src"]),
+                port(&r["src"]),
+                ip(&r["dst"]),
+                port(&r["dst"]),
+                proto,
+            ))
             .or_insert((0, 0)) = (
             r["packets"]["sent"].as_u64().unwrap_or(0),
             r["bytes"]["sent"].as_u64().unwrap_or(0),
         );
         if r["packets"]["received"].as_u64().unwrap_or(0) > 0 {
             want.insert(
-                (ip(&r["dst"]), port(&r["dst"]), ip(&r["src"]), port(&r["src"]), proto),
+                (
+                    ip(&r["dst"]),
+                    port(&r["dst"]),
+                    ip(&r["src"]),
+                    port(&r["src"]),
+                    proto,
+                ),
                 (
                     r["packets"]["received"].as_u64().unwrap_or(0),
                     r["bytes"]["received"].as_u64().unwrap_or(0),
@@ -601,7 +631,11 @@ fn ipfix_nfdump_reads_the_flow_logs_counts_and_a_second_decoder_the_k8s_elements
         .iter()
         .filter(|r| get(r, "IANA(DestinationTransportPort)") == "9090")
         .collect::<Vec<_>>();
-    assert_eq!(forbidden.len(), 1, "one record of web → api:9090: {records:#?}");
+    assert_eq!(
+        forbidden.len(),
+        1,
+        "one record of web → api:9090: {records:#?}"
+    );
     let f = forbidden[0];
     let bad = reports
         .iter()
@@ -620,7 +654,10 @@ fn ipfix_nfdump_reads_the_flow_logs_counts_and_a_second_decoder_the_k8s_elements
     ] {
         assert_eq!(get(f, &pen(id)), want, "enterprise element {id} in {f:#?}");
     }
-    assert_eq!(get(f, "IANA(PacketDeltaCount)"), bad["packets"]["sent"].to_string());
+    assert_eq!(
+        get(f, "IANA(PacketDeltaCount)"),
+        bad["packets"]["sent"].to_string()
+    );
     // The answers of the allowed connections: the responder is the source.
     let answers = records
         .iter()
@@ -718,4 +755,3 @@ fn parse_nfdump_json(text: &str) -> Vec<((String, u64, String, u64, u64), u64, u
         })
         .collect()
 }
-

@@ -142,20 +142,24 @@ impl ExportArgs {
                 || self.otlp_client_cert.is_some()
                 || self.otlp_client_key.is_some())
         {
-            anyhow::bail!("--otlp-header/--otlp-gzip/--otlp-ca-file/--otlp-client-*: need --otlp-endpoint");
+            anyhow::bail!(
+                "--otlp-header/--otlp-gzip/--otlp-ca-file/--otlp-client-*: need --otlp-endpoint"
+            );
         }
-        let otlp = self.otlp_endpoint.map(|endpoint| crate::export::otlp::OtlpConfig {
-            endpoint,
-            protocol: self.otlp_protocol,
-            headers: self.otlp_headers,
-            gzip: self.otlp_gzip,
-            ca_file: self.otlp_ca_file,
-            client_cert: self.otlp_client_cert,
-            client_key: self.otlp_client_key,
-            timeout: std::time::Duration::from_secs(self.otlp_timeout),
-            node_name,
-            cluster_name: self.cluster_name,
-        });
+        let otlp = self
+            .otlp_endpoint
+            .map(|endpoint| crate::export::otlp::OtlpConfig {
+                endpoint,
+                protocol: self.otlp_protocol,
+                headers: self.otlp_headers,
+                gzip: self.otlp_gzip,
+                ca_file: self.otlp_ca_file,
+                client_cert: self.otlp_client_cert,
+                client_key: self.otlp_client_key,
+                timeout: std::time::Duration::from_secs(self.otlp_timeout),
+                node_name,
+                cluster_name: self.cluster_name,
+            });
         Ok(crate::export::ExportConfig {
             otlp,
             ipfix: self.ipfix_collector,

@@ -61,9 +61,7 @@ impl FlowLogFilter {
     pub fn keeps(self, report: &FlowReport) -> bool {
         match self {
             FlowLogFilter::All => true,
-            FlowLogFilter::Violations => {
-                report.verdict == Some(crate::report::Verdict::Violation)
-            }
+            FlowLogFilter::Violations => report.verdict == Some(crate::report::Verdict::Violation),
         }
     }
 }

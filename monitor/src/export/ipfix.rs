@@ -275,9 +275,9 @@ pub fn data_records(r: &FlowReport) -> Vec<(u16, Vec<u8>)> {
         .map(|v| v.kind.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let icmp = r
-        .icmp
-        .map_or(0, |i| u16::from(i.icmp_type) << 8 | u16::from(i.code.unwrap_or(0)));
+    let icmp = r.icmp.map_or(0, |i| {
+        u16::from(i.icmp_type) << 8 | u16::from(i.code.unwrap_or(0))
+    });
     let dirs: [(&Endpoint, &Endpoint, u64, u64, u8); 2] = [
         (&r.src, &r.dst, r.bytes.sent, r.packets.sent, 1),
         (&r.dst, &r.src, r.bytes.received, r.packets.received, 2),
@@ -573,14 +573,22 @@ mod tests {
         assert_eq!(template_id(true, 0b101), 256 + 2048 + 5);
         let t = template_record(tid);
         assert_eq!(u16::from_be_bytes([t[0], t[1]]), tid);
-        assert_eq!(u16::from_be_bytes([t[2], t[3]]), 15, "13 standard + 2 enterprise");
+        assert_eq!(
+            u16::from_be_bytes([t[2], t[3]]),
+            15,
+            "13 standard + 2 enterprise"
+        );
         assert_eq!(t.len(), 4 + 13 * 4 + 2 * 8);
         let first_pen = 4 + 13 * 4;
         assert_eq!(&t[first_pen..first_pen + 4], &[0x80, 1, 0xff, 0xff]);
         assert_eq!(&t[first_pen + 4..first_pen + 8], &PEN.to_be_bytes());
         assert_eq!(&t[first_pen + 8..first_pen + 12], &[0x80, 3, 0xff, 0xff]);
         let v6 = template_record(template_id(true, 0));
-        assert_eq!(&v6[4 + 4 * 4..4 + 5 * 4], &[0, 27, 0, 16], "sourceIPv6Address");
+        assert_eq!(
+            &v6[4 + 4 * 4..4 + 5 * 4],
+            &[0, 27, 0, 16],
+            "sourceIPv6Address"
+        );
         let set = template_set(&[tid, tid + 1]);
         assert_eq!(&set[0..2], &[0, 2], "template set id 2");
         assert_eq!(usize::from(u16::from_be_bytes([set[2], set[3]])), set.len());
@@ -591,7 +599,11 @@ mod tests {
         let recs = data_records(&report());
         assert_eq!(recs.len(), 2, "responder sent packets: two records");
         let (tid, fwd) = &recs[0];
-        assert_eq!(*tid, 256 + 0b111_0001_0011, "src ns+pod, dst ns+service, verdict, kinds");
+        assert_eq!(
+            *tid,
+            256 + 0b111_0001_0011,
+            "src ns+pod, dst ns+service, verdict, kinds"
+        );
         assert_eq!(&fwd[0..8], &1_700_000_000_005u64.to_be_bytes(), "start ms");
         assert_eq!(&fwd[16..24], &1432u64.to_be_bytes());
         assert_eq!(&fwd[24..32], &12u64.to_be_bytes());
@@ -633,7 +645,10 @@ mod tests {
         assert_eq!(recs[0].0, 256 + 2048 + 0b11_0001_0011);
         assert_eq!(recs[0].1[32 + 15], 1);
         assert_eq!(recs[0].1[48 + 15], 2);
-        assert!(recs[0].1.ends_with(b"\x08unjudged"), "never allowed by default");
+        assert!(
+            recs[0].1.ends_with(b"\x08unjudged"),
+            "never allowed by default"
+        );
     }
 
     /// Every data record an independent decoder (`netflow_parser`) finds in
@@ -660,7 +675,9 @@ mod tests {
                     panic!("not IPFIX: {p:?}")
                 };
                 for fs in ipfix.flowsets {
-                    let FlowSetBody::Data(d) = fs.body else { continue };
+                    let FlowSetBody::Data(d) = fs.body else {
+                        continue;
+                    };
                     for rec in d.fields {
                         let mut m = std::collections::BTreeMap::new();
                         for (field, value) in rec {
@@ -715,7 +732,9 @@ mod tests {
         assert_eq!(recs.len(), 4, "two reports, two directions each");
         let fwd = &recs[0];
         let get = |m: &std::collections::BTreeMap<String, String>, k: &str| {
-            m.get(k).cloned().unwrap_or_else(|| panic!("{k} missing in {m:#?}"))
+            m.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("{k} missing in {m:#?}"))
         };
         assert_eq!(get(fwd, "IANA(SourceIpv4address)"), "10.1.0.5");
         assert_eq!(get(fwd, "IANA(DestinationTransportPort)"), "8080");
@@ -736,7 +755,11 @@ mod tests {
         assert_eq!(get(rev, &pen(pen_ie::DESTINATION_POD)), "web-0");
         let v6 = &recs[2];
         assert_eq!(get(v6, "IANA(SourceIpv6address)"), "fd00::1");
-        assert_eq!(get(v6, &pen(pen_ie::SOURCE_POD)).len(), 300, "3-byte length");
+        assert_eq!(
+            get(v6, &pen(pen_ie::SOURCE_POD)).len(),
+            300,
+            "3-byte length"
+        );
     }
 
     #[test]
@@ -774,7 +797,11 @@ mod tests {
         let mut other = report();
         other.src.pod = None;
         let new_shape = enc.encode(&[Arc::new(other)], t0 + Duration::from_secs(1), 0);
-        assert_eq!(&new_shape[0].0[16..18], &[0, 2], "a new template goes first");
+        assert_eq!(
+            &new_shape[0].0[16..18],
+            &[0, 2],
+            "a new template goes first"
+        );
         let due = enc.encode(&reports[..1], t0 + TEMPLATE_INTERVAL, 0);
         assert_eq!(&due[0].0[16..18], &[0, 2], "re-sent on the timer");
         enc.resend_templates();

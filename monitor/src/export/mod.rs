@@ -267,7 +267,10 @@ impl Exporters {
         }
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         for mut r in self.running {
-            if tokio::time::timeout_at(deadline, &mut r.task).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut r.task)
+                .await
+                .is_err()
+            {
                 r.task.abort();
                 let _ = (&mut r.task).await;
             }
@@ -344,7 +347,12 @@ mod tests {
         }
     }
 
-    async fn run(fail: usize, partial: usize, retry_ms: u64, reports: usize) -> (Metrics, usize, usize) {
+    async fn run(
+        fail: usize,
+        partial: usize,
+        retry_ms: u64,
+        reports: usize,
+    ) -> (Metrics, usize, usize) {
         let m = Metrics::new();
         let q = Arc::new(Queue::new(1 << 20));
         let attempts = Arc::new(AtomicUsize::new(0));
@@ -359,16 +367,29 @@ mod tests {
             q.push(Arc::new(FlowReport::default())).expect("room");
         }
         q.close();
-        run_worker(sink, q.clone(), Outcome::new("otlp", m.clone()), policy(retry_ms)).await;
+        run_worker(
+            sink,
+            q.clone(),
+            Outcome::new("otlp", m.clone()),
+            policy(retry_ms),
+        )
+        .await;
         assert_eq!(q.bytes(), 0, "every batch released");
-        (m, attempts.load(Ordering::SeqCst), delivered.load(Ordering::SeqCst))
+        (
+            m,
+            attempts.load(Ordering::SeqCst),
+            delivered.load(Ordering::SeqCst),
+        )
     }
 
     #[tokio::test]
     async fn retries_until_delivered_without_duplicates() {
         let (m, attempts, delivered) = run(3, 1, 60_000, 6).await;
         assert_eq!(value(&m, "sent"), 6);
-        assert_eq!(delivered, 6, "a partially delivered batch is not resent whole");
+        assert_eq!(
+            delivered, 6,
+            "a partially delivered batch is not resent whole"
+        );
         assert_eq!(attempts, 3 + 2, "3 failures, then one send per batch");
         assert_eq!(lost(&m), 0);
     }

@@ -135,8 +135,9 @@ impl OtlpSink {
             Protocol::Grpc => {
                 let mut md = tonic::metadata::MetadataMap::new();
                 for (k, v) in &cfg.headers {
-                    let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                        .map_err(|e| cfg_err("--otlp-header", k, e))?;
+                    let key =
+                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                            .map_err(|e| cfg_err("--otlp-header", k, e))?;
                     let val = v
                         .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
                         .map_err(|e| cfg_err("--otlp-header", k, e))?;
@@ -208,7 +209,12 @@ impl OtlpSink {
 fn http_client(
     cfg: &OtlpConfig,
     https: bool,
-) -> Result<opentelemetry_http::hyper::HyperClient<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>>, ExportError> {
+) -> Result<
+    opentelemetry_http::hyper::HyperClient<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    >,
+    ExportError,
+> {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -243,11 +249,9 @@ fn http_client(
             )?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| cfg_err("--otlp-client-cert", &c.display().to_string(), e))?;
-            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&read_pem(
-                "--otlp-client-key",
-                k,
-            )?)
-            .map_err(|e| cfg_err("--otlp-client-key", &k.display().to_string(), e))?;
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(&read_pem("--otlp-client-key", k)?)
+                    .map_err(|e| cfg_err("--otlp-client-key", &k.display().to_string(), e))?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| cfg_err("--otlp-client-cert", &c.display().to_string(), e))?
@@ -260,7 +264,9 @@ fn http_client(
         .enable_http1()
         .build();
     Ok(opentelemetry_http::hyper::HyperClient::new(
-        connector, cfg.timeout, None,
+        connector,
+        cfg.timeout,
+        None,
     ))
 }
 
@@ -481,10 +487,7 @@ impl super::Sink for OtlpSink {
 
     async fn send(&mut self, batch: &[Arc<FlowReport>]) -> Result<(), super::Partial> {
         let records = batch.iter().map(|r| self.record(r)).collect::<Vec<_>>();
-        let refs = records
-            .iter()
-            .map(|r| (r, &self.scope))
-            .collect::<Vec<_>>();
+        let refs = records.iter().map(|r| (r, &self.scope)).collect::<Vec<_>>();
         // One request per batch: it is delivered whole or not at all.
         self.exporter
             .export(LogBatch::new(&refs))
@@ -510,19 +513,40 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| format!("{v:?}"))
         };
-        assert_eq!(get("source.address").as_deref(), Some("String(Owned(\"10.1.0.5\"))"));
+        assert_eq!(
+            get("source.address").as_deref(),
+            Some("String(Owned(\"10.1.0.5\"))")
+        );
         assert_eq!(get("source.port").as_deref(), Some("Int(40312)"));
         assert_eq!(get("destination.port").as_deref(), Some("Int(8080)"));
-        assert_eq!(get("network.transport").as_deref(), Some("String(Owned(\"tcp\"))"));
-        assert_eq!(get("network.type").as_deref(), Some("String(Owned(\"ipv4\"))"));
-        assert_eq!(get("k8s.namespace.name").as_deref(), Some("String(Owned(\"shop\"))"));
-        assert_eq!(get("k8s.pod.name").as_deref(), Some("String(Owned(\"web-0\"))"));
+        assert_eq!(
+            get("network.transport").as_deref(),
+            Some("String(Owned(\"tcp\"))")
+        );
+        assert_eq!(
+            get("network.type").as_deref(),
+            Some("String(Owned(\"ipv4\"))")
+        );
+        assert_eq!(
+            get("k8s.namespace.name").as_deref(),
+            Some("String(Owned(\"shop\"))")
+        );
+        assert_eq!(
+            get("k8s.pod.name").as_deref(),
+            Some("String(Owned(\"web-0\"))")
+        );
         assert_eq!(
             get("segwatch.destination.service").as_deref(),
             Some("String(Owned(\"api/backend\"))")
         );
-        assert_eq!(get("segwatch.bytes.received").as_deref(), Some("Int(88123)"));
-        assert_eq!(get("segwatch.tcp.state").as_deref(), Some("String(Owned(\"closed\"))"));
+        assert_eq!(
+            get("segwatch.bytes.received").as_deref(),
+            Some("Int(88123)")
+        );
+        assert_eq!(
+            get("segwatch.tcp.state").as_deref(),
+            Some("String(Owned(\"closed\"))")
+        );
         assert_eq!(
             get("segwatch.violation.kinds").as_deref(),
             Some("String(Owned(\"cross_namespace\"))")
@@ -567,11 +591,19 @@ mod tests {
             cluster_name: Some("prod".into()),
         };
         let res = resource(&cfg);
-        let mut keys = res.iter().map(|(k, _)| k.as_str().to_string()).collect::<Vec<_>>();
+        let mut keys = res
+            .iter()
+            .map(|(k, _)| k.as_str().to_string())
+            .collect::<Vec<_>>();
         keys.sort();
         assert_eq!(
             keys,
-            ["k8s.cluster.name", "k8s.node.name", "service.name", "service.version"]
+            [
+                "k8s.cluster.name",
+                "k8s.node.name",
+                "service.name",
+                "service.version"
+            ]
         );
     }
 }

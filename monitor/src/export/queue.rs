@@ -47,10 +47,13 @@ pub fn estimated_size(r: &FlowReport) -> usize {
             .map_or(0, |t| t.flags.iter().map(|f| f.len() + 24).sum())
         + r.netpol.as_ref().map_or(0, |n| {
             (n.ingress.len() + n.egress.len()) * 16
-                + n.ingress.iter().chain(&n.egress).map(|s| s.len()).sum::<usize>()
+                + n.ingress
+                    .iter()
+                    .chain(&n.egress)
+                    .map(|s| s.len())
+                    .sum::<usize>()
         })
-        + r
-            .violations
+        + r.violations
             .iter()
             .map(|v| std::mem::size_of_val(v) + v.rule.len() + v.reason.len())
             .sum::<usize>()
