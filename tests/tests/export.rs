@@ -755,3 +755,77 @@ fn parse_nfdump_json(text: &str) -> Vec<((String, u64, String, u64, u64), u64, u
         })
         .collect()
 }
+
+// ------------------------------------------------ flow log filter, SIGHUP
+
+#[test]
+fn flow_log_filter_keeps_violations_and_sighup_reopens_the_file() {
+    let setup = Setup::new();
+    let mut d = setup.start(&["--flow-log-filter", "violations"]);
+    let (web, api) = (&setup.topo.pods[0], &setup.topo.pods[1]);
+    // Allowed (8080) and forbidden (9090) connections.
+    tcp_client(web, SocketAddr::new(api.ip4, 8080), 100);
+    let first_port = tcp_client(web, SocketAddr::new(api.ip4, 9090), 10);
+    let allowed_flows = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("segwatch_flows_total{") && l.contains("verdict=\"allowed\""))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    let first = wait_for(Duration::from_secs(20), || {
+        let r = d.reports();
+        let done = r.iter().any(|r| r["src"]["port"] == first_port);
+        (done && allowed_flows(&d.metrics()) >= 1.0).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("a violation report and an allowed flow: {}", d.stderr()));
+    assert!(
+        first.iter().all(|r| r["verdict"] == "violation"),
+        "only violations in the flow log: {first:#?}"
+    );
+    assert_eq!(
+        first.iter().filter(|r| r["dst"]["port"] == 9090).count(),
+        1,
+        "the forbidden connection once: {first:#?}"
+    );
+    // logrotate: move the file away, SIGHUP, new reports go to a new file.
+    let rotated = d.flow_log.with_extension("jsonl.1");
+    std::fs::rename(&d.flow_log, &rotated).expect("rotate");
+    let pid = d.child.as_ref().expect("running").id();
+    // SAFETY: kill(2) on our child (ip netns exec execs segwatch in place).
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let reopened = wait_for(Duration::from_secs(10), || {
+        d.flow_log.exists().then_some(())
+    });
+    assert!(
+        reopened.is_some(),
+        "SIGHUP reopens --flow-log: {}",
+        d.stderr()
+    );
+    let second_port = tcp_client(web, SocketAddr::new(api.ip4, 9090), 20);
+    let second = wait_for(Duration::from_secs(20), || {
+        let r = d.reports();
+        r.iter()
+            .any(|r| r["src"]["port"] == second_port)
+            .then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the new violation in the new file: {}", d.stderr()));
+    assert_eq!(d.stop(), 0, "clean exit: {}", d.stderr());
+    let second_all = d.reports();
+    assert!(second_all.len() >= second.len());
+    assert!(
+        second_all
+            .iter()
+            .all(|r| r["verdict"] == "violation" && r["dst"]["port"] == 9090),
+        "{second_all:#?}"
+    );
+    assert!(
+        second_all.iter().all(|r| r["src"]["port"] != first_port),
+        "the first connection is not in the new file"
+    );
+    let old = read_reports(&rotated);
+    assert!(
+        old.iter().all(|r| r["src"]["port"] != second_port),
+        "nothing after SIGHUP in the rotated file: {old:#?}"
+    );
+    assert_eq!(old.len(), first.len(), "the rotated file is unchanged");
+}

@@ -301,3 +301,50 @@ fn hostname() -> Option<String> {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        export: ExportArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<crate::export::ExportConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("segwatch").chain(args.iter().copied()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cli.export.config(Some("n1".into()))
+    }
+
+    #[test]
+    fn export_flags_parse_and_bad_ones_name_the_flag() {
+        let c = config(&[
+            "--otlp-endpoint",
+            "http://c:4317",
+            "--otlp-header",
+            "X-Scope-OrgID=team=a",
+            "--ipfix-collector",
+            "c:4739",
+            "--export-memory-budget",
+            "2",
+        ])
+        .expect("valid flags");
+        let o = c.otlp.expect("otlp on");
+        assert_eq!(
+            o.headers,
+            [("X-Scope-OrgID".to_string(), "team=a".to_string())]
+        );
+        assert_eq!(o.node_name.as_deref(), Some("n1"));
+        assert_eq!(c.memory_budget, 2 << 20);
+        assert_eq!(c.ipfix.as_deref(), Some("c:4739"));
+        let err = |a: &[&str]| format!("{:#}", config(a).expect_err("must fail"));
+        assert!(err(&["--otlp-header", "novalue"]).contains("--otlp-header"));
+        assert!(err(&["--otlp-header", "a b=1"]).contains("--otlp-header"));
+        assert!(err(&["--otlp-gzip"]).contains("need --otlp-endpoint"));
+        assert!(err(&["--export-memory-budget", "0"]).contains("--export-memory-budget"));
+        assert!(err(&["--otlp-protocol", "udp"]).contains("--otlp-protocol"));
+    }
+}
