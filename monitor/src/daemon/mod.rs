@@ -6,8 +6,8 @@
 //!  ring buffer ────► new connection (judged at once, for fast alerts)
 //!  every sweep ────► snapshot ─► Tracker ─► FlowReport ─► judge ─► flow log + metrics
 //!                                                               └─► exporters (queued, never awaited)
-//!  SIGHUP ─────────► reopen the flow log (logrotate)
 //!                    counters ─► segwatch_events_lost_total, segwatch_packets_total
+//!  SIGHUP ─────────► reopen the flow log (logrotate)
 //!  SIGTERM/SIGINT ─► final sweep (flush) ─► detach everything ─► exit 0
 //! ```
 
