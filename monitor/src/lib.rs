@@ -18,6 +18,7 @@ pub mod cmd;
 pub mod conntrack;
 pub mod daemon;
 pub mod datapath;
+pub mod export;
 pub mod flows;
 pub mod index;
 pub mod inventory;

@@ -69,6 +69,10 @@ pub struct Metrics {
     /// `segwatch_policy_errors_total{policy}`: invalid versions of
     /// SegmentationPolicies (by name; the previous valid version is kept).
     pub policy_errors: IntCounterVec,
+    /// `segwatch_export_records_total{exporter,result}`: flow reports handed
+    /// to an exporter, by how they ended (`sent`, `queue_full`, `failed`,
+    /// `shutdown`).
+    pub export_records: IntCounterVec,
 }
 
 /// Names of the loss stages in `segwatch_events_lost_total{stage}`.
@@ -93,6 +97,11 @@ pub mod stage {
     /// Packets that raced with such a hand-over on another CPU: counted, but
     /// possibly into the new connection instead of the old one.
     pub const TCP_HANDOVER_RACE: &str = "tcp_handover_race";
+    /// Flow reports the OTLP exporter could not deliver (queue over its
+    /// memory budget, retries given up, or left at shutdown).
+    pub const EXPORT_OTLP: &str = "export_otlp";
+    /// The same for the IPFIX exporter.
+    pub const EXPORT_IPFIX: &str = "export_ipfix";
 }
 
 impl Metrics {
@@ -156,6 +165,11 @@ impl Metrics {
             "segwatch_packets_total",
             "Packets the kernel programs ran on, by result.",
             &["result"],
+        );
+        let export_records = counter_vec(
+            "segwatch_export_records_total",
+            "Flow reports handed to an exporter, by exporter and result (sent, or lost: queue_full, failed, shutdown).",
+            &["exporter", "result"],
         );
         let inventory_errors = counter_vec(
             "segwatch_inventory_errors_total",
@@ -264,6 +278,8 @@ impl Metrics {
             stage::IPV6_EXT_LIMIT,
             stage::FLOW_LOG_WRITE,
             stage::EVENT_QUEUE_FULL,
+            stage::EXPORT_OTLP,
+            stage::EXPORT_IPFIX,
         ] {
             events_lost.with_label_values(&[s]);
         }
@@ -291,6 +307,7 @@ impl Metrics {
             flows_awaiting_identity,
             flows_identity_late,
             policy_errors,
+            export_records,
         }
     }
 

@@ -37,6 +37,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool for the alert rules, Prometheus for suggest",
     ),
+    (
+        "nfdump",
+        "nfcapd/nfdump: the real IPFIX collector the export test sends to",
+    ),
     ("python3-venv", "venv for the Python checkers"),
     (
         "curl",

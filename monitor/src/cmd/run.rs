@@ -92,6 +92,121 @@ pub struct Args {
     /// it is written as `unjudged` (seconds).
     #[arg(long, default_value_t = 15, value_name = "SECS")]
     pub identity_wait: u64,
+    /// Which reports the flow log keeps: `all`, or only `violations`.
+    /// Exporters and /metrics see every report either way.
+    #[arg(long, value_enum, default_value = "all", value_name = "WHICH")]
+    pub flow_log_filter: crate::daemon::FlowLogFilter,
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// Flow export (OTLP logs, IPFIX); see README "Flow export".
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Send one OpenTelemetry log record per flow report to this OTLP
+    /// endpoint: gRPC `http(s)://host:4317`, or with `--otlp-protocol http`
+    /// the logs URL `http(s)://host:4318/v1/logs`.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport.
+    #[arg(long, value_enum, default_value = "grpc", value_name = "PROTO")]
+    pub otlp_protocol: crate::export::otlp::Protocol,
+    /// Extra header (gRPC metadata) on every OTLP request, e.g.
+    /// `Authorization=Bearer ...` or `X-Scope-OrgID=team` (repeatable).
+    #[arg(long = "otlp-header", value_name = "K=V", value_parser = parse_header)]
+    pub otlp_headers: Vec<(String, String)>,
+    /// Compress OTLP requests with gzip.
+    #[arg(long)]
+    pub otlp_gzip: bool,
+    /// PEM CA bundle that signs the collector's certificate (https only;
+    /// default: the system roots).
+    #[arg(long, value_name = "PATH")]
+    pub otlp_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `--otlp-client-key`).
+    #[arg(long, value_name = "PATH")]
+    pub otlp_client_cert: Option<PathBuf>,
+    /// PEM private key of `--otlp-client-cert`.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_client_key: Option<PathBuf>,
+    /// Deadline of one OTLP request (seconds).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub otlp_timeout: u64,
+    /// Cluster name for the `k8s.cluster.name` resource attribute.
+    #[arg(long, env = "CLUSTER_NAME", value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Export flow records over UDP as IPFIX (RFC 7011) to this collector.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ipfix_collector: Option<String>,
+    /// Memory each exporter may hold for reports not yet delivered (MiB);
+    /// beyond it reports are dropped and counted, never written to disk.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub export_memory_budget: u64,
+    /// How long a batch is retried (with backoff) before it is given up and
+    /// counted lost (seconds).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub export_retry_timeout: u64,
+    /// How long the agent waits at shutdown for exports to drain (seconds).
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub export_shutdown_grace: u64,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not K=V"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("{s:?}: empty header name"));
+    }
+    http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("{k:?}: {e}"))?;
+    http::HeaderValue::from_str(v).map_err(|e| format!("value of {k:?}: {e}"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl ExportArgs {
+    fn config(self, node_name: Option<String>) -> anyhow::Result<crate::export::ExportConfig> {
+        if self.export_memory_budget == 0 {
+            anyhow::bail!("--export-memory-budget must be at least 1 (MiB)");
+        }
+        if self.otlp_timeout == 0 {
+            anyhow::bail!("--otlp-timeout must be at least 1 (seconds)");
+        }
+        if self.otlp_endpoint.is_none()
+            && (!self.otlp_headers.is_empty()
+                || self.otlp_gzip
+                || self.otlp_ca_file.is_some()
+                || self.otlp_client_cert.is_some()
+                || self.otlp_client_key.is_some())
+        {
+            anyhow::bail!(
+                "--otlp-header/--otlp-gzip/--otlp-ca-file/--otlp-client-*: need --otlp-endpoint"
+            );
+        }
+        let otlp = self
+            .otlp_endpoint
+            .map(|endpoint| crate::export::otlp::OtlpConfig {
+                endpoint,
+                protocol: self.otlp_protocol,
+                headers: self.otlp_headers,
+                gzip: self.otlp_gzip,
+                ca_file: self.otlp_ca_file,
+                client_cert: self.otlp_client_cert,
+                client_key: self.otlp_client_key,
+                timeout: std::time::Duration::from_secs(self.otlp_timeout),
+                node_name,
+                cluster_name: self.cluster_name,
+            });
+        Ok(crate::export::ExportConfig {
+            otlp,
+            ipfix: self.ipfix_collector,
+            memory_budget: usize::try_from(self.export_memory_budget.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            retry_timeout: std::time::Duration::from_secs(self.export_retry_timeout),
+            initial_backoff: std::time::Duration::from_millis(200),
+            max_backoff: std::time::Duration::from_secs(10),
+            shutdown_grace: std::time::Duration::from_secs(self.export_shutdown_grace),
+        })
+    }
 }
 
 /// `k=v,k2=v2` into labels; the error names the flag.
@@ -187,6 +302,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(crate::daemon::tls::server_config)
         .transpose()?;
+    let export = args.export.config(node_name.clone())?;
     let cfg = crate::daemon::Config {
         interfaces: args.interfaces,
         http: crate::daemon::http::Endpoints {
@@ -209,6 +325,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         max_flows: args.max_flows,
         attach_mode: args.attach_mode,
+        flow_log_filter: args.flow_log_filter,
+        export,
     };
     let metrics = crate::metrics::Metrics::new();
     let mut index_cfg = crate::sources::index_config(
@@ -327,4 +445,51 @@ fn hostname() -> Option<String> {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        export: ExportArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<crate::export::ExportConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("segwatch").chain(args.iter().copied()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cli.export.config(Some("n1".into()))
+    }
+
+    #[test]
+    fn export_flags_parse_and_bad_ones_name_the_flag() {
+        let c = config(&[
+            "--otlp-endpoint",
+            "http://c:4317",
+            "--otlp-header",
+            "X-Scope-OrgID=team=a",
+            "--ipfix-collector",
+            "c:4739",
+            "--export-memory-budget",
+            "2",
+        ])
+        .expect("valid flags");
+        let o = c.otlp.expect("otlp on");
+        assert_eq!(
+            o.headers,
+            [("X-Scope-OrgID".to_string(), "team=a".to_string())]
+        );
+        assert_eq!(o.node_name.as_deref(), Some("n1"));
+        assert_eq!(c.memory_budget, 2 << 20);
+        assert_eq!(c.ipfix.as_deref(), Some("c:4739"));
+        let err = |a: &[&str]| format!("{:#}", config(a).expect_err("must fail"));
+        assert!(err(&["--otlp-header", "novalue"]).contains("--otlp-header"));
+        assert!(err(&["--otlp-header", "a b=1"]).contains("--otlp-header"));
+        assert!(err(&["--otlp-gzip"]).contains("need --otlp-endpoint"));
+        assert!(err(&["--export-memory-budget", "0"]).contains("--export-memory-budget"));
+        assert!(err(&["--otlp-protocol", "udp"]).contains("--otlp-protocol"));
+    }
 }

@@ -5,7 +5,9 @@
 //!  netlink links ──► attach / detach ──► segwatch_interfaces_attached
 //!  ring buffer ────► new connection (judged at once, for fast alerts)
 //!  every sweep ────► snapshot ─► Tracker ─► FlowReport ─► judge ─► flow log + metrics
+//!                                                               └─► exporters (queued, never awaited)
 //!                    counters ─► segwatch_events_lost_total, segwatch_packets_total
+//!  SIGHUP ─────────► reopen the flow log (logrotate)
 //!  SIGTERM/SIGINT ─► final sweep (flush) ─► detach everything ─► exit 0
 //! ```
 
@@ -46,6 +48,28 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub max_flows: u32,
     pub attach_mode: crate::datapath::AttachMode,
+    pub flow_log_filter: FlowLogFilter,
+    pub export: crate::export::ExportConfig,
+}
+
+/// Which reports the flow log keeps (`--flow-log-filter`); exporters and
+/// metrics see every report either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowLogFilter {
+    /// Every report.
+    #[default]
+    All,
+    /// Only reports whose verdict is `violation`.
+    Violations,
+}
+
+impl FlowLogFilter {
+    pub fn keeps(self, report: &FlowReport) -> bool {
+        match self {
+            FlowLogFilter::All => true,
+            FlowLogFilter::Violations => report.verdict == Some(crate::report::Verdict::Violation),
+        }
+    }
 }
 
 /// Judges a flow report in place (attribution, verdict, violations) and
@@ -122,7 +146,7 @@ impl Judge for NoJudge {
 /// Where flow reports go.
 enum FlowLog {
     Stdout(std::io::BufWriter<std::io::Stdout>),
-    File(std::io::BufWriter<std::fs::File>),
+    File(std::io::BufWriter<std::fs::File>, String),
 }
 
 impl FlowLog {
@@ -135,14 +159,25 @@ impl FlowLog {
             .append(true)
             .open(spec)
             .with_context(|| format!("--flow-log {spec}: cannot open for appending"))?;
-        Ok(FlowLog::File(std::io::BufWriter::new(f)))
+        Ok(FlowLog::File(std::io::BufWriter::new(f), spec.to_string()))
+    }
+
+    /// Opens the path again (SIGHUP after logrotate moved the file away);
+    /// on failure the old file stays in use and the error is returned.
+    fn reopen(&mut self) -> Result<()> {
+        if let FlowLog::File(w, spec) = self {
+            w.flush().ok();
+            let spec = spec.clone();
+            *self = FlowLog::open(&spec)?;
+        }
+        Ok(())
     }
 
     fn write(&mut self, report: &FlowReport) -> std::io::Result<()> {
         let line = serde_json::to_string(report).map_err(std::io::Error::other)?;
         let w: &mut dyn std::io::Write = match self {
             FlowLog::Stdout(w) => w,
-            FlowLog::File(w) => w,
+            FlowLog::File(w, _) => w,
         };
         w.write_all(line.as_bytes())?;
         w.write_all(b"\n")
@@ -151,7 +186,7 @@ impl FlowLog {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             FlowLog::Stdout(w) => w.flush(),
-            FlowLog::File(w) => w.flush(),
+            FlowLog::File(w, _) => w.flush(),
         }
     }
 }
@@ -195,6 +230,8 @@ struct Daemon {
     judge: Box<dyn Judge>,
     tracker: Tracker,
     log: FlowLog,
+    log_filter: FlowLogFilter,
+    exporters: crate::export::Exporters,
     observer: Option<String>,
     /// ifindex → name of every interface we attached to (kept after it goes,
     /// for the reports of its last flows).
@@ -364,7 +401,13 @@ impl Daemon {
         Ok(())
     }
 
+    /// Hands a published report to the exporters and, unless the filter
+    /// leaves it out, to the flow log.
     fn write_report(&mut self, report: &FlowReport) {
+        self.exporters.offer(report);
+        if !self.log_filter.keeps(report) {
+            return;
+        }
         if let Err(e) = self.log.write(report) {
             self.metrics
                 .events_lost
@@ -506,6 +549,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
     // Listening before the load: a slow or failing load shows on /readyz.
     let health = Arc::new(http::Health::default());
     let server = http::serve(cfg.http.clone(), metrics.clone(), health.clone()).await?;
+    let exporters = crate::export::Exporters::start(&cfg.export, &metrics).await?;
     let mut dp = match Datapath::load(cfg.max_flows, cfg.attach_mode) {
         Ok(dp) => dp,
         Err(e) => {
@@ -533,6 +577,8 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
         judge,
         tracker: Tracker::new(cfg.timeouts),
         log,
+        log_filter: cfg.flow_log_filter,
+        exporters,
         observer: cfg.node_name.clone(),
         names: HashMap::new(),
         announced: HashSet::new(),
@@ -544,6 +590,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut tick = tokio::time::interval(cfg.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut links_done = false;
@@ -570,6 +617,10 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
                     None => daemon.health.clear_degraded(http::Component::ClusterSources),
                 }
             }
+            _ = sighup.recv() => match daemon.log.reopen() {
+                Ok(()) => tracing::info!(path = %cfg.flow_log, "flow log reopened"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot reopen the flow log; still writing the old file"),
+            },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -581,6 +632,9 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
     }
     daemon.sweep(true)?;
     daemon.dp.detach_all();
+    // The datapath is released first; then the exporters get their grace
+    // period to deliver the last reports (what is left is counted lost).
+    std::mem::take(&mut daemon.exporters).shutdown().await;
     daemon.metrics.interfaces_attached.set(0);
     ev_task.abort();
     link_task.abort();
