@@ -221,3 +221,119 @@ fn violations_are_counted_exactly_and_explained_in_the_flow_log() {
     );
     assert_eq!(lateral["src"]["pod"], "db-0", "{lateral}");
 }
+
+/// Issue #16: a connection established although an Admin-tier
+/// ClusterNetworkPolicy denies it (the CNI did not enforce it) is a
+/// `netpol_bypass` naming that policy, counted once; a connection the same
+/// policy does not select is not. The SegmentationPolicy allows both, so
+/// the bypass is the only violation.
+#[test]
+fn an_established_connection_an_admin_tier_deny_forbids_is_a_netpol_bypass() {
+    let topo = Topo::new(3, true);
+    let (web, api, spy) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    tcp_server(api, api.ip4, 8080, 10);
+    let dir = TempDir::new("verdicts-anp");
+    let ns = |name: &str, tenant: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
+               "labels": {"kubernetes.io/metadata.name": name, "tenant": tenant}}})
+    };
+    let inventory = json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            ns("shop", "a"), ns("api", "a"), ns("rival", "b"),
+            pod("shop", "web-0", "web", json!({"app": "web"}), web),
+            pod("api", "api-0", "api", json!({"app": "api"}), api),
+            pod("rival", "spy-0", "spy", json!({"app": "spy"}), spy),
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+             "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}},
+            {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+             "metadata": {"name": "tenant-isolation"},
+             "spec": {"tier": "Admin", "priority": 10,
+                      "subject": {"namespaces": {"matchLabels": {"tenant": "a"}}},
+                      "ingress": [{"name": "no-other-tenants", "action": "Deny",
+                                   "from": [{"namespaces": {"matchExpressions": [
+                                       {"key": "tenant", "operator": "NotIn", "values": ["a"]}]}}]}]}}
+        ]
+    });
+    let inv_path = dir.0.join("inventory.json");
+    std::fs::write(&inv_path, serde_json::to_vec_pretty(&inventory).unwrap()).unwrap();
+    let policy_path = dir.0.join("policy.yaml");
+    std::fs::write(
+        &policy_path,
+        "apiVersion: segwatch.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: open}\nspec:\n  crossNamespace:\n    allow:\n      - from: {namespace: \"*\"}\n        to: {namespace: api, ports: [\"8080/TCP\"]}\n",
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(
+        &topo.node.name,
+        &[
+            "--idle-timeout",
+            "2",
+            "--sweep-interval-ms",
+            "200",
+            "--inventory",
+            inv_path.to_str().unwrap(),
+            "--policy",
+            policy_path.to_str().unwrap(),
+            "--node-name",
+            "n1",
+            "--node-ip",
+            NODE_IP,
+        ],
+    );
+    // Same tenant: allowed by every layer. Other tenant: denied by the
+    // Admin tier, yet the handshake completes (nothing enforces it here).
+    tcp_client(web, SocketAddr::new(api.ip4, 8080), 100);
+    tcp_client(spy, SocketAddr::new(api.ip4, 8080), 100);
+    let got = wait_for(Duration::from_secs(10), || {
+        let m = daemon.metrics();
+        (violations(&m, "netpol_bypass") == 1.0).then_some(m)
+    });
+    let m = daemon.metrics();
+    assert!(
+        got.is_some(),
+        "exactly one netpol_bypass (spy → api) must be counted; /metrics:\n{}",
+        m.lines()
+            .filter(|l| l.starts_with("segwatch_violations_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        violations(&m, "cross_namespace"),
+        0.0,
+        "the SegmentationPolicy allows both connections"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(daemon.stop(), 0);
+    let reports = daemon.reports();
+    let from = |src: &Pod| -> &Value {
+        reports
+            .iter()
+            .find(|r| r["src"]["ip"] == src.ip4.to_string() && r["dst"]["port"] == 8080)
+            .unwrap_or_else(|| panic!("no report from {} to api:8080: {reports:#?}", src.ip4))
+    };
+    let ok = from(web);
+    assert_eq!(ok["verdict"], "allowed", "{ok}");
+    assert_eq!(ok["netpol"]["allowed"], true, "{ok}");
+    let bad = from(spy);
+    assert_eq!(
+        bad["tcp"]["state"], "closed",
+        "the handshake completed: {bad}"
+    );
+    assert_eq!(bad["verdict"], "violation", "{bad}");
+    assert_eq!(bad["netpol"]["allowed"], false, "{bad}");
+    let decided = &bad["netpol"]["decided_by"];
+    assert_eq!(decided["kind"], "ClusterNetworkPolicy", "{bad}");
+    assert_eq!(decided["name"], "tenant-isolation", "{bad}");
+    assert_eq!(decided["action"], "Deny", "{bad}");
+    let kinds: Vec<&str> = bad["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, ["netpol_bypass"], "{bad}");
+    assert_eq!(
+        bad["violations"][0]["rule"], "ClusterNetworkPolicy/tenant-isolation",
+        "{bad}"
+    );
+}
