@@ -36,6 +36,7 @@ fn world() -> &'static World {
             node_ips: vec!["192.168.0.1".parse().expect("literal")],
             static_policies: policies,
             pod_cidrs: vec!["10.0.0.0/8".parse().expect("literal")],
+            agent_selector: None,
         });
         index.reset(inv.objects.clone());
         index.refresh();

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         node_ips: vec!["192.168.0.1".parse().expect("literal")],
         static_policies: Vec::new(),
         pod_cidrs: Vec::new(),
+        agent_selector: None,
     });
     index.reset(inv.objects);
     index.refresh();

@@ -899,9 +899,16 @@ mod tests {
             .as_array()
             .expect("items")
             .iter()
-            .filter(|o| o["kind"] == "Pod")
+            .filter(|o| o["kind"] == "Pod" && o["spec"]["hostNetwork"] != true)
             .collect();
         assert_eq!(pods.len(), w.pods.len());
+        let agents = inv["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|o| o["metadata"]["labels"][AGENT_LABEL.0] == AGENT_LABEL.1)
+            .count();
+        assert_eq!(agents, 2, "one segwatch agent pod per lab node");
         for p in pods {
             let ips = p["status"]["podIPs"].as_array().expect("podIPs");
             assert_eq!(ips.len(), 2, "IPv4 and IPv6 on every pod: {p}");

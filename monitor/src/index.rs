@@ -561,6 +561,14 @@ impl ClusterIndex {
                 .iter()
                 .map(|(k, o)| (ns_key(k), rv(&o.metadata)))
                 .collect(),
+            ObjectKind::ClusterNetworkPolicy
+            | ObjectKind::AdminNetworkPolicy
+            | ObjectKind::BaselineAdminNetworkPolicy => self
+                .cluster_netpols
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, n), o)| (n.clone(), rv(o.metadata())))
+                .collect(),
             _ => self
                 .workloads
                 .iter()

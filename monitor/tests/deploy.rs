@@ -215,7 +215,11 @@ fn manifest_files() -> Vec<PathBuf> {
     files.insert(deploy().join("probe").join("job.yaml"));
     for e in std::fs::read_dir(deploy().join("examples")).expect("deploy/examples") {
         let p = e.expect("dir entry").path();
-        if p.extension().is_some_and(|x| x == "yaml") {
+        // Kubernetes objects only: the examples also hold configuration of
+        // other programs (the OpenTelemetry Collector's), which has no kind.
+        if p.extension().is_some_and(|x| x == "yaml")
+            && yaml_docs(&p).iter().all(|d| d.get("kind").is_some())
+        {
             files.insert(p);
         }
     }
@@ -996,6 +1000,11 @@ fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
         &m.packets,
         &m.inventory_errors,
         &m.source_up,
+        &m.probe_flows,
+        &m.flows_not_reported,
+        &m.flows_identity_late,
+        &m.policy_errors,
+        &m.export_records,
     ];
     for c in vectors {
         for d in c.desc() {
