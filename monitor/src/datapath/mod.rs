@@ -38,7 +38,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mo
 pub enum DatapathError {
     #[error("missing capabilities {missing}: run as root or grant them (the DaemonSet adds BPF, NET_ADMIN, PERFMON)")]
     MissingCapabilities { missing: String },
-    #[error("cannot load the eBPF programs (kernel {kernel}; segwatch needs BTF and kernel ≥ 5.8 for ring buffers)")]
+    #[error("cannot load the eBPF programs (kernel {kernel}; segwatch needs BTF and kernel ≥ 5.12 for BPF atomics and ring buffers)")]
     Load {
         kernel: String,
         #[source]
