@@ -5,7 +5,7 @@
 //! ```text
 //!  segpolicy::SegmentationPolicy ──CustomResourceExt::crd()──► YAML ──► stdout
 //!                                                                  └─► deploy/base/crd.yaml
-//!                                                                      (monitor/tests/deploy.rs
+//!                                                                      (monitor/tests/deploy/crd.rs
 //!                                                                       compares byte for byte)
 //! ```
 
@@ -29,7 +29,7 @@ const HEADER: &str = "\
 # The SegmentationPolicy CustomResourceDefinition (segwatch.dev/v1alpha1),
 # generated from the Rust type by `segwatch crd`. Do not edit by hand:
 # regenerate with `cargo run -p monitor -- crd > deploy/base/crd.yaml`
-# (monitor/tests/deploy.rs fails when that file and the code disagree).
+# (monitor/tests/deploy/crd.rs fails when that file and the code disagree).
 ";
 
 /// The CRD as YAML, header included.

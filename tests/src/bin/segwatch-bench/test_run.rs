@@ -1,0 +1,108 @@
+//! test-run: BPF_PROG_TEST_RUN on crafted packets, ours against segwatch_noop.
+
+use super::*;
+
+fn pkt(f: &[u8]) -> TestPacket<'_> {
+    TestPacket {
+        frame: f,
+        ..Default::default()
+    }
+}
+
+fn drain(ctx: &mut Ctx) {
+    if let Some(rb) = ctx.events.as_mut() {
+        while rb.next().is_some() {}
+    }
+}
+
+pub(super) fn phase_test_run(ctx: &mut Ctx) -> Result<Vec<Figure>> {
+    let src = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
+    let dst = IpAddr::V4(Ipv4Addr::new(10, 2, 0, 1));
+    let udp = |sport| {
+        frame(
+            src,
+            dst,
+            &L4::Udp {
+                sport,
+                dport: 53,
+                payload: traffic::SMALL_PAYLOAD,
+            },
+            &Quirks::default(),
+        )
+    };
+    let steady = udp(40_000);
+    let fresh: Vec<Vec<u8>> = (0..ctx.plan.new_flows as u16)
+        .map(|i| udp(1024 + i))
+        .collect();
+    let repeat = ctx.plan.test_run_repeat;
+    let (mut steady_ratio, mut new_ratio) = (Vec::new(), Vec::new());
+    let (mut noop_ns, mut steady_ns, mut noop1_ns, mut new_ns) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ctx.plan.test_run_reps {
+        ctx.dp.clear_flows()?;
+        drain(ctx);
+        // Steady state: the flow exists, every run is a hit.
+        let (_, noop) = ctx.dp.test_run(PROG_NOOP, pkt(&steady), repeat)?;
+        ctx.dp.test_run(PROG_INGRESS, pkt(&steady), 1)?;
+        let (_, ours) = ctx.dp.test_run(PROG_INGRESS, pkt(&steady), repeat)?;
+        let (noop, ours) = (noop.as_nanos() as f64, ours.as_nanos() as f64);
+        noop_ns.push(noop);
+        steady_ns.push(ours);
+        steady_ratio.push(ours / noop.max(1.0));
+        // New-flow path: each packet creates an entry and a ring buffer
+        // event; single runs, so the floor is a single run of the no-op.
+        let (mut n1, mut o1) = (Vec::new(), Vec::new());
+        for f in &fresh {
+            n1.push(ctx.dp.test_run(PROG_NOOP, pkt(f), 1)?.1.as_nanos() as f64);
+            o1.push(ctx.dp.test_run(PROG_INGRESS, pkt(f), 1)?.1.as_nanos() as f64);
+        }
+        let entries = ctx.dp.snapshot()?.len();
+        if entries != fresh.len() + 1 {
+            bail!(
+                "test_run created {entries} flow entries, expected {} (the new-flow path did not run)",
+                fresh.len() + 1
+            );
+        }
+        let (n1, o1) = (median(&n1), median(&o1));
+        noop1_ns.push(n1);
+        new_ns.push(o1);
+        new_ratio.push(o1 / n1.max(1.0));
+        drain(ctx);
+    }
+    ctx.dp.clear_flows()?;
+    let detail = json!({
+        "noop_ns_per_run_repeat": noop_ns,
+        "ours_steady_ns_per_run": steady_ns,
+        "noop_ns_single_run_median": noop1_ns,
+        "ours_new_flow_ns_single_run_median": new_ns,
+        "repeat": repeat,
+        "new_flows_per_repetition": fresh.len(),
+        "frame": "64-byte Ethernet frame, IPv4 UDP, 18-byte payload",
+    });
+    Ok(vec![
+        Figure::new(
+            "ns_per_packet.test_run_steady",
+            "x floor",
+            Some(Target::AtMost(2.0)),
+            steady_ratio,
+        )
+        .what(format!(
+            "BPF_PROG_TEST_RUN, existing flow: segwatch_ingress {:.0} ns / segwatch_noop {:.0} ns per run (medians, repeat {repeat})",
+            median(&steady_ns),
+            median(&noop_ns)
+        ))
+        .detail(detail.clone()),
+        Figure::new(
+            "ns_per_packet.test_run_new_flow",
+            "x floor",
+            Some(Target::AtMost(2.0)),
+            new_ratio,
+        )
+        .what(format!(
+            "BPF_PROG_TEST_RUN, new flow (insert + ring buffer event): {:.0} ns / no-op {:.0} ns (median single runs)",
+            median(&new_ns),
+            median(&noop1_ns)
+        ))
+        .detail(detail),
+    ])
+}
