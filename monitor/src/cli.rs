@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 use crate::cmd;
+pub use crate::cmd::one_line;
 
 /// eBPF network segmentation and flow monitor for Kubernetes.
 #[derive(Debug, Parser)]
@@ -96,12 +97,6 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
     eprintln!("segwatch: {line}");
     // clap's own exit status for usage errors.
     ExitCode::from(2)
-}
-
-/// `text` on one line: a message that quotes user input (a YAML key, a
-/// file name) may carry line breaks, which would split the error line.
-pub fn one_line(text: &str) -> String {
-    text.replace("\r\n", "\\n").replace(['\n', '\r'], "\\n")
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -19,31 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use monitor_common::{opener, proto, tcp_flags, FlowKey, FlowStats, IP_V4};
 
 use crate::datapath::Entry;
+pub use crate::report::ConnKey;
 use crate::report::{Counts, Endpoint, FlowReport, IcmpInfo, OpenerSource, TcpInfo, TcpState};
-
-/// A connection independent of the interface it was seen on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnKey {
-    pub addr_lo: [u32; 4],
-    pub addr_hi: [u32; 4],
-    pub port_lo: u16,
-    pub port_hi: u16,
-    pub proto: u8,
-    pub ip_version: u8,
-}
-
-impl From<&FlowKey> for ConnKey {
-    fn from(k: &FlowKey) -> Self {
-        ConnKey {
-            addr_lo: k.addr_lo,
-            addr_hi: k.addr_hi,
-            port_lo: k.port_lo,
-            port_hi: k.port_hi,
-            proto: k.proto,
-            ip_version: k.ip_version,
-        }
-    }
-}
 
 /// Timeouts, in nanoseconds of the kernel's monotonic clock.
 #[derive(Clone, Copy, Debug)]

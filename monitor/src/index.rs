@@ -54,13 +54,62 @@ pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
     ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
 ];
 
+/// (kind, group, version, plural) of every watched resource; the RBAC
+/// list is [`WATCHED_RESOURCES`]. The sources watch these; the fake API
+/// server (`crate::testing`) serves them.
+pub(crate) const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
+    (ObjectKind::Namespace, "", "v1", "namespaces"),
+    (ObjectKind::Pod, "", "v1", "pods"),
+    (ObjectKind::Service, "", "v1", "services"),
+    (ObjectKind::ServiceAccount, "", "v1", "serviceaccounts"),
+    (ObjectKind::Node, "", "v1", "nodes"),
+    (
+        ObjectKind::ReplicationController,
+        "",
+        "v1",
+        "replicationcontrollers",
+    ),
+    (
+        ObjectKind::NetworkPolicy,
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+    ),
+    (ObjectKind::Deployment, "apps", "v1", "deployments"),
+    (ObjectKind::ReplicaSet, "apps", "v1", "replicasets"),
+    (ObjectKind::StatefulSet, "apps", "v1", "statefulsets"),
+    (ObjectKind::DaemonSet, "apps", "v1", "daemonsets"),
+    (ObjectKind::Job, "batch", "v1", "jobs"),
+    (ObjectKind::CronJob, "batch", "v1", "cronjobs"),
+    (
+        ObjectKind::SegmentationPolicy,
+        "segwatch.dev",
+        "v1alpha1",
+        "segmentationpolicies",
+    ),
+    (
+        ObjectKind::ClusterNetworkPolicy,
+        "policy.networking.k8s.io",
+        "v1alpha2",
+        "clusternetworkpolicies",
+    ),
+    (
+        ObjectKind::AdminNetworkPolicy,
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "adminnetworkpolicies",
+    ),
+    (
+        ObjectKind::BaselineAdminNetworkPolicy,
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "baselineadminnetworkpolicies",
+    ),
+];
+
 pub type Labels = BTreeMap<String, String>;
 
-/// A table keyed by address, looked up for both ends of every flow.
-/// foldhash instead of SipHash: several times faster on a 4- or 16-byte
-/// key, and still seeded per process (the keys come from the cluster's
-/// objects; packets only choose what is looked up).
-pub type IpMap<V> = HashMap<IpAddr, V, foldhash::fast::RandomState>;
+pub use crate::ipmap::IpMap;
 
 /// Label value used for pods without a controller, where a workload name
 /// is needed for a metric (see [`PodEntry::workload_label`]).

@@ -16,8 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::index::{ClusterIndex, Resolved, BARE_POD_WORKLOAD};
@@ -28,22 +27,7 @@ use crate::report::{
 };
 use crate::segpolicy::{Decision, End, FlowView, L4};
 
-/// The index shared between the sources (writers) and the judge (reader).
-pub type SharedIndex = Arc<RwLock<ClusterIndex>>;
-
-/// Set once the sources finished their initial sync (for /readyz).
-#[derive(Clone, Debug, Default)]
-pub struct ReadyFlag(Arc<AtomicBool>);
-
-impl ReadyFlag {
-    pub fn set(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
+pub use crate::runtime::{ReadyFlag, SharedIndex};
 
 /// Metric label value of the metadata API destination (CONTRACT.md).
 pub const METADATA_WORKLOAD: &str = "metadata-api";

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use monitor_common::FlowKey;
 use serde::{Deserialize, Serialize};
 
 /// One flow report line.
@@ -70,7 +71,7 @@ pub struct FlowReport {
     pub seq: Option<u32>,
     /// The kernel's connection key (daemon only; never written).
     #[serde(skip)]
-    pub conn: Option<crate::flows::ConnKey>,
+    pub conn: Option<ConnKey>,
 }
 
 fn default_true() -> bool {
@@ -600,5 +601,29 @@ mod tests {
             !back.contains("\"pod\":null"),
             "absent fields are omitted, not null"
         );
+    }
+}
+
+/// A connection independent of the interface it was seen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub addr_lo: [u32; 4],
+    pub addr_hi: [u32; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub ip_version: u8,
+}
+
+impl From<&FlowKey> for ConnKey {
+    fn from(k: &FlowKey) -> Self {
+        ConnKey {
+            addr_lo: k.addr_lo,
+            addr_hi: k.addr_hi,
+            port_lo: k.port_lo,
+            port_hi: k.port_hi,
+            proto: k.proto,
+            ip_version: k.ip_version,
+        }
     }
 }

@@ -35,12 +35,12 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt as _;
 
-use crate::index::{host_addresses, ClusterIndex, IndexConfig};
+use crate::index::{host_addresses, ClusterIndex, IndexConfig, WATCHES};
 use crate::inventory::{self, ObjectKind};
-use crate::judge::{ReadyFlag, SharedIndex};
 use crate::metrics::Metrics;
+use crate::runtime::{ReadyFlag, SharedIndex};
 
-pub mod health;
+pub use crate::runtime::health;
 pub mod policies;
 pub use health::SourceHealth;
 use policies::PolicyGate;
@@ -331,58 +331,6 @@ async fn maintain(index: SharedIndex) {
         }
     }
 }
-
-/// (kind, group, version, plural) of every watched resource; the RBAC
-/// list is [`crate::index::WATCHED_RESOURCES`].
-pub(crate) const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
-    (ObjectKind::Namespace, "", "v1", "namespaces"),
-    (ObjectKind::Pod, "", "v1", "pods"),
-    (ObjectKind::Service, "", "v1", "services"),
-    (ObjectKind::ServiceAccount, "", "v1", "serviceaccounts"),
-    (ObjectKind::Node, "", "v1", "nodes"),
-    (
-        ObjectKind::ReplicationController,
-        "",
-        "v1",
-        "replicationcontrollers",
-    ),
-    (
-        ObjectKind::NetworkPolicy,
-        "networking.k8s.io",
-        "v1",
-        "networkpolicies",
-    ),
-    (ObjectKind::Deployment, "apps", "v1", "deployments"),
-    (ObjectKind::ReplicaSet, "apps", "v1", "replicasets"),
-    (ObjectKind::StatefulSet, "apps", "v1", "statefulsets"),
-    (ObjectKind::DaemonSet, "apps", "v1", "daemonsets"),
-    (ObjectKind::Job, "batch", "v1", "jobs"),
-    (ObjectKind::CronJob, "batch", "v1", "cronjobs"),
-    (
-        ObjectKind::SegmentationPolicy,
-        "segwatch.dev",
-        "v1alpha1",
-        "segmentationpolicies",
-    ),
-    (
-        ObjectKind::ClusterNetworkPolicy,
-        "policy.networking.k8s.io",
-        "v1alpha2",
-        "clusternetworkpolicies",
-    ),
-    (
-        ObjectKind::AdminNetworkPolicy,
-        "policy.networking.k8s.io",
-        "v1alpha1",
-        "adminnetworkpolicies",
-    ),
-    (
-        ObjectKind::BaselineAdminNetworkPolicy,
-        "policy.networking.k8s.io",
-        "v1alpha1",
-        "baselineadminnetworkpolicies",
-    ),
-];
 
 fn spawn_watchers(
     client: kube::Client,

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::index::WATCHES;
 use crate::inventory::ObjectKind;
-use crate::sources::WATCHES;
 
 /// Who the fake TokenReview and SubjectAccessReview know.
 #[derive(Clone, Debug, Default)]

@@ -7,3 +7,9 @@ pub mod netpol;
 pub mod probe;
 pub mod run;
 pub mod suggest;
+
+/// `text` on one line: a message that quotes user input (a YAML key, a
+/// file name) may carry line breaks, which would split the error line.
+pub fn one_line(text: &str) -> String {
+    text.replace("\r\n", "\\n").replace(['\n', '\r'], "\\n")
+}

@@ -134,7 +134,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         NetpolCommand::Diff(a) => Ok(diff_cmd(a).unwrap_or_else(|e| {
             eprintln!(
                 "segwatch: netpol diff: {}",
-                crate::cli::one_line(&format!("{e:#}"))
+                super::one_line(&format!("{e:#}"))
             );
             ExitCode::from(2)
         })),

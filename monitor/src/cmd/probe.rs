@@ -140,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// An error for the report, also logged (one line).
 fn note(errors: &mut Vec<String>, msg: String) {
-    let msg = crate::cli::one_line(&msg);
+    let msg = super::one_line(&msg);
     tracing::warn!("{msg}");
     errors.push(msg);
 }

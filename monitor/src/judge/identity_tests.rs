@@ -9,6 +9,7 @@ use crate::index::IndexConfig;
 use crate::inventory::parse_str;
 use crate::report::Counts;
 use std::path::Path;
+use std::sync::RwLock;
 
 const CLUSTER: &str = r#"
 apiVersion: v1

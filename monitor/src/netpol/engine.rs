@@ -336,7 +336,7 @@ pub struct Engine {
     endpoints: Vec<Endpoint>,
     namespaces: HashMap<String, Labels>,
     by_name: HashMap<String, EndpointId>,
-    by_ip: crate::index::IpMap<EndpointId>,
+    by_ip: crate::ipmap::IpMap<EndpointId>,
     policies: Vec<Compiled>,
     /// Per endpoint: the policies isolating it for ingress / egress.
     ingress_of: Vec<Vec<u32>>,
@@ -403,7 +403,7 @@ impl Engine {
                 .entry(format!("{}/{}", ep.group.namespace, ep.group.name))
                 .or_insert(EndpointId(i as u32));
         }
-        let mut by_ip = crate::index::IpMap::default();
+        let mut by_ip = crate::ipmap::IpMap::default();
         for (i, ep) in endpoints.iter().enumerate() {
             // A hostNetwork pod uses its node's address, shared with the node
             // and other hostNetwork pods: that address is not the pod's.
