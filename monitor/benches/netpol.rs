@@ -21,17 +21,11 @@ const POLICIES: usize = 1_000;
 const APPS: usize = 50;
 const CLUSTER_POLICIES: usize = 50;
 
-/// Deterministic pseudo-random numbers (SplitMix64).
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
-}
+/// Deterministic pseudo-random numbers (SplitMix64), shared with the tests.
+#[allow(dead_code)]
+#[path = "../tests/netpol_gen/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn main() {
     let mut rng = Rng(42);

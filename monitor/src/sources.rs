@@ -659,6 +659,7 @@ fn convert(kind: ObjectKind, o: DynamicObject, metrics: &Metrics) -> Option<inve
 mod tests {
     use std::collections::BTreeMap;
 
+    use super::api_tests::eventually;
     use super::*;
 
     #[test]
@@ -766,14 +767,10 @@ mod tests {
             ),
         )
         .expect("write");
-        let mut seen = false;
-        for _ in 0..200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if policies() == want("1", "2") && errors("p").as_deref() == Some("1") {
-                seen = true;
-                break;
-            }
-        }
+        let seen = eventually(Duration::from_secs(4), || {
+            policies() == want("1", "2") && errors("p").as_deref() == Some("1")
+        })
+        .await;
         assert!(
             seen,
             "p keeps version 1, q moves to 2, p counted once: {:?} {:?}",
@@ -792,14 +789,10 @@ mod tests {
             ),
         )
         .expect("write");
-        let mut seen = false;
-        for _ in 0..200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if errors("p").as_deref() == Some("2") {
-                seen = true;
-                break;
-            }
-        }
+        let seen = eventually(Duration::from_secs(4), || {
+            errors("p").as_deref() == Some("2")
+        })
+        .await;
         assert!(
             seen,
             "the second invalid version is counted: {:?}",
@@ -818,14 +811,7 @@ mod tests {
             ),
         )
         .expect("write");
-        let mut seen = false;
-        for _ in 0..200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if policies() == want("4", "2") {
-                seen = true;
-                break;
-            }
-        }
+        let seen = eventually(Duration::from_secs(4), || policies() == want("4", "2")).await;
         assert!(seen, "a valid version applies again: {:?}", policies());
         assert_eq!(errors("p").as_deref(), Some("2"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -859,28 +845,16 @@ mod tests {
         // file system's timestamp granularity first.
         tokio::time::sleep(Duration::from_millis(20)).await;
         std::fs::write(&f, pod("two", "10.0.0.2")).expect("write");
-        let mut reloaded = false;
-        for _ in 0..200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if is_pod("10.0.0.2", "two") {
-                reloaded = true;
-                break;
-            }
-        }
+        let reloaded = eventually(Duration::from_secs(4), || is_pod("10.0.0.2", "two")).await;
         assert!(reloaded, "a changed file is re-read");
         assert!(!is_pod("10.0.0.1", "one"), "and replaces the old state");
         std::fs::write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n").expect("write");
-        let mut counted = false;
-        for _ in 0..200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if metrics
+        let counted = eventually(Duration::from_secs(4), || {
+            metrics
                 .render()
                 .contains("segwatch_inventory_errors_total{source=\"inventory\"} 1")
-            {
-                counted = true;
-                break;
-            }
-        }
+        })
+        .await;
         assert!(
             counted,
             "a broken file is counted once:\n{}",
@@ -900,17 +874,12 @@ mod tests {
         // Truncated by a writer that has not written yet: an error too,
         // not an empty cluster.
         std::fs::write(&f, "").expect("truncate");
-        let mut counted = false;
-        for _ in 0..200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if metrics
+        let counted = eventually(Duration::from_secs(4), || {
+            metrics
                 .render()
                 .contains("segwatch_inventory_errors_total{source=\"inventory\"} 2")
-            {
-                counted = true;
-                break;
-            }
-        }
+        })
+        .await;
         assert!(counted, "an empty file is counted:\n{}", metrics.render());
         assert!(
             is_pod("10.0.0.2", "two"),

@@ -577,3 +577,71 @@ fn list(path: &str, objects: &[Value]) -> (u16, Value) {
     });
     (200, body)
 }
+
+/// Every data record in the datagrams, decoded by `netflow_parser` (a
+/// second, independent reading of our IPFIX export; the export's unit tests
+/// and `tests/tests/export.rs` use it), as element → value (`IANA(Name)` or
+/// `PEN/id`).
+pub fn decode_ipfix(datagrams: &[Vec<u8>]) -> Vec<std::collections::BTreeMap<String, String>> {
+    use netflow_parser::variable_versions::enterprise_registry::EnterpriseFieldDef;
+    use netflow_parser::variable_versions::field_value::{FieldDataType, FieldValue};
+    use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
+    use netflow_parser::variable_versions::ipfix::FlowSetBody;
+    let mut parser = netflow_parser::NetflowParser::builder()
+        .register_enterprise_fields(
+            (1..=11)
+                .map(|id| {
+                    EnterpriseFieldDef::new(
+                        crate::export::ipfix::PEN,
+                        id,
+                        "segwatch",
+                        FieldDataType::String,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .expect("parser");
+    let mut out = Vec::new();
+    for d in datagrams {
+        let res = parser.parse_bytes(d);
+        assert!(res.error.is_none(), "netflow_parser: {:?}", res.error);
+        for p in res.packets {
+            let netflow_parser::NetflowPacket::IPFix(ipfix) = p else {
+                panic!("not IPFIX: {p:?}")
+            };
+            for fs in ipfix.flowsets {
+                let FlowSetBody::Data(data) = fs.body else {
+                    continue;
+                };
+                for rec in data.fields {
+                    let mut m = std::collections::BTreeMap::new();
+                    for (field, value) in rec {
+                        let k = match field {
+                            IPFixField::Enterprise {
+                                enterprise_number,
+                                field_number,
+                            } => format!("{enterprise_number}/{field_number}"),
+                            other => format!("{other:?}"),
+                        };
+                        let v = match value {
+                            FieldValue::String(s) => s.value,
+                            FieldValue::DataNumber(n) => format!("{n:?}")
+                                .trim_end_matches(')')
+                                .rsplit('(')
+                                .next()
+                                .unwrap_or("")
+                                .to_string(),
+                            FieldValue::Ip4Addr(a) => a.to_string(),
+                            FieldValue::Ip6Addr(a) => a.to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        m.insert(k, v);
+                    }
+                    out.push(m);
+                }
+            }
+        }
+    }
+    out
+}

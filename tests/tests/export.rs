@@ -624,7 +624,7 @@ fn ipfix_nfdump_reads_the_flow_logs_counts_and_a_second_decoder_the_k8s_elements
     );
 
     // 2. netflow_parser: the enterprise elements (PEN 32473).
-    let records = decode_ipfix(&copies.lock().expect("lock"));
+    let records = segwatch::testing::decode_ipfix(&copies.lock().expect("lock"));
     let pen = |id: u16| format!("32473/{id}");
     let get = |r: &BTreeMap<String, String>, k: &str| r.get(k).cloned().unwrap_or_default();
     let forbidden = records
@@ -671,65 +671,6 @@ fn ipfix_nfdump_reads_the_flow_logs_counts_and_a_second_decoder_the_k8s_elements
         assert_eq!(get(a, &pen(11)), "", "no violation kinds element");
         assert_eq!(get(a, "IANA(BiflowDirection)"), "2");
     }
-}
-
-/// Every data record in the datagrams, decoded by `netflow_parser`, as
-/// element → value (`IANA(Name)` or `PEN/id`).
-fn decode_ipfix(datagrams: &[Vec<u8>]) -> Vec<BTreeMap<String, String>> {
-    use netflow_parser::variable_versions::enterprise_registry::EnterpriseFieldDef;
-    use netflow_parser::variable_versions::field_value::{FieldDataType, FieldValue};
-    use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
-    use netflow_parser::variable_versions::ipfix::FlowSetBody;
-    let mut parser = netflow_parser::NetflowParser::builder()
-        .register_enterprise_fields(
-            (1..=11)
-                .map(|id| EnterpriseFieldDef::new(32473, id, "segwatch", FieldDataType::String))
-                .collect::<Vec<_>>(),
-        )
-        .build()
-        .expect("parser");
-    let mut out = Vec::new();
-    for d in datagrams {
-        let res = parser.parse_bytes(d);
-        assert!(res.error.is_none(), "netflow_parser: {:?}", res.error);
-        for p in res.packets {
-            let netflow_parser::NetflowPacket::IPFix(ipfix) = p else {
-                panic!("not IPFIX: {p:?}")
-            };
-            for fs in ipfix.flowsets {
-                let FlowSetBody::Data(data) = fs.body else {
-                    continue;
-                };
-                for rec in data.fields {
-                    let mut m = BTreeMap::new();
-                    for (field, value) in rec {
-                        let k = match field {
-                            IPFixField::Enterprise {
-                                enterprise_number,
-                                field_number,
-                            } => format!("{enterprise_number}/{field_number}"),
-                            other => format!("{other:?}"),
-                        };
-                        let v = match value {
-                            FieldValue::String(s) => s.value,
-                            FieldValue::DataNumber(n) => format!("{n:?}")
-                                .trim_end_matches(')')
-                                .rsplit('(')
-                                .next()
-                                .unwrap_or("")
-                                .to_string(),
-                            FieldValue::Ip4Addr(a) => a.to_string(),
-                            FieldValue::Ip6Addr(a) => a.to_string(),
-                            other => format!("{other:?}"),
-                        };
-                        m.insert(k, v);
-                    }
-                    out.push(m);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// (5-tuple, packets, bytes) of each flow in nfdump's JSON output.

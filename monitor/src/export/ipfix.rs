@@ -661,67 +661,6 @@ mod tests {
         );
     }
 
-    /// Every data record an independent decoder (`netflow_parser`) finds in
-    /// `messages`, as field name → value.
-    fn decode(messages: &[Vec<u8>]) -> Vec<std::collections::BTreeMap<String, String>> {
-        use netflow_parser::variable_versions::enterprise_registry::EnterpriseFieldDef;
-        use netflow_parser::variable_versions::field_value::{FieldDataType, FieldValue};
-        use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
-        use netflow_parser::variable_versions::ipfix::FlowSetBody;
-        let mut parser = netflow_parser::NetflowParser::builder()
-            .register_enterprise_fields(
-                (1..=11)
-                    .map(|id| EnterpriseFieldDef::new(PEN, id, "segwatch", FieldDataType::String))
-                    .collect::<Vec<_>>(),
-            )
-            .build()
-            .expect("parser");
-        let mut out = Vec::new();
-        for m in messages {
-            let res = parser.parse_bytes(m);
-            assert!(res.error.is_none(), "netflow_parser: {:?}", res.error);
-            for p in res.packets {
-                let netflow_parser::NetflowPacket::IPFix(ipfix) = p else {
-                    panic!("not IPFIX: {p:?}")
-                };
-                for fs in ipfix.flowsets {
-                    let FlowSetBody::Data(d) = fs.body else {
-                        continue;
-                    };
-                    for rec in d.fields {
-                        let mut m = std::collections::BTreeMap::new();
-                        for (field, value) in rec {
-                            let k = match field {
-                                IPFixField::Enterprise {
-                                    enterprise_number,
-                                    field_number,
-                                } => format!("{enterprise_number}/{field_number}"),
-                                other => format!("{other:?}"),
-                            };
-                            let v = match value {
-                                FieldValue::String(s) => s.value,
-                                FieldValue::DataNumber(n) => {
-                                    let d = format!("{n:?}");
-                                    d.trim_end_matches(')')
-                                        .rsplit('(')
-                                        .next()
-                                        .unwrap_or("")
-                                        .to_string()
-                                }
-                                FieldValue::Ip4Addr(a) => a.to_string(),
-                                FieldValue::Ip6Addr(a) => a.to_string(),
-                                other => format!("{other:?}"),
-                            };
-                            m.insert(k, v);
-                        }
-                        out.push(m);
-                    }
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn an_independent_decoder_reads_standard_and_enterprise_elements() {
         let mut r = report();
@@ -738,7 +677,7 @@ mod tests {
             .into_iter()
             .map(|(m, _)| m)
             .collect::<Vec<_>>();
-        let recs = decode(&msgs);
+        let recs = crate::testing::decode_ipfix(&msgs);
         assert_eq!(recs.len(), 4, "two reports, two directions each");
         let fwd = &recs[0];
         let get = |m: &std::collections::BTreeMap<String, String>, k: &str| {

@@ -22,8 +22,9 @@ fn cluster() -> Vec<serde_json::Value> {
     ]
 }
 
-/// Polls `f` every 50 ms for up to `limit`.
-async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+/// Polls `f` every 50 ms for up to `limit` (also for the tests in
+/// `sources.rs`).
+pub(super) async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         if f() {

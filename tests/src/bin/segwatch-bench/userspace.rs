@@ -34,17 +34,11 @@ const RULES: usize = 200;
 const REPS: usize = 5;
 
 /// Deterministic pseudo-random numbers (SplitMix64): the same flows in
-/// every run.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
-}
+/// every run; the generator monitor's tests and benchmark use.
+#[allow(dead_code)]
+#[path = "../../../../monitor/tests/netpol_gen/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn pod_v4(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(
