@@ -581,8 +581,11 @@ fn list(path: &str, objects: &[Value]) -> (u16, Value) {
 /// Every data record in the datagrams, decoded by `netflow_parser` (a
 /// second, independent reading of our IPFIX export; the export's unit tests
 /// and `tests/tests/export.rs` use it), as element → value (`IANA(Name)` or
-/// `PEN/id`).
-pub fn decode_ipfix(datagrams: &[Vec<u8>]) -> Vec<std::collections::BTreeMap<String, String>> {
+/// `PEN/id`); `pen` is the export's enterprise number (elements 1..=11).
+pub fn decode_ipfix(
+    datagrams: &[Vec<u8>],
+    pen: u32,
+) -> Vec<std::collections::BTreeMap<String, String>> {
     use netflow_parser::variable_versions::enterprise_registry::EnterpriseFieldDef;
     use netflow_parser::variable_versions::field_value::{FieldDataType, FieldValue};
     use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
@@ -590,14 +593,7 @@ pub fn decode_ipfix(datagrams: &[Vec<u8>]) -> Vec<std::collections::BTreeMap<Str
     let mut parser = netflow_parser::NetflowParser::builder()
         .register_enterprise_fields(
             (1..=11)
-                .map(|id| {
-                    EnterpriseFieldDef::new(
-                        crate::export::ipfix::PEN,
-                        id,
-                        "segwatch",
-                        FieldDataType::String,
-                    )
-                })
+                .map(|id| EnterpriseFieldDef::new(pen, id, "segwatch", FieldDataType::String))
                 .collect::<Vec<_>>(),
         )
         .build()

@@ -624,7 +624,10 @@ fn ipfix_nfdump_reads_the_flow_logs_counts_and_a_second_decoder_the_k8s_elements
     );
 
     // 2. netflow_parser: the enterprise elements (PEN 32473).
-    let records = segwatch::testing::decode_ipfix(&copies.lock().expect("lock"));
+    let records = segwatch::testing::decode_ipfix(
+        &copies.lock().expect("lock"),
+        segwatch::export::ipfix::PEN,
+    );
     let pen = |id: u16| format!("32473/{id}");
     let get = |r: &BTreeMap<String, String>, k: &str| r.get(k).cloned().unwrap_or_default();
     let forbidden = records

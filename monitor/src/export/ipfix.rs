@@ -677,7 +677,7 @@ mod tests {
             .into_iter()
             .map(|(m, _)| m)
             .collect::<Vec<_>>();
-        let recs = crate::testing::decode_ipfix(&msgs);
+        let recs = crate::testing::decode_ipfix(&msgs, PEN);
         assert_eq!(recs.len(), 4, "two reports, two directions each");
         let fwd = &recs[0];
         let get = |m: &std::collections::BTreeMap<String, String>, k: &str| {
