@@ -25,6 +25,7 @@ pub mod inventory;
 pub mod judge;
 pub mod metrics;
 pub mod netpol;
+pub mod observe;
 pub mod probe;
 pub mod report;
 pub mod reporter;
