@@ -13,7 +13,7 @@
 //!  metrics
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -326,6 +326,12 @@ impl ClusterJudge {
         self
     }
 
+    /// Bounds the metrics' series this way (`--metrics-*` flags).
+    pub fn with_observe(mut self, cfg: crate::observe::ObserveConfig) -> Self {
+        self.observer = Observer::with_config(cfg);
+        self
+    }
+
     /// Reads Service backends from this connection tracking table.
     pub fn with_conntrack(mut self, ct: Box<dyn crate::conntrack::Lookup + Send>) -> Self {
         self.conntrack = Some(ct);
@@ -547,6 +553,7 @@ impl ClusterJudge {
             metrics.service_without_backend.inc();
         }
         self.observer.observe(metrics, &r, first, announced);
+        r.scan = self.observer.scan_of(&r);
         r
     }
 

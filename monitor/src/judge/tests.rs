@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::index::IndexConfig;
-use crate::inventory::{parse_str, ObjectKind};
+use crate::inventory::parse_str;
 use crate::report::{Counts, TcpInfo};
 use std::path::Path;
 
