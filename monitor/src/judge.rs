@@ -303,7 +303,16 @@ pub struct ClusterJudge {
     /// How long a report waits for the index to name its ends.
     identity_wait: Duration,
     ct_warned: bool,
+    /// Connections counted and forgotten, newest last (bounded by
+    /// [`MAX_DONE`]): a kernel announcement that arrives after the
+    /// connection's final report (the event queue lags behind the sweep
+    /// under a burst of short connections) must not count it again.
+    done: std::collections::VecDeque<String>,
+    done_set: std::collections::HashSet<String>,
 }
+
+/// Forgotten connections remembered against late announcements.
+const MAX_DONE: usize = 65_536;
 
 impl ClusterJudge {
     pub fn new(index: SharedIndex, ready: ReadyFlag, metrics_ttl: Duration) -> Self {
@@ -317,6 +326,8 @@ impl ClusterJudge {
             held: 0,
             identity_wait: Duration::from_secs(15),
             ct_warned: false,
+            done: std::collections::VecDeque::new(),
+            done_set: std::collections::HashSet::new(),
         }
     }
 
@@ -527,6 +538,14 @@ impl ClusterJudge {
                 if let Some(o) = st.obs_id {
                     self.observer.forget_id(&o);
                 }
+                if st.counted && self.done_set.insert(id.to_owned()) {
+                    self.done.push_back(id.to_owned());
+                    if self.done.len() > MAX_DONE {
+                        if let Some(old) = self.done.pop_front() {
+                            self.done_set.remove(&old);
+                        }
+                    }
+                }
             }
         }
     }
@@ -641,6 +660,10 @@ impl crate::daemon::Judge for ClusterJudge {
             let index = self.index.clone();
             let guard = index.read().unwrap_or_else(|e| e.into_inner());
             self.observer.sweep(metrics, &guard, Instant::now());
+        } else if self.observer.declared_due() {
+            let index = self.index.clone();
+            let guard = index.read().unwrap_or_else(|e| e.into_inner());
+            self.observer.refresh_declared(&guard);
         }
         if ended {
             self.forget_if_done(&id);
@@ -650,6 +673,10 @@ impl crate::daemon::Judge for ClusterJudge {
 
     fn announce(&mut self, metrics: &Metrics, report: &FlowReport) -> bool {
         let id = Self::conn_key(report);
+        if self.done_set.contains(&id) {
+            // Announced after its final report: counted then.
+            return false;
+        }
         let st = self.conns.entry(id).or_insert_with(ConnState::new);
         st.seen = true;
         // Not ours, or not judged on its final identity yet (an unknown

@@ -179,6 +179,7 @@ pub struct Observer {
     /// Ports the cluster declares, as of index generation `declared_at`.
     declared: DeclaredPorts,
     declared_at: Option<u64>,
+    declared_checked: Instant,
     scans: HashMap<(ScanKind, [String; 4]), ScanWindow>,
     last_sweep: Instant,
     clock: Clock,
@@ -200,6 +201,7 @@ impl Observer {
             budgets: HashMap::new(),
             declared: DeclaredPorts::new(),
             declared_at: None,
+            declared_checked: clock(),
             scans: HashMap::new(),
             last_sweep: clock(),
             clock,
@@ -583,6 +585,21 @@ impl Observer {
                 >= (self.cfg.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
+    /// Is it time for [`Observer::refresh_declared`] (at most once a
+    /// second: the declared ports are gathered over every pod)?
+    pub fn declared_due(&self) -> bool {
+        self.declared_checked.elapsed() >= Duration::from_secs(1)
+    }
+
+    /// Takes the ports the cluster declares from the index, if it changed.
+    pub fn refresh_declared(&mut self, index: &ClusterIndex) {
+        self.declared_checked = Instant::now();
+        if self.declared_at != Some(index.generation()) {
+            self.declared = index.declared_ports();
+            self.declared_at = Some(index.generation());
+        }
+    }
+
     /// Takes the ports the cluster declares from the index (when it
     /// changed), closes scan windows that are over, and drops every series
     /// naming a namespace, workload, node or Service that has been gone
@@ -590,10 +607,7 @@ impl Observer {
     /// unknown ends are constants: their series end with their other end.
     pub fn sweep(&mut self, m: &Metrics, index: &ClusterIndex, now: Instant) {
         self.last_sweep = now;
-        if self.declared_at != Some(index.generation()) {
-            self.declared = index.declared_ports();
-            self.declared_at = Some(index.generation());
-        }
+        self.refresh_declared(index);
         let window = self.cfg.scan_window;
         let clock_now = (self.clock)();
         self.scans
