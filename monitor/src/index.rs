@@ -115,6 +115,34 @@ pub use crate::ipmap::IpMap;
 /// is needed for a metric (see [`PodEntry::workload_label`]).
 pub const BARE_POD_WORKLOAD: &str = "bare-pod";
 
+/// Owner kinds whose names are stable for the life of the application:
+/// their pods are labelled `Kind/name` in metrics.
+const NAMED_WORKLOAD_KINDS: &[&str] = &[
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "CronJob",
+    "ReplicaSet",
+    "ReplicationController",
+];
+
+/// The metric label of a pod's workload (`Kind/name` as in the flow log):
+/// kept for [`NAMED_WORKLOAD_KINDS`]; a Job no CronJob owns and any other
+/// owner kind (a CRD's controller, e.g. one that names its pods per run)
+/// fall back to the kind alone (`Job`, `Workflow`), and a pod without
+/// controller to [`BARE_POD_WORKLOAD`]: names made per run would add
+/// series without bound.
+pub fn metric_workload(workload: Option<&str>) -> &str {
+    match workload {
+        None => BARE_POD_WORKLOAD,
+        Some(w) => match w.split_once('/') {
+            Some((kind, _)) if NAMED_WORKLOAD_KINDS.contains(&kind) => w,
+            Some((kind, _)) if !kind.is_empty() => kind,
+            _ => BARE_POD_WORKLOAD,
+        },
+    }
+}
+
 /// Settings that do not come from cluster objects.
 #[derive(Clone, Debug, Default)]
 pub struct IndexConfig {
@@ -160,7 +188,7 @@ impl PodEntry {
     /// A bare pod is not named: pod names are unbounded (generated names,
     /// `kubectl run`), and the namespace label already tells where it runs.
     pub fn workload_label(&self) -> &str {
-        self.workload.as_deref().unwrap_or(BARE_POD_WORKLOAD)
+        metric_workload(self.workload.as_deref())
     }
 }
 
@@ -1168,6 +1196,9 @@ pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
     out.dedup();
     Ok(out)
 }
+
+mod metric_ends;
+pub use metric_ends::DeclaredPorts;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
-//! Attribution and judging of flow reports, and the metrics they feed.
+//! Attribution and judging of flow reports (pure), and the daemon's judge
+//! that publishes them and hands them to the metric bookkeeping.
 //!
 //! ```text
 //!  FlowReport (addresses, ports, counts, tcp state)
@@ -7,21 +8,20 @@
 //!    │   decision (netpol) and enforcement check (netpol_bypass)
 //!    ▼
 //!  FlowReport (identities, verdict, violations[], netpol)
-//!    │ Observer::observe / announce
-//!    ▼
-//!  segwatch_flows_total, _flow_bytes_total, _violations_total (once per
-//!  connection), _workload_flows_total, _flows_unattributed_total
-//!  (series of workloads gone longer than the TTL are dropped)
+//!    │ published by ClusterJudge; counted at the edge by
+//!    ▼ crate::observe::Observer (series, TTLs, what was counted)
+//!  metrics
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::index::{ClusterIndex, Resolved, BARE_POD_WORKLOAD};
+use crate::index::{ClusterIndex, Resolved};
 use crate::metrics::Metrics;
 use crate::netpol;
+use crate::observe::{ConnId, Observer};
 use crate::report::{
     Endpoint, EndpointKind, FlowReport, ServiceRef, TcpState, Verdict, Violation, ViolationKind,
 };
@@ -29,12 +29,7 @@ use crate::segpolicy::{Decision, End, FlowView, L4};
 
 pub use crate::runtime::{ReadyFlag, SharedIndex};
 
-/// Metric label value of the metadata API destination (CONTRACT.md).
-pub const METADATA_WORKLOAD: &str = "metadata-api";
-/// Metric label value of an outside destination (CONTRACT.md).
-pub const EXTERNAL_WORKLOAD: &str = "external";
-/// Metric label value of an in-cluster address nothing accounts for.
-pub const UNKNOWN_WORKLOAD: &str = "unknown";
+pub use crate::observe::{EXTERNAL_WORKLOAD, METADATA_WORKLOAD, UNKNOWN_WORKLOAD};
 
 fn fill(ep: &mut Endpoint, r: &Resolved<'_>) {
     let ip = ep.ip;
@@ -207,329 +202,6 @@ impl ClusterIndex {
     }
 }
 
-/// Label values of one flow end for metrics: bounded sets only.
-fn workload_label(ep: &Endpoint) -> String {
-    match ep.kind {
-        Some(EndpointKind::Pod) => ep
-            .workload
-            .as_deref()
-            .unwrap_or(BARE_POD_WORKLOAD)
-            .to_owned(),
-        Some(EndpointKind::Service) => {
-            let name = ep.service.as_ref().map_or("", |s| &*s.name);
-            format!("Service/{name}")
-        }
-        Some(EndpointKind::Node) => format!("node/{}", ep.node.as_deref().unwrap_or("")),
-        Some(EndpointKind::Metadata) => METADATA_WORKLOAD.to_owned(),
-        Some(EndpointKind::External) => EXTERNAL_WORKLOAD.to_owned(),
-        None => UNKNOWN_WORKLOAD.to_owned(),
-    }
-}
-
-fn namespace_label(ep: &Endpoint) -> &str {
-    match ep.kind {
-        Some(EndpointKind::Pod | EndpointKind::Service) => ep.namespace.as_deref().unwrap_or(""),
-        _ => "",
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Family {
-    Flows,
-    Bytes,
-    Violations,
-    WorkloadFlows,
-    Probe,
-}
-
-type ConnId = (IpAddr, Option<u16>, IpAddr, Option<u16>, String);
-
-/// Updates the flow metrics from judged reports, and drops series of
-/// workloads gone longer than `ttl`.
-pub struct Observer {
-    ttl: Duration,
-    /// Every series we created, with the (namespace, workload) pairs it
-    /// names (workload `None`: a namespace-only series).
-    series: HashMap<(Family, Vec<String>), Vec<(String, Option<String>)>>,
-    gone_since: HashMap<(String, Option<String>), Instant>,
-    bypass_counted: HashSet<ConnId>,
-    last_sweep: Instant,
-}
-
-impl Observer {
-    pub fn new(ttl: Duration) -> Self {
-        Observer {
-            ttl,
-            series: HashMap::new(),
-            gone_since: HashMap::new(),
-            bypass_counted: HashSet::new(),
-            last_sweep: Instant::now(),
-        }
-    }
-
-    fn conn_id(r: &FlowReport) -> ConnId {
-        (
-            r.src.ip,
-            r.src.port,
-            r.dst.ip,
-            r.dst.port,
-            r.protocol.clone(),
-        )
-    }
-
-    fn inc(
-        &mut self,
-        m: &Metrics,
-        fam: Family,
-        labels: Vec<String>,
-        by: u64,
-        names: Vec<(String, Option<String>)>,
-    ) {
-        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let vec = match fam {
-            Family::Flows => &m.flows,
-            Family::Bytes => &m.flow_bytes,
-            Family::Violations => &m.violations,
-            Family::WorkloadFlows => &m.workload_flows,
-            Family::Probe => &m.probe_flows,
-        };
-        vec.with_label_values(&refs).inc_by(by);
-        self.series.entry((fam, labels)).or_insert(names);
-    }
-
-    /// Per report: bytes. At the connection's first report (`first`):
-    /// `segwatch_flows_total`, and unless `announced` (counted then) the
-    /// violations, workload edges and unattributed ends. A `netpol_bypass`
-    /// found only in a later report (the handshake completed after the
-    /// first) is counted then, once.
-    pub fn observe(&mut self, m: &Metrics, r: &FlowReport, first: bool, announced: bool) {
-        let src_ns = namespace_label(&r.src).to_owned();
-        let dst_ns = namespace_label(&r.dst).to_owned();
-        let verdict = match r.verdict {
-            Some(Verdict::Allowed) => "allowed",
-            Some(Verdict::Violation) => "violation",
-            Some(Verdict::Unjudged) | None => "unjudged",
-        };
-        let ns_names = vec![(src_ns.clone(), None), (dst_ns.clone(), None)];
-        if first {
-            self.inc(
-                m,
-                Family::Flows,
-                vec![
-                    src_ns.clone(),
-                    dst_ns.clone(),
-                    r.protocol.clone(),
-                    verdict.to_owned(),
-                ],
-                1,
-                ns_names.clone(),
-            );
-        }
-        for (dir, n) in [("sent", r.bytes.sent), ("received", r.bytes.received)] {
-            self.inc(
-                m,
-                Family::Bytes,
-                vec![src_ns.clone(), dst_ns.clone(), dir.to_owned()],
-                n,
-                ns_names.clone(),
-            );
-        }
-        if first && !announced {
-            self.count_connection(m, r);
-        } else if !r.probe
-            && r.violations
-                .iter()
-                .any(|v| v.kind == ViolationKind::NetpolBypass)
-            && !self.bypass_counted.contains(&Self::conn_id(r))
-        {
-            self.count_violations(m, r, true);
-        }
-        if r.ended {
-            self.forget(r);
-        }
-    }
-
-    /// Drops what is kept about the connection of `r` (it ended, or left
-    /// the kernel table without a final report).
-    pub fn forget(&mut self, r: &FlowReport) {
-        self.bypass_counted.remove(&Self::conn_id(r));
-    }
-
-    fn forget_id(&mut self, id: &ConnId) {
-        self.bypass_counted.remove(id);
-    }
-
-    /// Connections remembered (bypass counted), for bounds checks.
-    pub fn remembered(&self) -> usize {
-        self.bypass_counted.len()
-    }
-
-    /// A new connection announced by the kernel: counts its per-connection
-    /// metrics now so alerts fire at once. Always counts (returns true).
-    pub fn announce(&mut self, m: &Metrics, r: &FlowReport) -> bool {
-        self.count_connection(m, r);
-        true
-    }
-
-    fn count_connection(&mut self, m: &Metrics, r: &FlowReport) {
-        if r.probe {
-            // Deliberate test traffic: its own counter, never a violation
-            // or a workload edge (it would page, and suggest would allow it).
-            self.count_probe(m, r);
-            return;
-        }
-        self.count_violations(m, r, false);
-        if r.src.kind.is_none() || r.dst.kind.is_none() {
-            m.flows_unattributed.inc();
-        }
-        let src_ns = namespace_label(&r.src).to_owned();
-        let dst_ns = namespace_label(&r.dst).to_owned();
-        let (src_wl, dst_wl) = (workload_label(&r.src), workload_label(&r.dst));
-        let port = r.dst.port.map(|p| p.to_string()).unwrap_or_default();
-        let names = vec![
-            (src_ns.clone(), Some(src_wl.clone())),
-            (dst_ns.clone(), Some(dst_wl.clone())),
-        ];
-        self.inc(
-            m,
-            Family::WorkloadFlows,
-            vec![src_ns, src_wl, dst_ns, dst_wl, port, r.protocol.clone()],
-            1,
-            names,
-        );
-    }
-
-    fn count_probe(&mut self, m: &Metrics, r: &FlowReport) {
-        let src_ns = namespace_label(&r.src).to_owned();
-        let dst_kind = match r.dst.kind {
-            Some(EndpointKind::Pod) => "pod",
-            Some(EndpointKind::Service) => "service",
-            Some(EndpointKind::Node) => "node",
-            Some(EndpointKind::Metadata) => "metadata",
-            Some(EndpointKind::External) => "external",
-            None => "unknown",
-        };
-        let verdict = match r.verdict {
-            Some(Verdict::Allowed) => "allowed",
-            Some(Verdict::Violation) => "violation",
-            Some(Verdict::Unjudged) | None => "unjudged",
-        };
-        self.inc(
-            m,
-            Family::Probe,
-            vec![src_ns.clone(), dst_kind.to_owned(), verdict.to_owned()],
-            1,
-            vec![(src_ns, None)],
-        );
-    }
-
-    fn count_violations(&mut self, m: &Metrics, r: &FlowReport, only_bypass: bool) {
-        let src_ns = namespace_label(&r.src).to_owned();
-        let dst_ns = namespace_label(&r.dst).to_owned();
-        let (src_wl, dst_wl) = (workload_label(&r.src), workload_label(&r.dst));
-        let sa = match r.src.kind {
-            Some(EndpointKind::Pod) => r
-                .src
-                .service_account
-                .as_deref()
-                .unwrap_or_default()
-                .to_owned(),
-            _ => String::new(),
-        };
-        let port = r.dst.port.map(|p| p.to_string()).unwrap_or_default();
-        for v in &r.violations {
-            let bypass = v.kind == ViolationKind::NetpolBypass;
-            if only_bypass && !bypass {
-                continue;
-            }
-            if bypass {
-                if !self.bypass_counted.insert(Self::conn_id(r)) {
-                    continue;
-                }
-            }
-            let names = vec![
-                (src_ns.clone(), Some(src_wl.clone())),
-                (dst_ns.clone(), Some(dst_wl.clone())),
-            ];
-            self.inc(
-                m,
-                Family::Violations,
-                vec![
-                    v.kind.as_str().to_owned(),
-                    src_ns.clone(),
-                    src_wl.clone(),
-                    sa.clone(),
-                    dst_ns.clone(),
-                    dst_wl.clone(),
-                    port.clone(),
-                    r.protocol.clone(),
-                ],
-                1,
-                names,
-            );
-        }
-    }
-
-    /// Is it time for [`Observer::sweep`]?
-    pub fn sweep_due(&self) -> bool {
-        self.last_sweep.elapsed()
-            >= (self.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
-    }
-
-    /// Drops every series naming a namespace or workload that has been gone
-    /// (not in the index) for longer than the TTL. Node, metadata, outside
-    /// and Service ends count as present while their namespace is.
-    pub fn sweep(&mut self, m: &Metrics, index: &ClusterIndex, now: Instant) {
-        self.last_sweep = now;
-        let live = |ns: &str, wl: Option<&str>| -> bool {
-            if ns.is_empty() {
-                return true;
-            }
-            match wl {
-                None => index.namespace_is_live(ns),
-                Some(w) if w.starts_with("Service/") => index.namespace_is_live(ns),
-                Some(w) => index.workload_is_live(ns, w),
-            }
-        };
-        let mut names: HashSet<(String, Option<String>)> = HashSet::new();
-        for n in self.series.values().flatten() {
-            names.insert(n.clone());
-        }
-        let mut expired: HashSet<(String, Option<String>)> = HashSet::new();
-        for n in names {
-            if live(&n.0, n.1.as_deref()) {
-                self.gone_since.remove(&n);
-            } else {
-                let since = *self.gone_since.entry(n.clone()).or_insert(now);
-                if now.duration_since(since) >= self.ttl {
-                    expired.insert(n);
-                }
-            }
-        }
-        if expired.is_empty() {
-            return;
-        }
-        self.series.retain(|(fam, labels), ns| {
-            if !ns.iter().any(|n| expired.contains(n)) {
-                return true;
-            }
-            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-            let vec = match fam {
-                Family::Flows => &m.flows,
-                Family::Bytes => &m.flow_bytes,
-                Family::Violations => &m.violations,
-                Family::WorkloadFlows => &m.workload_flows,
-                Family::Probe => &m.probe_flows,
-            };
-            let _ = vec.remove_label_values(&refs);
-            false
-        });
-        for n in expired {
-            self.gone_since.remove(&n);
-        }
-    }
-}
-
 /// Why this node leaves a connection it saw to one report made elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotOurs {
@@ -615,7 +287,16 @@ pub struct ClusterJudge {
     /// How long a report waits for the index to name its ends.
     identity_wait: Duration,
     ct_warned: bool,
+    /// Connections counted and forgotten, newest last (bounded by
+    /// [`MAX_DONE`]): a kernel announcement that arrives after the
+    /// connection's final report (the event queue lags behind the sweep
+    /// under a burst of short connections) must not count it again.
+    done: std::collections::VecDeque<String>,
+    done_set: std::collections::HashSet<String>,
 }
+
+/// Forgotten connections remembered against late announcements.
+const MAX_DONE: usize = 65_536;
 
 impl ClusterJudge {
     pub fn new(index: SharedIndex, ready: ReadyFlag, metrics_ttl: Duration) -> Self {
@@ -629,12 +310,20 @@ impl ClusterJudge {
             held: 0,
             identity_wait: Duration::from_secs(15),
             ct_warned: false,
+            done: std::collections::VecDeque::new(),
+            done_set: std::collections::HashSet::new(),
         }
     }
 
     /// Reports the sources' degraded state (a lost API server) to /readyz.
     pub fn with_health(mut self, health: crate::sources::SourceHealth) -> Self {
         self.health = health;
+        self
+    }
+
+    /// Bounds the metrics' series this way (`--metrics-*` flags).
+    pub fn with_observe(mut self, cfg: crate::observe::ObserveConfig) -> Self {
+        self.observer = Observer::with_config(cfg);
         self
     }
 
@@ -833,6 +522,14 @@ impl ClusterJudge {
                 if let Some(o) = st.obs_id {
                     self.observer.forget_id(&o);
                 }
+                if st.counted && self.done_set.insert(id.to_owned()) {
+                    self.done.push_back(id.to_owned());
+                    if self.done.len() > MAX_DONE {
+                        if let Some(old) = self.done.pop_front() {
+                            self.done_set.remove(&old);
+                        }
+                    }
+                }
             }
         }
     }
@@ -859,6 +556,7 @@ impl ClusterJudge {
             metrics.service_without_backend.inc();
         }
         self.observer.observe(metrics, &r, first, announced);
+        r.scan = self.observer.scan_of(&r);
         r
     }
 
@@ -946,6 +644,10 @@ impl crate::daemon::Judge for ClusterJudge {
             let index = self.index.clone();
             let guard = index.read().unwrap_or_else(|e| e.into_inner());
             self.observer.sweep(metrics, &guard, Instant::now());
+        } else if self.observer.declared_due() {
+            let index = self.index.clone();
+            let guard = index.read().unwrap_or_else(|e| e.into_inner());
+            self.observer.refresh_declared(&guard);
         }
         if ended {
             self.forget_if_done(&id);
@@ -955,6 +657,10 @@ impl crate::daemon::Judge for ClusterJudge {
 
     fn announce(&mut self, metrics: &Metrics, report: &FlowReport) -> bool {
         let id = Self::conn_key(report);
+        if self.done_set.contains(&id) {
+            // Announced after its final report: counted then.
+            return false;
+        }
         let st = self.conns.entry(id).or_insert_with(ConnState::new);
         st.seen = true;
         // Not ours, or not judged on its final identity yet (an unknown
@@ -1026,4 +732,4 @@ impl crate::daemon::Judge for ClusterJudge {
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -26,6 +26,7 @@ pub mod ipmap;
 pub mod judge;
 pub mod metrics;
 pub mod netpol;
+pub mod observe;
 pub mod probe;
 pub mod report;
 pub mod reporter;

@@ -73,7 +73,27 @@ pub struct Metrics {
     /// to an exporter, by how they ended (`sent`, `queue_full`, `failed`,
     /// `shutdown`).
     pub export_records: IntCounterVec,
+    /// `segwatch_scans_total{kind,src_namespace,src_workload,dst_namespace,dst_workload}`:
+    /// scans named as such, once per source, destination and scan window.
+    pub scans: IntCounterVec,
+    /// `segwatch_metric_series{family}`: series the flow families hold now.
+    pub metric_series: IntGaugeVec,
+    /// `segwatch_label_overflow_total{family}`: connections counted under
+    /// `dst_port="other"` (past the per-source port budget, or from an
+    /// ephemeral port).
+    pub label_overflow: IntCounterVec,
 }
+
+/// The flow families whose series the observer keeps (and bounds), as
+/// `segwatch_metric_series{family}` names them.
+pub const SERIES_FAMILIES: [&str; 6] = [
+    "segwatch_flows_total",
+    "segwatch_flow_bytes_total",
+    "segwatch_violations_total",
+    "segwatch_workload_flows_total",
+    "segwatch_probe_flows_total",
+    "segwatch_scans_total",
+];
 
 /// Names of the loss stages in `segwatch_events_lost_total{stage}`.
 pub mod stage {
@@ -197,6 +217,39 @@ impl Metrics {
             "Invalid SegmentationPolicy versions seen, by policy name; the previous valid version of the policy stays in force.",
             &["policy"],
         );
+        let scans = counter_vec(
+            "segwatch_scans_total",
+            "Scans: a source workload touching more distinct ports of one destination (kind ports), or more distinct addresses of one namespace with failed or forbidden connections (kind addresses), than the threshold within a scan window; counted once per window.",
+            &[
+                "kind",
+                "src_namespace",
+                "src_workload",
+                "dst_namespace",
+                "dst_workload",
+            ],
+        );
+        let label_overflow = counter_vec(
+            "segwatch_label_overflow_total",
+            "Connections counted under dst_port=\"other\": the source's port budget was spent, or the port is ephemeral.",
+            &["family"],
+        );
+        let metric_series = IntGaugeVec::new(
+            Opts::new(
+                "segwatch_metric_series",
+                "Series the flow families hold now (bounded by the port budget and the TTL).",
+            ),
+            &["family"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(metric_series.clone()))
+            .expect("metric names are unique");
+        for f in SERIES_FAMILIES {
+            metric_series.with_label_values(&[f]);
+        }
+        for f in ["segwatch_violations_total", "segwatch_workload_flows_total"] {
+            label_overflow.with_label_values(&[f]);
+        }
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric definition is valid");
             registry
@@ -308,6 +361,9 @@ impl Metrics {
             flows_identity_late,
             policy_errors,
             export_records,
+            scans,
+            metric_series,
+            label_overflow,
         }
     }
 

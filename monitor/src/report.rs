@@ -69,9 +69,36 @@ pub struct FlowReport {
     /// (active timeout), ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u32>,
+    /// Extension: the connection is part of a scan its source workload
+    /// ran (counted once per scan window in `segwatch_scans_total`; see
+    /// README "Metrics: series budget and scans"). Omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanKind>,
     /// The kernel's connection key (daemon only; never written).
     #[serde(skip)]
     pub conn: Option<ConnKey>,
+}
+
+/// What made a source's connections a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanKind {
+    /// More distinct ports of one destination (workload, node, ...) than
+    /// the threshold within the window.
+    Ports,
+    /// More distinct addresses of one namespace (or of nodes/outside)
+    /// than the threshold within the window, counting connections that
+    /// failed or broke the policy.
+    Addresses,
+}
+
+impl ScanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanKind::Ports => "ports",
+            ScanKind::Addresses => "addresses",
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -195,6 +222,7 @@ impl Default for FlowReport {
             probe: false,
             connection: None,
             seq: None,
+            scan: None,
             conn: None,
         }
     }

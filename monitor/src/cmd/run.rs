@@ -78,6 +78,28 @@ pub struct Args {
     /// (seconds).
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     pub metrics_ttl: u64,
+    /// Distinct port numbers a source workload keeps as `dst_port` label
+    /// values per violation kind, and per workload edge, besides the ports
+    /// the cluster declares; the rest count under `dst_port="other"`.
+    #[arg(long, default_value_t = crate::observe::DEFAULT_PORTS_PER_SOURCE, value_name = "N")]
+    pub metrics_ports_per_source: usize,
+    /// A source workload touching more distinct ports of one destination
+    /// than this within a scan window is scanning (`segwatch_scans_total`).
+    #[arg(long, default_value_t = crate::observe::DEFAULT_SCAN_PORTS as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_scan_ports: u64,
+    /// A source workload with failed or forbidden connections to more
+    /// distinct addresses of one namespace than this within a scan window
+    /// is scanning.
+    #[arg(long, default_value_t = crate::observe::DEFAULT_SCAN_ADDRESSES as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_scan_addresses: u64,
+    /// Length of a scan window (seconds); a scan is counted once per window.
+    #[arg(long, default_value_t = crate::observe::DEFAULT_SCAN_WINDOW.as_secs(), value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_scan_window: u64,
+    /// Leave this namespace out of the per-workload metric families
+    /// (violations, workload edges, scans); its traffic still counts in
+    /// the per-namespace ones (repeatable).
+    #[arg(long = "metrics-exclude-namespace", value_name = "NAMESPACE")]
+    pub metrics_exclude_namespaces: Vec<String>,
     /// Capacity of the kernel flow table (entries per node).
     #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_FLOWS, value_name = "N")]
     pub max_flows: u32,
@@ -336,7 +358,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     index_cfg.agent_selector = agent_selector;
     let identity_wait = std::time::Duration::from_secs(args.identity_wait);
-    let ttl = std::time::Duration::from_secs(args.metrics_ttl);
+    let observe = crate::observe::ObserveConfig {
+        ttl: std::time::Duration::from_secs(args.metrics_ttl),
+        ports_per_source: args.metrics_ports_per_source,
+        scan_ports: usize::try_from(args.metrics_scan_ports).unwrap_or(usize::MAX),
+        scan_addresses: usize::try_from(args.metrics_scan_addresses).unwrap_or(usize::MAX),
+        scan_window: std::time::Duration::from_secs(args.metrics_scan_window),
+        exclude_namespaces: args.metrics_exclude_namespaces.into_iter().collect(),
+    };
+    let ttl = observe.ttl;
     let inventory = args.inventory;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -375,7 +405,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let mut judge = crate::judge::ClusterJudge::new(sources.index, sources.ready, ttl)
             .with_health(sources.health)
-            .with_identity_wait(identity_wait);
+            .with_identity_wait(identity_wait)
+            .with_observe(observe);
         match crate::conntrack::Conntrack::open() {
             Ok(ct) => judge = judge.with_conntrack(Box::new(ct)),
             // Still useful without it: Service connections are reported

@@ -508,6 +508,18 @@ impl CompiledPolicy {
     /// Addresses of the cloud metadata API (`kind: metadata`).
     /// The documents that own the hostAccess rules (the rule named by a
     /// host_access violation).
+    /// Single node ports the hostAccess rules name (`"10250/TCP"`; ranges
+    /// and "any port" name none): they keep their number in the metrics'
+    /// port budget (crate::observe).
+    pub fn host_ports_named(&self) -> impl Iterator<Item = (u16, &'static str)> + '_ {
+        self.host_rules
+            .iter()
+            .filter_map(|r| r.ports.0.as_ref())
+            .flatten()
+            .filter(|p| p.first == p.last)
+            .map(|p| (p.first, p.proto.as_str()))
+    }
+
     pub fn host_owner_name(&self) -> String {
         self.host_owner.to_string()
     }

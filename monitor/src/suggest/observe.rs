@@ -459,6 +459,24 @@ impl Observed {
                 *nd.get_or_insert(0) += 1;
                 continue;
             }
+            if protocol.has_ports() && s.dst_port == crate::observe::OTHER_PORT {
+                // Ports past the agent's per-source budget: allowing "any
+                // port" would widen the policy; the flow log has them.
+                obs.notes.insert(Note::Unexpressible {
+                    what: format!(
+                        "{}/{} -> {}/{} {} dst_port=\"other\"",
+                        s.src_namespace,
+                        s.src_workload,
+                        s.dst_namespace,
+                        s.dst_workload,
+                        s.protocol
+                    ),
+                    reason: "the ports were counted past the agent's port budget \
+                             (--metrics-ports-per-source); suggest from the flow log instead"
+                        .into(),
+                });
+                continue;
+            }
             let port = if protocol.has_ports() {
                 s.dst_port.parse::<u16>().ok().filter(|p| *p != 0)
             } else {

@@ -83,9 +83,16 @@ fn alert_rules_cover_every_violation_kind_and_name_only_exported_metrics() {
     }
 
     // Unit-test input series use the daemon's names and labels only.
-    let tests = yaml_one(&deploy().join("prometheus/tests.yaml"));
     let mut tested: BTreeSet<String> = BTreeSet::new();
-    for t in tests["tests"].as_array().expect("tests") {
+    let test_files = ["prometheus/tests.yaml", "prometheus/tests-scans.yaml"];
+    let tests: Vec<Value> = test_files
+        .iter()
+        .map(|f| yaml_one(&deploy().join(f)))
+        .collect();
+    for t in tests
+        .iter()
+        .flat_map(|t| t["tests"].as_array().expect("tests"))
+    {
         for s in t["input_series"].as_array().expect("input_series") {
             let series = s["series"].as_str().expect("series");
             let (name, labels) = series.split_once('{').expect("series has labels");

@@ -44,6 +44,9 @@ pub(super) fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
         &m.flows_identity_late,
         &m.policy_errors,
         &m.export_records,
+        &m.scans,
+        &m.metric_series,
+        &m.label_overflow,
     ];
     for c in vectors {
         for d in c.desc() {

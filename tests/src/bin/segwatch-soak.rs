@@ -7,9 +7,11 @@
 //!    │            └─ churn pods c<k>: created, talk for ~15 s, deleted
 //!    │  workers:  TCP (v4/v6, 1-64 KiB), UDP, ICMP/ICMPv6, cross-namespace
 //!    │  storms:   every 60 s, 2,000 UDP flows + 200 TCP connections at once
+//!    │  scanner:  p1 connects to every port of p3, round after round
 //!    └─ segwatch run --inventory --policy (release build)
 //!          ▼ every --sample-secs: VmRSS, segwatch_flow_table_entries,
-//!            segwatch_events_lost_total{stage}, segwatch_interfaces_attached
+//!            segwatch_events_lost_total{stage}, segwatch_interfaces_attached,
+//!            segwatch_metric_series{family} (flat once the port budget is reached)
 //!  target/soak/results.json + results.md: first third vs last third
 //! ```
 //!
@@ -63,6 +65,7 @@ struct Load {
     pods_created: AtomicU64,
     pods_deleted: AtomicU64,
     bytes: AtomicU64,
+    scan_attempts: AtomicU64,
 }
 
 impl Load {
@@ -73,6 +76,7 @@ impl Load {
             "udp_datagrams": g(&self.udp), "icmp_pings": g(&self.icmp),
             "storms": g(&self.storms), "pods_created": g(&self.pods_created),
             "pods_deleted": g(&self.pods_deleted), "payload_bytes": g(&self.bytes),
+            "scan_attempts": g(&self.scan_attempts),
         })
     }
 }
@@ -165,6 +169,14 @@ fn main() -> Result<()> {
             storms(v4, v6, &stop, &load);
         }));
     }
+    {
+        let (path, stop, load) = (topo.pods[1].ns.path(), stop.clone(), load.clone());
+        let target = topo.pods[3].ip4;
+        threads.push(std::thread::spawn(move || {
+            enter(&path);
+            scanner(target, &stop, &load);
+        }));
+    }
 
     let started = Instant::now();
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
@@ -185,12 +197,13 @@ fn main() -> Result<()> {
         match sample(&daemon, pid, started) {
             Ok(s) => {
                 eprintln!(
-                    "soak: t={:>5.0}s rss={:.1} MiB flows-in-table={} attached={} lost={}",
+                    "soak: t={:>5.0}s rss={:.1} MiB flows-in-table={} attached={} lost={} budgeted-series={}",
                     s["t"].as_f64().unwrap_or(0.0),
                     s["rss_mib"].as_f64().unwrap_or(0.0),
                     s["flow_table_entries"],
                     s["interfaces_attached"],
-                    s["events_lost_total"]
+                    s["events_lost_total"],
+                    s["budgeted_series"]
                 );
                 samples.push(s);
             }
@@ -447,6 +460,20 @@ fn add_churn_pod(node: &str, tag: &str, name: &str, k: u64, i: u64) -> Result<(N
 
 /// Every 60 s a burst of new flows from one pod: 2,000 UDP flows (a socket
 /// each) and 200 TCP connections.
+/// A port scan that never ends: every port of `target`, round after round
+/// (a few hundred attempts a second). Its series must stop growing once
+/// the per-source port budget is spent.
+fn scanner(target: IpAddr, stop: &AtomicBool, load: &Load) {
+    let mut port: u16 = 1;
+    while !stop.load(Ordering::Relaxed) {
+        let _ =
+            TcpStream::connect_timeout(&SocketAddr::new(target, port), Duration::from_millis(200));
+        load.scan_attempts.fetch_add(1, Ordering::Relaxed);
+        port = port.checked_add(1).unwrap_or(1);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn storms(v4: IpAddr, v6: IpAddr, stop: &AtomicBool, load: &Load) {
     let mut next = Instant::now() + Duration::from_secs(20);
     while !stop.load(Ordering::Relaxed) {
@@ -508,6 +535,15 @@ fn sample(daemon: &Daemon, pid: u32, started: Instant) -> Result<Value> {
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .sum()
     };
+    let budgeted: f64 = ["segwatch_violations_total", "segwatch_workload_flows_total"]
+        .iter()
+        .map(|f| {
+            metric_value(
+                &metrics,
+                &format!("segwatch_metric_series{{family=\"{f}\"}}"),
+            )
+        })
+        .sum();
     Ok(json!({
         "t": started.elapsed().as_secs_f64().round(),
         "rss_mib": rss_kib / 1024.0,
@@ -519,6 +555,8 @@ fn sample(daemon: &Daemon, pid: u32, started: Instant) -> Result<Value> {
         "flows_total": sum("segwatch_flows_total{"),
         "violations_total": sum("segwatch_violations_total{"),
         "metric_series": metrics.lines().filter(|l| !l.starts_with('#')).count(),
+        "budgeted_series": budgeted,
+        "scans_total": sum("segwatch_scans_total{"),
     }))
 }
 
@@ -561,6 +599,8 @@ fn analyse(samples: &[Value]) -> Value {
         "rss_mib": compare("rss_mib", 0.10),
         "flow_table_entries": compare("flow_table_entries", 0.25),
         "metric_series": compare("metric_series", 0.25),
+        "budgeted_series": compare("budgeted_series", 0.10),
+        "scans_total_at_end": samples.last().map(|s| s["scans_total"].clone()),
         "interfaces_attached": compare("interfaces_attached", 0.5),
         "events_lost_total_at_end": samples.last().map(|s| s["events_lost"].clone()),
         "flows_total_at_end": samples.last().map(|s| s["flows_total"].clone()),
@@ -608,6 +648,10 @@ fn markdown(r: &Value) -> String {
         ("rss_mib", "daemon RSS (MiB)"),
         ("flow_table_entries", "flow table entries"),
         ("metric_series", "/metrics series"),
+        (
+            "budgeted_series",
+            "violation + workload-edge series (segwatch_metric_series), scanner included",
+        ),
         ("interfaces_attached", "interfaces attached"),
     ] {
         let f = &a[key];
@@ -625,6 +669,11 @@ fn markdown(r: &Value) -> String {
             }
         );
     }
+    let _ = writeln!(
+        md,
+        "\nScanner: {} attempts; segwatch_scans_total at the end: {}.",
+        l["scan_attempts"], a["scans_total_at_end"]
+    );
     let _ = writeln!(
         md,
         "\nLosses at the end (segwatch_events_lost_total by stage): {}\n",

@@ -12,7 +12,8 @@
 //!    ├─ storm     TCP connections/s all reported with zero loss
 //!    ├─ latency   forbidden SYN → segwatch_violations_total
 //!    ├─ rss       daemon memory at 100,000 active flows, kernel maps' memlock
-//!    └─ userspace attribution + verdict per flow record, one core
+//!    ├─ userspace attribution + verdict per flow record, one core
+//!    └─ scan      /metrics size after a 3,000-port scan, next to the budget
 //!          ▼
 //!  target/bench/results.json + results.md (machine, min/median/max per figure)
 //! ```
@@ -27,6 +28,7 @@ mod kernel_peer;
 mod latency;
 mod report;
 mod rss;
+mod scan;
 mod small;
 mod storm;
 mod tcp;
@@ -94,6 +96,7 @@ enum Group {
     Latency,
     Rss,
     Userspace,
+    Scan,
 }
 
 /// Repetitions and durations; `--quick` shrinks them to about a minute.
@@ -227,7 +230,7 @@ fn run(args: &Args) -> Result<bool> {
     };
 
     type Phase = fn(&mut Ctx) -> Result<Vec<Figure>>;
-    let phases: [(Group, &str, Phase, &[(&str, &str)]); 8] = [
+    let phases: [(Group, &str, Phase, &[(&str, &str)]); 9] = [
         (
             Group::TestRun,
             "test_run on crafted packets",
@@ -291,6 +294,15 @@ fn run(args: &Args) -> Result<bool> {
             "userspace attribution + verdict",
             userspace::phase,
             &[("userspace_flows_per_sec", "flows/s")],
+        ),
+        (
+            Group::Scan,
+            "/metrics after a port scan",
+            scan::phase,
+            &[
+                ("metrics_bytes_after_scan", "bytes"),
+                ("scan_series_over_budget", "x"),
+            ],
         ),
     ];
 
