@@ -52,6 +52,8 @@ pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
     ("policy.networking.k8s.io", "clusternetworkpolicies"),
     ("policy.networking.k8s.io", "adminnetworkpolicies"),
     ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+    ("segwatch.dev", "stagednetworkpolicies"),
+    ("segwatch.dev", "stagedclusternetworkpolicies"),
 ];
 
 pub type Labels = BTreeMap<String, String>;
@@ -220,6 +222,9 @@ pub struct ClusterIndex {
     netpols: HashMap<Key, NetworkPolicy>,
     /// ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy by (kind, name).
     cluster_netpols: HashMap<(ObjectKind, String), Object>,
+    /// StagedNetworkPolicy (by `ns/name`) and StagedClusterNetworkPolicy
+    /// (by name): judged next to the live policies, never enforced.
+    staged: HashMap<(ObjectKind, String), Object>,
     segpolicies: HashMap<String, (SegmentationPolicy, Option<Arc<CompiledDoc>>)>,
     /// ReplicaSet, Deployment, StatefulSet, DaemonSet, Job, CronJob,
     /// ReplicationController by (kind, ns, name).
@@ -267,6 +272,14 @@ fn key_of(meta: &ObjectMeta) -> Key {
             .unwrap_or_else(|| "default".into()),
         meta.name.clone().unwrap_or_default(),
     )
+}
+
+/// `ns/name` of a namespaced staged object, `name` of a cluster-scoped one.
+fn staged_key(o: &Object) -> String {
+    match o.namespace() {
+        Some(ns) => format!("{ns}/{}", o.name()),
+        None => o.name().to_owned(),
+    }
 }
 
 fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a str>) -> Vec<IpAddr> {
@@ -377,6 +390,10 @@ impl ClusterIndex {
                     .insert((o.kind(), o.name().to_owned()), o);
                 self.mark_netpol();
             }
+            o @ (Object::StagedNetworkPolicy(_) | Object::StagedClusterNetworkPolicy(_)) => {
+                self.staged.insert((o.kind(), staged_key(&o)), o);
+                self.mark_netpol();
+            }
             Object::SegmentationPolicy(sp) => {
                 let name = sp.metadata.name.clone().unwrap_or_default();
                 let compiled = match CompiledDoc::compile(&sp) {
@@ -449,6 +466,14 @@ impl ClusterIndex {
             ObjectKind::SegmentationPolicy => {
                 self.segpolicies.remove(name);
                 self.recompile_policy();
+            }
+            ObjectKind::StagedNetworkPolicy => {
+                self.staged.remove(&(kind, format!("{}/{}", key.0, key.1)));
+                self.mark_netpol();
+            }
+            ObjectKind::StagedClusterNetworkPolicy => {
+                self.staged.remove(&(kind, name.to_owned()));
+                self.mark_netpol();
             }
             ObjectKind::ClusterNetworkPolicy
             | ObjectKind::AdminNetworkPolicy
@@ -569,6 +594,12 @@ impl ClusterIndex {
                 .filter(|((k, _), _)| *k == kind)
                 .map(|((_, n), o)| (n.clone(), rv(o.metadata())))
                 .collect(),
+            ObjectKind::StagedNetworkPolicy | ObjectKind::StagedClusterNetworkPolicy => self
+                .staged
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, n), o)| (n.clone(), rv(o.metadata())))
+                .collect(),
             _ => self
                 .workloads
                 .iter()
@@ -600,6 +631,12 @@ impl ClusterIndex {
                 .keys()
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, n)| (None, n.clone()))
+                .collect(),
+            ObjectKind::StagedNetworkPolicy | ObjectKind::StagedClusterNetworkPolicy => self
+                .staged
+                .values()
+                .filter(|o| o.kind() == kind)
+                .map(|o| (o.namespace().map(str::to_owned), o.name().to_owned()))
                 .collect(),
             _ => self
                 .workloads
@@ -653,9 +690,18 @@ impl ClusterIndex {
                 .filter_map(crate::netpol::ClusterPolicyRef::of)
                 .collect(),
         };
-        let (engine, warnings) = crate::netpol::Engine::build(&objects);
+        let (mut engine, warnings) = crate::netpol::Engine::build(&objects);
         for w in warnings {
             tracing::info!("NetworkPolicy: {w}");
+        }
+        if !self.staged.is_empty() {
+            let staged: Vec<Object> = self.staged.values().cloned().collect();
+            let staged = crate::netpol::staged::StagedObjects::from_inventory(&staged);
+            let (overlay, warnings) = crate::netpol::staged::Overlay::build(&objects, &staged);
+            for w in warnings {
+                tracing::info!("staged policy: {w}");
+            }
+            engine.set_staged(Some(overlay));
         }
         (self.netpol_changes, engine)
     }

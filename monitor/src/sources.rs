@@ -382,6 +382,18 @@ pub(crate) const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
         "v1alpha1",
         "baselineadminnetworkpolicies",
     ),
+    (
+        ObjectKind::StagedNetworkPolicy,
+        "segwatch.dev",
+        "v1alpha1",
+        "stagednetworkpolicies",
+    ),
+    (
+        ObjectKind::StagedClusterNetworkPolicy,
+        "segwatch.dev",
+        "v1alpha1",
+        "stagedclusternetworkpolicies",
+    ),
 ];
 
 fn spawn_watchers(
