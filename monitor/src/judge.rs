@@ -405,6 +405,8 @@ impl Observer {
         let dst_ns = namespace_label(&r.dst).to_owned();
         let (src_wl, dst_wl) = (workload_label(&r.src), workload_label(&r.dst));
         let port = r.dst.port.map(|p| p.to_string()).unwrap_or_default();
+        m.staged
+            .count(r, [&src_ns, &src_wl, &dst_ns, &dst_wl, &port, &r.protocol]);
         let names = vec![
             (src_ns.clone(), Some(src_wl.clone())),
             (dst_ns.clone(), Some(dst_wl.clone())),

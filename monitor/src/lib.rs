@@ -30,6 +30,7 @@ pub mod report;
 pub mod reporter;
 pub mod segpolicy;
 pub mod sources;
+pub mod staged;
 pub mod suggest;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -73,6 +73,8 @@ pub struct Metrics {
     /// to an exporter, by how they ended (`sent`, `queue_full`, `failed`,
     /// `shutdown`).
     pub export_records: IntCounterVec,
+    /// `segwatch_staged_*`: staged policy verdicts (see [`crate::staged`]).
+    pub staged: crate::staged::StagedMetrics,
 }
 
 /// Names of the loss stages in `segwatch_events_lost_total{stage}`.
@@ -283,6 +285,7 @@ impl Metrics {
         ] {
             events_lost.with_label_values(&[s]);
         }
+        let staged = crate::staged::StagedMetrics::register(&registry);
         Metrics {
             registry,
             flows,
@@ -308,6 +311,7 @@ impl Metrics {
             flows_identity_late,
             policy_errors,
             export_records,
+            staged,
         }
     }
 
