@@ -6,4 +6,5 @@ pub mod crd;
 pub mod netpol;
 pub mod probe;
 pub mod run;
+pub mod staged;
 pub mod suggest;

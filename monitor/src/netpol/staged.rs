@@ -553,6 +553,155 @@ impl Overlay {
     }
 }
 
+/// What a staged object did over a window of flow reports, replayed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    /// Connections judged by NetworkPolicy in the window.
+    pub judged: u64,
+    /// Connections the staged object applied to.
+    pub selected: u64,
+    /// Connections it would deny: one line of evidence each.
+    pub would_deny: Vec<String>,
+    pub would_allow: u64,
+    /// Connections a flow log recorded as `would_deny` for this object
+    /// (the daemon's verdict at the time).
+    pub recorded_would_deny: u64,
+}
+
+/// Replays flow reports (connections the daemon judged by NetworkPolicy:
+/// reports with a `netpol` field; a connection counts once) through the
+/// live set with the staged set applied, as the daemon judges them: per
+/// staged object the connections it applied to and the would-deny /
+/// would-allow ones attributed to it.
+pub fn replay_window(
+    live: &Objects<'_>,
+    staged: &StagedObjects<'_>,
+    reports: &[crate::report::FlowReport],
+) -> Vec<(StagedInfo, WindowStats)> {
+    let (engine, _) = Engine::build(live);
+    let mut seen = HashSet::new();
+    let conns: Vec<(&crate::report::FlowReport, Query)> = reports
+        .iter()
+        .filter(|r| r.netpol.is_some())
+        .filter(|r| {
+            seen.insert(match &r.connection {
+                Some(c) => format!("{}|{c}", r.observer.as_deref().unwrap_or("")),
+                None => format!(
+                    "{}|{:?}|{}|{:?}|{}|{}",
+                    r.src.ip, r.src.port, r.dst.ip, r.dst.port, r.protocol, r.start
+                ),
+            })
+        })
+        .filter_map(|r| {
+            let protocol = r.protocol.parse().ok()?;
+            Some((
+                r,
+                Query {
+                    src: super::Peer::Ip(r.src.ip),
+                    dst: super::Peer::Ip(r.dst.ip),
+                    protocol,
+                    port: r.dst.port.unwrap_or(0),
+                },
+            ))
+        })
+        .collect();
+    let (overlay, _) = Overlay::build(live, staged);
+    let mut out: Vec<(StagedInfo, WindowStats)> = overlay
+        .policies()
+        .iter()
+        .map(|p| (p.clone(), WindowStats::default()))
+        .collect();
+    for (r, q) in &conns {
+        let live_decision = engine.evaluate(q);
+        let j = overlay.judge(&engine, &live_decision, q);
+        for (_, st) in out.iter_mut() {
+            st.judged += 1;
+        }
+        for &i in &j.selected {
+            out[i].1.selected += 1;
+        }
+        if let Some(i) = j.policy {
+            match j.verdict {
+                StagedVerdict::WouldDeny => out[i].1.would_deny.push(format!(
+                    "{} {} -> {} {}:{} {} at {}",
+                    r.src.namespace.as_deref().unwrap_or("-"),
+                    r.src.pod.as_deref().unwrap_or(&r.src.ip.to_string()),
+                    r.dst.namespace.as_deref().unwrap_or("-"),
+                    r.dst.pod.as_deref().unwrap_or(&r.dst.ip.to_string()),
+                    r.dst.port.unwrap_or(0),
+                    r.protocol,
+                    r.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )),
+                StagedVerdict::WouldAllow => out[i].1.would_allow += 1,
+                StagedVerdict::Allowed | StagedVerdict::Denied => {}
+            }
+        }
+        if let Some(s) = r
+            .staged
+            .as_ref()
+            .filter(|s| s.verdict == StagedVerdict::WouldDeny)
+        {
+            if let Some((_, st)) = out
+                .iter_mut()
+                .find(|(p, _)| s.policy.as_deref() == Some(&p.reference()))
+            {
+                st.recorded_would_deny += 1;
+            }
+        }
+    }
+    out
+}
+
+/// NetworkPolicies as StagedNetworkPolicy objects (same namespace, name and
+/// spec): YAML documents, or a JSON `List`.
+pub fn render_staged(policies: &[NetworkPolicy], json: bool) -> Result<String, serde_json::Error> {
+    let items = policies
+        .iter()
+        .map(|p| {
+            let staged = StagedNetworkPolicy {
+                metadata: ObjectMeta {
+                    name: p.metadata.name.clone(),
+                    namespace: Some(ns_of(&p.metadata)),
+                    labels: p.metadata.labels.clone(),
+                    annotations: p.metadata.annotations.clone(),
+                    ..Default::default()
+                },
+                spec: StagedNetworkPolicySpec {
+                    action: StagedAction::Set,
+                    policy: p.spec.clone().unwrap_or_default(),
+                },
+            };
+            let mut v = serde_json::to_value(&staged)?;
+            if let Value::Object(m) = &mut v {
+                let mut out = serde_json::Map::new();
+                out.insert("apiVersion".into(), "segwatch.dev/v1alpha1".into());
+                out.insert("kind".into(), STAGED_NP_KIND.into());
+                out.extend(std::mem::take(m));
+                *m = out;
+            }
+            Ok(v)
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()?;
+    Ok(list_text(items, json))
+}
+
+/// Objects as YAML documents, or a pretty JSON `List`.
+pub fn list_text(items: Vec<Value>, json: bool) -> String {
+    if json {
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let mut s = serde_json::to_string_pretty(&list).unwrap_or_default();
+        s.push('\n');
+        s
+    } else {
+        let mut out = String::new();
+        for v in items {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml_ng::to_string(&v).unwrap_or_default());
+        }
+        out
+    }
+}
+
 /// The flow report's `staged` field of a connection the live `engine`
 /// decided: `None` when no staged object exists.
 pub fn report_of(engine: &Engine, live: &Decision, q: &Query) -> Option<StagedReport> {
