@@ -293,3 +293,55 @@ fn suggest_staged_writes_staged_objects() {
     assert!(stderr.contains("10.0.0.1 -> - 10.0.0.3:22 TCP"), "{stderr}");
     assert_eq!(stderr.matches("would deny:").count(), 1, "{stderr}");
 }
+
+#[test]
+fn audit_has_a_section_per_staged_policy() {
+    let dir = scratch("audit");
+    inventory(&dir);
+    let log = dir.join("flows.jsonl");
+    let flows = [
+        flow("c1", "10.0.0.2", "10.0.0.3", 5432),
+        flow("c2", "10.0.0.1", "10.0.0.3", 5432),
+        flow("c3", "10.0.0.1", "10.0.0.2", 80),
+    ];
+    std::fs::write(&log, flows.join("\n") + "\n").expect("write flows");
+    let out = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+        .args(["audit", "--format", "json", "--inventory"])
+        .arg(dir.join("inventory"))
+        .arg("--flows")
+        .arg(&log)
+        .output()
+        .expect("run segwatch audit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit JSON");
+    let s = &v["staged"][0];
+    assert_eq!(s["kind"], "StagedNetworkPolicy");
+    assert_eq!(s["name"], "shop/db-lockdown");
+    assert_eq!(s["connections_judged"], 3);
+    assert_eq!(s["connections_selected"], 2, "api->db and web->db");
+    assert_eq!(s["would_deny"], 1);
+    assert_eq!(s["would_allow"], 0);
+    assert!(
+        s["would_deny_evidence"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("10.0.0.1 -> - 10.0.0.3:5432 TCP")),
+        "{s}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+        .args(["audit", "--format", "md", "--inventory"])
+        .arg(dir.join("inventory"))
+        .arg("--flows")
+        .arg(&log)
+        .output()
+        .expect("run segwatch audit");
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        md.contains("## Staged policy StagedNetworkPolicy shop/db-lockdown"),
+        "{md}"
+    );
+    assert!(md.contains("- Would deny: **1**"), "{md}");
+}
