@@ -36,6 +36,9 @@ pub enum Command {
     /// Active evidence from inside a pod: try node admin ports, NodePorts,
     /// cloud metadata endpoints and other namespaces; judge against the policies.
     Probe(cmd::probe::Args),
+    /// Staged policies (StagedNetworkPolicy, StagedClusterNetworkPolicy):
+    /// promote the ones that would have denied nothing.
+    Staged(cmd::staged::Args),
 }
 
 /// The log filter without `--log-level` or RUST_LOG. kube's client and
@@ -107,5 +110,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Suggest(args) => cmd::suggest::run(args),
         Command::Netpol(args) => cmd::netpol::run(args),
         Command::Probe(args) => cmd::probe::run(args),
+        Command::Staged(args) => cmd::staged::run(args),
     }
 }

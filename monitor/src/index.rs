@@ -52,6 +52,8 @@ pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
     ("policy.networking.k8s.io", "clusternetworkpolicies"),
     ("policy.networking.k8s.io", "adminnetworkpolicies"),
     ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+    ("segwatch.dev", "stagednetworkpolicies"),
+    ("segwatch.dev", "stagedclusternetworkpolicies"),
 ];
 
 /// (kind, group, version, plural) of every watched resource; the RBAC
@@ -104,6 +106,18 @@ pub(crate) const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
         "policy.networking.k8s.io",
         "v1alpha1",
         "baselineadminnetworkpolicies",
+    ),
+    (
+        ObjectKind::StagedNetworkPolicy,
+        "segwatch.dev",
+        "v1alpha1",
+        "stagednetworkpolicies",
+    ),
+    (
+        ObjectKind::StagedClusterNetworkPolicy,
+        "segwatch.dev",
+        "v1alpha1",
+        "stagedclusternetworkpolicies",
     ),
 ];
 
@@ -297,6 +311,9 @@ pub struct ClusterIndex {
     netpols: HashMap<Key, NetworkPolicy>,
     /// ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy by (kind, name).
     cluster_netpols: HashMap<(ObjectKind, String), Object>,
+    /// StagedNetworkPolicy (by `ns/name`) and StagedClusterNetworkPolicy
+    /// (by name): judged next to the live policies, never enforced.
+    staged: HashMap<(ObjectKind, String), Object>,
     segpolicies: HashMap<String, (SegmentationPolicy, Option<Arc<CompiledDoc>>)>,
     /// ReplicaSet, Deployment, StatefulSet, DaemonSet, Job, CronJob,
     /// ReplicationController by (kind, ns, name).
@@ -344,6 +361,14 @@ fn key_of(meta: &ObjectMeta) -> Key {
             .unwrap_or_else(|| "default".into()),
         meta.name.clone().unwrap_or_default(),
     )
+}
+
+/// `ns/name` of a namespaced staged object, `name` of a cluster-scoped one.
+fn staged_key(o: &Object) -> String {
+    match o.namespace() {
+        Some(ns) => format!("{ns}/{}", o.name()),
+        None => o.name().to_owned(),
+    }
 }
 
 fn parse_ips<'a>(ips: impl IntoIterator<Item = &'a str>) -> Vec<IpAddr> {
@@ -454,6 +479,10 @@ impl ClusterIndex {
                     .insert((o.kind(), o.name().to_owned()), o);
                 self.mark_netpol();
             }
+            o @ (Object::StagedNetworkPolicy(_) | Object::StagedClusterNetworkPolicy(_)) => {
+                self.staged.insert((o.kind(), staged_key(&o)), o);
+                self.mark_netpol();
+            }
             Object::SegmentationPolicy(sp) => {
                 let name = sp.metadata.name.clone().unwrap_or_default();
                 let compiled = match CompiledDoc::compile(&sp) {
@@ -526,6 +555,14 @@ impl ClusterIndex {
             ObjectKind::SegmentationPolicy => {
                 self.segpolicies.remove(name);
                 self.recompile_policy();
+            }
+            ObjectKind::StagedNetworkPolicy => {
+                self.staged.remove(&(kind, format!("{}/{}", key.0, key.1)));
+                self.mark_netpol();
+            }
+            ObjectKind::StagedClusterNetworkPolicy => {
+                self.staged.remove(&(kind, name.to_owned()));
+                self.mark_netpol();
             }
             ObjectKind::ClusterNetworkPolicy
             | ObjectKind::AdminNetworkPolicy
@@ -646,6 +683,12 @@ impl ClusterIndex {
                 .filter(|((k, _), _)| *k == kind)
                 .map(|((_, n), o)| (n.clone(), rv(o.metadata())))
                 .collect(),
+            ObjectKind::StagedNetworkPolicy | ObjectKind::StagedClusterNetworkPolicy => self
+                .staged
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, n), o)| (n.clone(), rv(o.metadata())))
+                .collect(),
             _ => self
                 .workloads
                 .iter()
@@ -677,6 +720,12 @@ impl ClusterIndex {
                 .keys()
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, n)| (None, n.clone()))
+                .collect(),
+            ObjectKind::StagedNetworkPolicy | ObjectKind::StagedClusterNetworkPolicy => self
+                .staged
+                .values()
+                .filter(|o| o.kind() == kind)
+                .map(|o| (o.namespace().map(str::to_owned), o.name().to_owned()))
                 .collect(),
             _ => self
                 .workloads
@@ -730,9 +779,18 @@ impl ClusterIndex {
                 .filter_map(crate::netpol::ClusterPolicyRef::of)
                 .collect(),
         };
-        let (engine, warnings) = crate::netpol::Engine::build(&objects);
+        let (mut engine, warnings) = crate::netpol::Engine::build(&objects);
         for w in warnings {
             tracing::info!("NetworkPolicy: {w}");
+        }
+        if !self.staged.is_empty() {
+            let staged: Vec<Object> = self.staged.values().cloned().collect();
+            let staged = crate::netpol::staged::StagedObjects::from_inventory(&staged);
+            let (overlay, warnings) = crate::netpol::staged::Overlay::build(&objects, &staged);
+            for w in warnings {
+                tracing::info!("staged policy: {w}");
+            }
+            engine.set_staged(Some(overlay));
         }
         (self.netpol_changes, engine)
     }

@@ -33,6 +33,7 @@ use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::netpol::cluster::ClusterPolicyObject;
+use crate::netpol::staged::StagedNetworkPolicy;
 use crate::segpolicy::SegmentationPolicy;
 
 /// One cluster object segwatch reads.
@@ -62,6 +63,11 @@ pub enum Object {
     AdminNetworkPolicy(ClusterPolicyObject),
     /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy (deprecated).
     BaselineAdminNetworkPolicy(ClusterPolicyObject),
+    /// `segwatch.dev/v1alpha1` StagedNetworkPolicy: judged, never enforced.
+    StagedNetworkPolicy(StagedNetworkPolicy),
+    /// `segwatch.dev/v1alpha1` StagedClusterNetworkPolicy (spec: a
+    /// ClusterNetworkPolicy spec, or `action: Delete`).
+    StagedClusterNetworkPolicy(ClusterPolicyObject),
 }
 
 /// The kinds of [`Object`], for deletes and messages.
@@ -84,10 +90,12 @@ pub enum ObjectKind {
     ClusterNetworkPolicy,
     AdminNetworkPolicy,
     BaselineAdminNetworkPolicy,
+    StagedNetworkPolicy,
+    StagedClusterNetworkPolicy,
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 17] = [
+    pub const ALL: [ObjectKind; 19] = [
         ObjectKind::Namespace,
         ObjectKind::Pod,
         ObjectKind::Service,
@@ -105,6 +113,8 @@ impl ObjectKind {
         ObjectKind::ClusterNetworkPolicy,
         ObjectKind::AdminNetworkPolicy,
         ObjectKind::BaselineAdminNetworkPolicy,
+        ObjectKind::StagedNetworkPolicy,
+        ObjectKind::StagedClusterNetworkPolicy,
     ];
 
     /// Kinds whose CRD may be missing from a cluster: a 404 on their list
@@ -116,6 +126,8 @@ impl ObjectKind {
                 | ObjectKind::ClusterNetworkPolicy
                 | ObjectKind::AdminNetworkPolicy
                 | ObjectKind::BaselineAdminNetworkPolicy
+                | ObjectKind::StagedNetworkPolicy
+                | ObjectKind::StagedClusterNetworkPolicy
         )
     }
 
@@ -139,6 +151,8 @@ impl ObjectKind {
             ObjectKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             ObjectKind::AdminNetworkPolicy => "AdminNetworkPolicy",
             ObjectKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+            ObjectKind::StagedNetworkPolicy => "StagedNetworkPolicy",
+            ObjectKind::StagedClusterNetworkPolicy => "StagedClusterNetworkPolicy",
         }
     }
 
@@ -154,6 +168,7 @@ impl ObjectKind {
                 | ObjectKind::ClusterNetworkPolicy
                 | ObjectKind::AdminNetworkPolicy
                 | ObjectKind::BaselineAdminNetworkPolicy
+                | ObjectKind::StagedClusterNetworkPolicy
         )
     }
 
@@ -181,7 +196,9 @@ impl ObjectKind {
             }
             ObjectKind::StatefulSet => group == "apps",
             ObjectKind::Job | ObjectKind::CronJob => group == "batch",
-            ObjectKind::SegmentationPolicy => group == "segwatch.dev",
+            ObjectKind::SegmentationPolicy
+            | ObjectKind::StagedNetworkPolicy
+            | ObjectKind::StagedClusterNetworkPolicy => group == "segwatch.dev",
             ObjectKind::ClusterNetworkPolicy
             | ObjectKind::AdminNetworkPolicy
             | ObjectKind::BaselineAdminNetworkPolicy => group == "policy.networking.k8s.io",
@@ -216,6 +233,8 @@ impl Object {
             Object::ClusterNetworkPolicy(_) => ObjectKind::ClusterNetworkPolicy,
             Object::AdminNetworkPolicy(_) => ObjectKind::AdminNetworkPolicy,
             Object::BaselineAdminNetworkPolicy(_) => ObjectKind::BaselineAdminNetworkPolicy,
+            Object::StagedNetworkPolicy(_) => ObjectKind::StagedNetworkPolicy,
+            Object::StagedClusterNetworkPolicy(_) => ObjectKind::StagedClusterNetworkPolicy,
         }
     }
 
@@ -237,7 +256,9 @@ impl Object {
             Object::SegmentationPolicy(o) => &o.metadata,
             Object::ClusterNetworkPolicy(o)
             | Object::AdminNetworkPolicy(o)
-            | Object::BaselineAdminNetworkPolicy(o) => &o.metadata,
+            | Object::BaselineAdminNetworkPolicy(o)
+            | Object::StagedClusterNetworkPolicy(o) => &o.metadata,
+            Object::StagedNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -259,7 +280,9 @@ impl Object {
             Object::SegmentationPolicy(o) => &mut o.metadata,
             Object::ClusterNetworkPolicy(o)
             | Object::AdminNetworkPolicy(o)
-            | Object::BaselineAdminNetworkPolicy(o) => &mut o.metadata,
+            | Object::BaselineAdminNetworkPolicy(o)
+            | Object::StagedClusterNetworkPolicy(o) => &mut o.metadata,
+            Object::StagedNetworkPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -736,6 +759,8 @@ fn typed(kind: ObjectKind, v: Value) -> Result<Object, FieldError> {
         ObjectKind::ClusterNetworkPolicy => Object::ClusterNetworkPolicy(de(v)?),
         ObjectKind::AdminNetworkPolicy => Object::AdminNetworkPolicy(de(v)?),
         ObjectKind::BaselineAdminNetworkPolicy => Object::BaselineAdminNetworkPolicy(de(v)?),
+        ObjectKind::StagedNetworkPolicy => Object::StagedNetworkPolicy(de(v)?),
+        ObjectKind::StagedClusterNetworkPolicy => Object::StagedClusterNetworkPolicy(de(v)?),
     })
 }
 

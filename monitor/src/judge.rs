@@ -122,6 +122,7 @@ impl ClusterIndex {
         fill(&mut report.dst, &dst);
         report.violations.clear();
         report.netpol = None;
+        report.staged = None;
         if is_link_control(report) {
             // Neighbour discovery and multicast listener messages keep the
             // pod's IPv6 link working (RFC 4861, RFC 3810); they are not a
@@ -182,12 +183,14 @@ impl ClusterIndex {
         let Some(protocol) = netpol_protocol(&report.protocol) else {
             return;
         };
-        let decision = self.netpol().evaluate(&netpol::Query {
+        let query = netpol::Query {
             src: netpol::Peer::Ip(report.src.ip),
             dst: netpol::Peer::Ip(report.dst.ip),
             protocol,
             port: report.dst.port.unwrap_or(0),
-        });
+        };
+        let decision = self.netpol().evaluate(&query);
+        report.staged = netpol::staged::report_of(self.netpol(), &decision, &query);
         let state = match &report.tcp {
             Some(t) => t.state,
             // Without a handshake: the destination answered or it did not.

@@ -33,6 +33,7 @@ pub mod reporter;
 pub mod runtime;
 pub mod segpolicy;
 pub mod sources;
+pub mod staged;
 pub mod suggest;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -82,6 +82,8 @@ pub struct Metrics {
     /// `dst_port="other"` (past the per-source port budget, or from an
     /// ephemeral port).
     pub label_overflow: IntCounterVec,
+    /// `segwatch_staged_*`: staged policy verdicts (see [`crate::staged`]).
+    pub staged: crate::staged::StagedMetrics,
 }
 
 /// The flow families whose series the observer keeps (and bounds), as
@@ -336,6 +338,7 @@ impl Metrics {
         ] {
             events_lost.with_label_values(&[s]);
         }
+        let staged = crate::staged::StagedMetrics::register(&registry);
         Metrics {
             registry,
             flows,
@@ -364,6 +367,7 @@ impl Metrics {
             scans,
             metric_series,
             label_overflow,
+            staged,
         }
     }
 

@@ -352,6 +352,9 @@ impl Observer {
             &names,
             r,
         );
+        // Staged verdicts share the edge's budgeted port label.
+        m.staged
+            .count(r, [&src_ns, &src_wl, &dst_ns, &dst_wl, &port, &r.protocol]);
         self.inc(
             m,
             Family::WorkloadFlows,

@@ -42,6 +42,11 @@ pub struct FlowReport {
     pub verdict: Option<Verdict>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub violations: Vec<Violation>,
+    /// The verdict of the live policies with the staged ones applied
+    /// (StagedNetworkPolicy, StagedClusterNetworkPolicy); absent when no
+    /// staged object exists or the connection is not judged by NetworkPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedReport>,
     /// Extension: `observed` when the opener was seen opening (SYN, first
     /// packet), `inferred` when the flow was already running when first seen
     /// and the opener was guessed from the ports.
@@ -216,6 +221,7 @@ impl Default for FlowReport {
             netpol: None,
             verdict: None,
             violations: Vec::new(),
+            staged: None,
             opener: None,
             observer: None,
             ended: true,
@@ -336,6 +342,49 @@ pub struct DecidedBy {
     /// `Accept`, `Allow`, `Deny` or `Pass` as the object writes it (a
     /// NetworkPolicy rule allows: `Allow`; its isolation denies: `Deny`).
     pub action: std::borrow::Cow<'static, str>,
+}
+
+/// A connection judged by the live set and by the live set with the staged
+/// objects applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StagedVerdict {
+    /// Both allow it.
+    Allowed,
+    /// Both deny it.
+    Denied,
+    /// The live set allows it, the staged set would deny it.
+    WouldDeny,
+    /// The live set denies it, the staged set would allow it.
+    WouldAllow,
+}
+
+impl StagedVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StagedVerdict::Allowed => "allowed",
+            StagedVerdict::Denied => "denied",
+            StagedVerdict::WouldDeny => "would_deny",
+            StagedVerdict::WouldAllow => "would_allow",
+        }
+    }
+}
+
+/// The flow report's `staged` field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedReport {
+    pub verdict: StagedVerdict,
+    /// The rule deciding the staged verdict (for `would_*`: of the
+    /// direction that changed); a staged object is named by its staged kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<DecidedBy>,
+    /// Extension: the staged object a `would_*` verdict comes from (`ns/name`
+    /// of a StagedNetworkPolicy, `name` of a StagedClusterNetworkPolicy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Extension: the staged objects that apply to the connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selected: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ pub mod model;
 pub mod probes;
 pub mod rejudge;
 pub mod render;
+pub mod staged;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -197,6 +198,7 @@ pub fn build(mut input: AuditInput<'_>) -> AuditReport {
         controls,
         matrix: matrix(&facts),
         warnings: input.warnings,
+        staged: Vec::new(),
     }
 }
 

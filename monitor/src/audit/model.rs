@@ -30,6 +30,34 @@ pub struct AuditReport {
     pub matrix: Matrix,
     /// Inventory and policy warnings (skipped objects), one line each.
     pub warnings: Vec<String>,
+    /// One section per staged policy of the inventory (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staged: Vec<StagedSection>,
+}
+
+/// What a staged policy (StagedNetworkPolicy, StagedClusterNetworkPolicy)
+/// would have done to the window's connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedSection {
+    /// `StagedNetworkPolicy` or `StagedClusterNetworkPolicy`.
+    pub kind: String,
+    /// `ns/name` or `name`.
+    pub name: String,
+    /// `Set` or `Delete`.
+    pub action: String,
+    /// Why it was left out, when invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+    /// Connections judged by NetworkPolicy in the window.
+    pub connections_judged: u64,
+    /// Connections the staged policy applied to.
+    pub connections_selected: u64,
+    pub would_deny: u64,
+    pub would_allow: u64,
+    /// Would-deny connections as `segwatch run` recorded them.
+    pub recorded_would_deny: u64,
+    /// The would-deny connections (capped like the other evidence).
+    pub would_deny_evidence: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -217,6 +217,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     warnings.sort();
     warnings.dedup();
+    // The staged sections replay the window: keep the reports only when
+    // there is something staged.
+    let staged_flows: Vec<crate::report::FlowReport> = if objects.iter().any(|o| {
+        matches!(
+            o,
+            crate::inventory::Object::StagedNetworkPolicy(_)
+                | crate::inventory::Object::StagedClusterNetworkPolicy(_)
+        )
+    }) {
+        flows.iter().map(|f| f.report.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let mut report = audit::build(AuditInput {
         flows,
         objects: &objects,
@@ -233,6 +246,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !probes.is_empty() {
         audit::probes::apply(&mut report, &probes, args.max_evidence);
     }
+    audit::staged::apply(&mut report, &objects, &staged_flows, args.max_evidence);
     let text = render::render(&report, format);
     match &args.output {
         Some(path) => std::fs::write(path, text)

@@ -6,6 +6,7 @@ pub mod crd;
 pub mod netpol;
 pub mod probe;
 pub mod run;
+pub mod staged;
 pub mod suggest;
 
 /// `text` on one line: a message that quotes user input (a YAML key, a

@@ -89,6 +89,18 @@ pub struct Args {
     /// SYN-ACK, or reset): by default they are listed, not allowed.
     #[arg(long)]
     pub include_unanswered: bool,
+    /// Also allow connections that violated the SegmentationPolicy
+    /// (metadata API, node ports, forbidden cross-namespace...): by default
+    /// they are left out and the summary lists them, so a suggestion never
+    /// whitelists an attack.
+    #[arg(long)]
+    pub include_violations: bool,
+    /// Write the suggestions as StagedNetworkPolicy objects
+    /// (segwatch.dev/v1alpha1): judged on live traffic by `segwatch run`,
+    /// never enforced; `segwatch staged promote` turns them into
+    /// NetworkPolicies once they had no would-deny connection.
+    #[arg(long)]
+    pub staged: bool,
     /// How many never-observed allowed connections the summary lists.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
@@ -119,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &catalog,
         ObserveOptions {
             include_unanswered: args.include_unanswered,
+            include_violations: args.include_violations,
         },
     );
     if let Some(url) = &args.from_prometheus {
@@ -155,9 +168,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return cluster_run(&args, &inventory.objects, &reports, &suggestion.policies);
     }
 
+    let render = |policies: &[k8s_openapi::api::networking::v1::NetworkPolicy]| {
+        if args.staged {
+            crate::netpol::staged::render_staged(policies, args.output == Format::Json)
+                .context("rendering StagedNetworkPolicies")
+        } else {
+            Ok(suggest::render(policies, args.output)?)
+        }
+    };
     match &args.out_dir {
         None => {
-            let text = suggest::render(&suggestion.policies, args.output)?;
+            let text = render(&suggestion.policies)?;
             use std::io::Write as _;
             std::io::stdout()
                 .write_all(text.as_bytes())
@@ -178,7 +199,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .cloned()
                     .collect();
                 let path = dir.join(format!("{ns}.{ext}"));
-                std::fs::write(&path, suggest::render(&policies, args.output)?)
+                std::fs::write(&path, render(&policies)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
         }

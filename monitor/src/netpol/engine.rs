@@ -350,6 +350,9 @@ pub struct Engine {
     /// evaluation order, per tier.
     admin_of: Vec<Vec<u32>>,
     baseline_of: Vec<Vec<u32>>,
+    /// The staged objects applied to the same snapshot, when there are
+    /// any (built next to this engine; see [`super::staged`]).
+    staged: Option<Arc<super::staged::Overlay>>,
 }
 
 impl Engine {
@@ -531,6 +534,7 @@ impl Engine {
             cluster,
             admin_of,
             baseline_of,
+            staged: None,
         };
         (engine, warnings)
     }
@@ -796,6 +800,35 @@ impl Engine {
             }
         }
         None
+    }
+
+    /// The staged overlay built from the same snapshot, if any.
+    pub fn staged(&self) -> Option<&super::staged::Overlay> {
+        self.staged.as_deref()
+    }
+
+    /// Attaches the staged overlay built from the same snapshot.
+    pub fn set_staged(&mut self, overlay: Option<super::staged::Overlay>) {
+        self.staged = overlay.map(Arc::new);
+    }
+
+    /// Names of the ClusterNetworkPolicies whose subject selects `src` or
+    /// `dst` (the policies that apply to a connection between them).
+    pub fn cluster_subject_names(&self, src: Peer, dst: Peer) -> Vec<&str> {
+        let mut out = Vec::new();
+        for p in [src, dst] {
+            if let Peer::Endpoint(id) = self.resolve(p) {
+                let e = id.0 as usize;
+                for &ci in self.admin_of[e].iter().chain(&self.baseline_of[e]) {
+                    let c = &self.cluster[ci as usize];
+                    if c.spec.kind == ClusterKind::ClusterNetworkPolicy && !out.contains(&&*c.name)
+                    {
+                        out.push(&*c.name);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// `Kind/name` of every valid cluster-scoped policy, in evaluation order.

@@ -22,6 +22,7 @@ pub mod model;
 pub mod policy;
 pub mod ports;
 pub mod selector;
+pub mod staged;
 
 pub use engine::{
     enforcement_finding, ClusterPolicyRef, Decision, Direction, EndpointId, Enforcement, Engine,
@@ -149,7 +150,12 @@ impl<'a> Objects<'a> {
                 | O::BaselineAdminNetworkPolicy(_) => {
                     out.cluster_policies.extend(ClusterPolicyRef::of(o));
                 }
-                O::Service(_) | O::ServiceAccount(_) | O::SegmentationPolicy(_) => {}
+                // Staged objects are never live: see `staged::Overlay`.
+                O::Service(_)
+                | O::ServiceAccount(_)
+                | O::SegmentationPolicy(_)
+                | O::StagedNetworkPolicy(_)
+                | O::StagedClusterNetworkPolicy(_) => {}
             }
         }
         out

@@ -222,6 +222,14 @@ pub enum Note {
     Unexpressible { what: String, reason: String },
     /// Flow reports or samples that were not between a pod and something.
     Ignored { what: String, count: u64 },
+    /// Connections that broke the SegmentationPolicy (a violation kind):
+    /// left out unless `--include-violations`, so a suggestion never
+    /// whitelists an attack.
+    Violation {
+        kind: String,
+        flows: u64,
+        example: String,
+    },
 }
 
 impl fmt::Display for Note {
@@ -233,6 +241,14 @@ impl fmt::Display for Note {
             ),
             Note::Unexpressible { what, reason } => write!(f, "cannot allow {what}: {reason}"),
             Note::Ignored { what, count } => write!(f, "ignored {count} {what}"),
+            Note::Violation {
+                kind,
+                flows,
+                example,
+            } => write!(
+                f,
+                "left out (violation {kind}, {flows} flow(s); --include-violations to allow): e.g. {example}"
+            ),
         }
     }
 }
@@ -269,6 +285,9 @@ pub struct WorkloadSample {
 pub struct ObserveOptions {
     /// Also allow TCP connections that were never answered.
     pub include_unanswered: bool,
+    /// Also allow connections that violated the SegmentationPolicy
+    /// (metadata API, node ports, forbidden cross-namespace...).
+    pub include_violations: bool,
 }
 
 impl Observed {
@@ -287,6 +306,7 @@ impl Observed {
         let mut ignored = 0u64;
         let mut link_local = 0u64;
         let mut probes = 0u64;
+        let mut violations: BTreeMap<String, (u64, String)> = BTreeMap::new();
         for r in order {
             if is_link_signalling(r, cat) {
                 link_local += 1;
@@ -296,6 +316,26 @@ impl Observed {
             // policy allowing it would defeat the probe.
             if r.probe {
                 probes += 1;
+                continue;
+            }
+            if !opts.include_violations && r.verdict == Some(crate::report::Verdict::Violation) {
+                let kind = r
+                    .violations
+                    .first()
+                    .map_or("unknown".to_string(), |v| v.kind.as_str().to_string());
+                let e = violations.entry(kind).or_insert_with(|| {
+                    (
+                        0,
+                        format!(
+                            "{} -> {}:{} {}",
+                            r.src.ip,
+                            r.dst.ip,
+                            r.dst.port.unwrap_or(0),
+                            r.protocol
+                        ),
+                    )
+                });
+                e.0 += 1;
                 continue;
             }
             let tuple = (
@@ -375,6 +415,13 @@ impl Observed {
             obs.notes.insert(Note::Ignored {
                 what: LINK_SIGNALLING.to_string(),
                 count: link_local,
+            });
+        }
+        for (kind, (flows, example)) in violations {
+            obs.notes.insert(Note::Violation {
+                kind,
+                flows,
+                example,
             });
         }
         if probes > 0 {

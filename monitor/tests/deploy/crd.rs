@@ -82,7 +82,7 @@ fn structural_problems(schema: &Value, path: &str, out: &mut Vec<String>) {
 #[test]
 fn crd_schema_is_structural() {
     let objects = kustomize(&deploy());
-    let crd = &find(&objects, "CustomResourceDefinition").value;
+    let crd = &find_named(&objects, "CustomResourceDefinition", SEGPOL_CRD).value;
     for v in crd["spec"]["versions"].as_array().expect("versions") {
         let schema = &v["schema"]["openAPIV3Schema"];
         let mut problems = Vec::new();

@@ -91,7 +91,7 @@ fn venv_python() -> Option<PathBuf> {
 #[test]
 fn segmentation_policy_examples_match_the_crd_schema() {
     let objects = kustomize(&deploy());
-    let crd = &find(&objects, "CustomResourceDefinition").value;
+    let crd = &find_named(&objects, "CustomResourceDefinition", SEGPOL_CRD).value;
     let group = crd["spec"]["group"].as_str().expect("group");
     let kind = crd["spec"]["names"]["kind"].as_str().expect("kind");
     let cluster_scoped = crd["spec"]["scope"] == "Cluster";

@@ -622,6 +622,33 @@ pub fn render(r: &AuditReport) -> String {
     }
 
     // Controls.
+    for sp in &r.staged {
+        s.push_str(&format!(
+            "<h2>Staged policy {} {}</h2>",
+            esc(&sp.kind),
+            esc(&sp.name)
+        ));
+        if let Some(why) = &sp.invalid {
+            s.push_str(&format!("<p>Invalid, left out: {}</p>", esc(why)));
+            continue;
+        }
+        s.push_str(&format!(
+            "<p>Action {}: {} connection(s) judged by NetworkPolicy in the window, {} selected by this policy; would deny <b>{}</b> (recorded by segwatch run: {}), would allow {}.</p>",
+            esc(&sp.action),
+            sp.connections_judged,
+            sp.connections_selected,
+            sp.would_deny,
+            sp.recorded_would_deny,
+            sp.would_allow
+        ));
+        if !sp.would_deny_evidence.is_empty() {
+            s.push_str("<ul>");
+            for e in &sp.would_deny_evidence {
+                s.push_str(&format!("<li>would deny: {}</li>", esc(e)));
+            }
+            s.push_str("</ul>");
+        }
+    }
     s.push_str("<h2>Controls</h2>");
     for c in &r.controls {
         s.push_str(&control_card(c));

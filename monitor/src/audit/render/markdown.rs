@@ -193,6 +193,30 @@ pub fn render(r: &AuditReport) -> String {
         o.push('\n');
     }
 
+    for sp in &r.staged {
+        let _ = writeln!(o, "## Staged policy {} {}\n", sp.kind, md(&sp.name));
+        if let Some(why) = &sp.invalid {
+            let _ = writeln!(o, "Invalid, left out: {}\n", md(why));
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "- Action: {}\n- Window: {} connection(s) judged by NetworkPolicy, {} selected by this policy\n- Would deny: **{}** (recorded by segwatch run: {})\n- Would allow: {}\n",
+            sp.action,
+            sp.connections_judged,
+            sp.connections_selected,
+            sp.would_deny,
+            sp.recorded_would_deny,
+            sp.would_allow
+        );
+        for e in &sp.would_deny_evidence {
+            let _ = writeln!(o, "  - would deny: {}", md(e));
+        }
+        if !sp.would_deny_evidence.is_empty() {
+            o.push('\n');
+        }
+    }
+
     let _ = writeln!(o, "## Controls\n");
     for c in &r.controls {
         let _ = writeln!(
