@@ -669,55 +669,83 @@ fn track(ctx: &TcContext, pkt: &Packet) {
         }
     };
 
-    // SAFETY: TupleKey is 40 bytes of plain integers, 8-byte aligned.
-    let words: &[u64; 5] = unsafe { &*(addr_of!(key) as *const [u64; 5]) };
-    // SYN, FIN and RST always take the shared path: rotation and end states
-    // are decided there, after this CPU's earlier packets.
-    let special = pkt.proto == proto::TCP
-        && pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0;
-    let slot = if cache_enabled() {
-        CACHE.get_ptr_mut(slot_of(words))
+    let if_dir = u64::from(ifindex) << 1 | dir as u64;
+    let cached = if cache_enabled() {
+        cache_try(&key, if_dir, pkt)
     } else {
-        None
+        CACHE_NO_FILL
     };
-    let mut same = false;
-    if let Some(s) = slot {
-        // SAFETY: this CPU's slot; a tc program is not interrupted by
-        // another on the same CPU, and the flush program marks it busy.
-        unsafe {
-            if read_volatile(addr_of!((*s).busy)) == 0 && (*s).valid != 0 {
-                same = same_key(&(*s).key, words);
-                if same && !special {
-                    if (*s).ifindex == ifindex {
-                        cache_add(s, dir, pkt);
-                        return;
-                    }
-                    if (*s).second_if != 0 {
-                        count(Counter::SecondInterface, pkt.segs as u64);
-                        return;
-                    }
-                } else {
-                    // Evicted, or a SYN/FIN/RST: the delta goes first.
-                    flush_slot(s);
-                    same = false;
-                }
-            }
-        }
+    if cached == CACHE_COUNTED {
+        return;
     }
 
     if let Some(v) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a live element of FLOWS (RCU keeps it valid for this run).
         unsafe { hit(v, &key, ifindex, dir, pkt) };
-        if let Some(s) = slot {
-            if !special {
-                // SAFETY: as above; `v` is live.
-                unsafe { fill(s, words, v, ifindex, same) };
-            }
+        if cached != CACHE_NO_FILL {
+            // SAFETY: as above.
+            unsafe { cache_fill(&key, v, u64::from(ifindex) << 1 | u64::from(cached == CACHE_SAME)) };
         }
         return;
     }
 
-    create(&key, pkt, u64::from(ifindex) << 1 | dir as u64);
+    create(&key, pkt, if_dir);
+}
+
+/// [`cache_try`]: the packet is counted in this CPU's slot.
+const CACHE_COUNTED: u64 = 0;
+/// [`cache_try`]: take the shared path, then cache the entry in the slot.
+const CACHE_FILL: u64 = 1;
+/// [`cache_try`]: take the shared path; the slot holds this key already
+/// (a packet of a second interface).
+const CACHE_SAME: u64 = 2;
+/// [`cache_try`]: take the shared path, leave the slot alone.
+const CACHE_NO_FILL: u64 = 3;
+
+/// The per-CPU cache in front of [`FLOWS`] (see [`CACHE`]). Its own
+/// function: the verifier then walks the shared path once, not once per
+/// cache outcome.
+#[inline(never)]
+fn cache_try(key: &TupleKey, if_dir: u64, pkt: &Packet) -> u64 {
+    let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
+    // SAFETY: TupleKey is 40 bytes of plain integers, 8-byte aligned.
+    let words: &[u64; 5] = unsafe { &*(key as *const TupleKey as *const [u64; 5]) };
+    // SYN, FIN and RST always take the shared path: rotation and end states
+    // are decided there, after this CPU's earlier packets.
+    let special = pkt.proto == proto::TCP
+        && pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0;
+    let Some(s) = CACHE.get_ptr_mut(slot_of(words)) else {
+        return CACHE_NO_FILL;
+    };
+    // SAFETY: this CPU's slot; a tc program is not interrupted by another
+    // on the same CPU, and the flush program marks it busy.
+    unsafe {
+        if read_volatile(addr_of!((*s).busy)) != 0 {
+            return CACHE_NO_FILL;
+        }
+        if (*s).valid == 0 {
+            return if special { CACHE_NO_FILL } else { CACHE_FILL };
+        }
+        let same = same_key(&(*s).key, words);
+        if same && !special {
+            if (*s).ifindex == ifindex {
+                cache_add(s, dir, pkt);
+                return CACHE_COUNTED;
+            }
+            if (*s).second_if != 0 {
+                count(Counter::SecondInterface, pkt.segs as u64);
+                return CACHE_COUNTED;
+            }
+            return CACHE_SAME;
+        }
+        // Evicted, or a SYN/FIN/RST: the delta goes first.
+        flush_slot(s);
+        if special {
+            CACHE_NO_FILL
+        } else {
+            CACHE_FILL
+        }
+    }
 }
 
 /// Word-wise key comparison (no `bcmp` in BPF).
@@ -756,16 +784,22 @@ unsafe fn cache_add(s: *mut CacheSlot, dir: usize, pkt: &Packet) {
     }
 }
 
-/// Caches the entry `v` (just counted on the shared path) in slot `s`:
-/// the next packets of it on this CPU stay on this CPU. `same`: the slot
-/// already holds this key (a packet of a second interface): only the
-/// second-interface mark is added.
+/// Caches the entry `v` (just counted on the shared path) in this CPU's
+/// slot: the next packets of it on this CPU stay on this CPU. With `same`
+/// (bit 0 of `if_same`) the slot already holds this key (a packet of a
+/// second interface): only the second-interface mark is added.
 ///
 /// # Safety
-/// `s` is this CPU's slot; `v` a live element of [`FLOWS`].
-#[inline(always)]
-unsafe fn fill(s: *mut CacheSlot, words: &[u64; 5], v: *mut FlowValue, ifindex: u32, same: bool) {
-    // SAFETY: per the caller.
+/// `v` is a live element of [`FLOWS`].
+#[inline(never)]
+unsafe fn cache_fill(key: &TupleKey, v: *mut FlowValue, if_same: u64) {
+    let (ifindex, same) = ((if_same >> 1) as u32, if_same & 1 != 0);
+    // SAFETY: as in `cache_try`.
+    let words: &[u64; 5] = unsafe { &*(key as *const TupleKey as *const [u64; 5]) };
+    let Some(s) = CACHE.get_ptr_mut(slot_of(words)) else {
+        return;
+    };
+    // SAFETY: per the caller; `s` is this CPU's slot.
     unsafe {
         if read_volatile(addr_of!((*s).busy)) != 0 {
             return;
