@@ -34,7 +34,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     event_kind, opener, proto, tcp_flags, CacheSlot, Counter, FinalStats, FlowEvent, FlowValue,
-    TupleKey, CACHE_SLOTS, DEFAULT_EVENTS_BYTES, FLUSH_CHUNK, DEFAULT_MAX_FLOWS, GEN_ROTATING, IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
+    TupleKey, CACHE_SLOTS, DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, FLUSH_CHUNK, GEN_ROTATING,
+    IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
 };
 
 /// "Continue with the next program": `TCX_NEXT` (include/uapi/linux/bpf.h,
@@ -684,7 +685,13 @@ fn track(ctx: &TcContext, pkt: &Packet) {
         unsafe { hit(v, &key, ifindex, dir, pkt) };
         if cached != CACHE_NO_FILL {
             // SAFETY: as above.
-            unsafe { cache_fill(&key, v, u64::from(ifindex) << 1 | u64::from(cached == CACHE_SAME)) };
+            unsafe {
+                cache_fill(
+                    &key,
+                    v,
+                    u64::from(ifindex) << 1 | u64::from(cached == CACHE_SAME),
+                )
+            };
         }
         return;
     }

@@ -28,9 +28,9 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use monitor_common::{
-    Counter, FinalStats, FlowKey, FlowStats, FlowValue, TupleKey, CACHE_ENABLED_GLOBAL, CLOCK_MAP,
-    COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GEN_ROTATING, MARK_SECOND_IF, PROG_CLOCK, PROG_EGRESS,
-    CACHE_SLOTS, FLUSH_CHUNK, PROG_FLUSH, PROG_INGRESS,
+    Counter, FinalStats, FlowKey, FlowStats, FlowValue, TupleKey, CACHE_ENABLED_GLOBAL,
+    CACHE_SLOTS, CLOCK_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, FLUSH_CHUNK, GEN_ROTATING,
+    MARK_SECOND_IF, PROG_CLOCK, PROG_EGRESS, PROG_FLUSH, PROG_INGRESS,
 };
 
 /// The compiled kernel programs (built by build.rs with aya-build).
