@@ -48,6 +48,8 @@ pub fn flushable() -> bool {
 }
 
 /// Runs `f` on each online CPU in turn, then restores the thread's mask.
+// The datapath's one error type, as everywhere in this module's callers.
+#[allow(clippy::result_large_err)]
 pub fn on_each_cpu(
     mut f: impl FnMut(u32) -> Result<(), DatapathError>,
 ) -> Result<(), DatapathError> {
