@@ -24,6 +24,12 @@ pub const PROG_INGRESS: &str = "segwatch_ingress";
 pub const PROG_EGRESS: &str = "segwatch_egress";
 /// Name of the no-op program (the benchmark's floor).
 pub const PROG_NOOP: &str = "segwatch_noop";
+/// Name of the program that moves a CPU's cached counts into the flow table.
+pub const PROG_FLUSH: &str = "segwatch_flush";
+/// Name of the per-CPU flow cache.
+pub const CACHE_MAP: &str = "CACHE";
+/// Load-time constant of the kernel object: 1 enables the per-CPU cache.
+pub const CACHE_ENABLED_GLOBAL: &str = "CACHE_ENABLED";
 /// Name of the program that samples the kernel clocks (jiffies calibration).
 pub const PROG_CLOCK: &str = "segwatch_clock";
 /// Name of the array the clock program writes: `[bpf_ktime_get_ns(), bpf_jiffies64()]`.
@@ -221,6 +227,42 @@ pub struct FlowValue {
     pub gen: u64,
 }
 
+/// Slots per CPU of the kernel's flow cache (a power of two).
+pub const CACHE_SLOTS: u32 = 1024;
+/// Cache slots one run of the flush program empties (the chunk number is
+/// the first byte of the frame it runs on).
+pub const FLUSH_CHUNK: u32 = 128;
+
+/// One slot of the kernel's per-CPU flow cache (`CACHE`, kernel side only):
+/// a connection's packets on one CPU not yet added to its [`FlowValue`].
+/// Kernel memory: `CACHE_SLOTS × 112` bytes per possible CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CacheSlot {
+    /// The [`TupleKey`] as five words (compared as words).
+    pub key: [u64; 5],
+    /// Interface that counts the connection ([`FlowValue::ifindex`]).
+    pub ifindex: u32,
+    /// Generation of the connection the delta belongs to.
+    pub gen: u32,
+    /// 1: `key` is cached (the delta may still be zero).
+    pub valid: u32,
+    /// 1 while the flush program works on the slot (a tc program that
+    /// interrupts it on the same CPU leaves the slot alone).
+    pub busy: u32,
+    /// 1: packets of the connection on another interface were seen (and
+    /// marked in the shared entry); they are counted as skipped here.
+    pub second_if: u32,
+    pub _pad: u32,
+    /// Delta per direction, as in [`FlowValue`].
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// TCP flags of the delta, as in [`FlowValue::tcp_flags`].
+    pub tcp_flags: u64,
+    /// `bpf_jiffies64()` of the slot's last packet.
+    pub last_jiffies: u64,
+}
+
 /// Kinds of [`FlowEvent`].
 pub mod event_kind {
     /// A new entry: a connection's first packet.
@@ -378,6 +420,7 @@ mod tests {
         assert_eq!(size_of::<FlowStats>(), 56, "FlowStats layout changed");
         assert_eq!(size_of::<FinalStats>(), 64, "FinalStats layout changed");
         assert_eq!(size_of::<FlowEvent>(), 128, "FlowEvent layout changed");
+        assert_eq!(size_of::<CacheSlot>(), 112, "CacheSlot layout changed");
         assert_eq!(
             core::mem::offset_of!(FlowValue, gen_lo),
             0,

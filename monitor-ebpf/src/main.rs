@@ -33,8 +33,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use monitor_common::{
-    event_kind, opener, proto, tcp_flags, Counter, FinalStats, FlowEvent, FlowValue, TupleKey,
-    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, GEN_ROTATING, IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
+    event_kind, opener, proto, tcp_flags, CacheSlot, Counter, FinalStats, FlowEvent, FlowValue,
+    TupleKey, CACHE_SLOTS, DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, FLUSH_CHUNK, GEN_ROTATING,
+    IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
 };
 
 /// "Continue with the next program": `TCX_NEXT` (include/uapi/linux/bpf.h,
@@ -73,6 +74,35 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Per-CPU direct-mapped flow cache in front of [`FLOWS`]: a packet of a
+/// cached connection is added to its CPU's slot with plain stores (no hash,
+/// no atomics, no shared cache line). What a slot holds is a delta not yet in
+/// [`FLOWS`]; it reaches FLOWS exactly once, when
+///
+/// - another connection takes the slot (eviction), or
+/// - a TCP SYN/FIN/RST of the connection arrives on that CPU (those always
+///   take the shared path, after the slot's delta: end states and
+///   connection hand-over see every earlier packet of that CPU), or
+/// - the daemon runs [`segwatch_flush`] on every CPU before it reads or
+///   removes entries (a sweep), so a snapshot holds every packet counted
+///   before it.
+///
+/// 0 disables the cache (set by the daemon at load when it cannot run the
+/// flush on every online CPU).
+#[map(name = "CACHE")]
+static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
+
+/// 1: the per-CPU cache is in use (a load-time constant; the verifier folds
+/// it away).
+#[unsafe(no_mangle)]
+static CACHE_ENABLED: u32 = 1;
+
+#[inline(always)]
+fn cache_enabled() -> bool {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { read_volatile(addr_of!(CACHE_ENABLED)) != 0 }
+}
+
 #[classifier]
 pub fn segwatch_ingress(ctx: TcContext) -> i32 {
     account(&ctx);
@@ -90,6 +120,39 @@ pub fn segwatch_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn segwatch_noop(_ctx: TcContext) -> i32 {
     TCX_NEXT
+}
+
+/// Moves every delta of this CPU's [`CACHE`] into [`FLOWS`]. Run by the
+/// daemon through `BPF_PROG_TEST_RUN` from a thread pinned to each CPU in
+/// turn (test_run runs the program on the calling CPU with preemption
+/// off), never attached. A tc program can still interrupt it on this CPU
+/// (softirq); it leaves a slot marked busy alone.
+///
+/// One run flushes [`FLUSH_CHUNK`] slots, the chunk number in the first
+/// byte of the frame (the verifier walks every iteration of a loop).
+#[classifier]
+pub fn segwatch_flush(ctx: TcContext) -> i32 {
+    let Ok(chunk) = ctx.load::<u8>(0) else {
+        return 0;
+    };
+    let chunk = u32::from(chunk);
+    let base = chunk * FLUSH_CHUNK;
+    let mut n = 0u32;
+    while n < FLUSH_CHUNK {
+        let i = base + n;
+        n += 1;
+        if let Some(s) = CACHE.get_ptr_mut(i) {
+            // SAFETY: this CPU's slot; only programs on this CPU touch it.
+            unsafe {
+                write_volatile(addr_of_mut!((*s).busy), 1);
+                if read_volatile(addr_of!((*s).valid)) != 0 {
+                    flush_slot(s);
+                }
+                write_volatile(addr_of_mut!((*s).busy), 0);
+            }
+        }
+    }
+    0
 }
 
 /// Samples both kernel clocks into [`CLOCK`] (run by the daemon through
@@ -243,20 +306,10 @@ fn parse_fast(ctx: &TcContext) -> Option<Packet> {
     // SAFETY (all loads below): inside start..start + FAST_V4 (or FAST_V6,
     // checked before the IPv6 loads), checked against data_end above.
     let ethertype = u16::from_be(unsafe { load::<u16>(start + 12) });
-    let mut pkt = Packet {
-        src: [0; 4],
-        dst: [0; 4],
-        sport: 0,
-        dport: 0,
-        proto: 0,
-        ip_version: 0,
-        tcp_flags: 0,
-        seq: 0,
-        segs: 1,
-        bytes: 0,
-    };
+    // Addresses as whole arrays (no partial initialisation: LLVM would
+    // zero the rest with a byte-wise `memset` call).
     let l3 = start + ETH_HLEN;
-    let (l4, ip_len, hdr) = if ethertype == ETH_P_IP {
+    let (l4, ip_len, hdr, src, dst, proto, ip_version) = if ethertype == ETH_P_IP {
         // RFC 791 §3.1, read as words: version/IHL, TOS, total length | id,
         // flags/fragment offset | TTL, protocol, checksum | source | destination.
         let w0: u32 = unsafe { load(l3) };
@@ -270,11 +323,17 @@ fn parse_fast(ctx: &TcContext) -> Option<Packet> {
         if frag & 0x1FFF != 0 || tot_len < 40 || ETH_HLEN + tot_len > skb_len {
             return None;
         }
-        pkt.proto = (w2 >> 8) as u8;
-        pkt.src[0] = unsafe { load(l3 + 12) };
-        pkt.dst[0] = unsafe { load(l3 + 16) };
-        pkt.ip_version = IP_V4;
-        (l3 + 20, tot_len, 20)
+        let s: u32 = unsafe { load(l3 + 12) };
+        let d: u32 = unsafe { load(l3 + 16) };
+        (
+            l3 + 20,
+            tot_len,
+            20,
+            [s, 0, 0, 0],
+            [d, 0, 0, 0],
+            (w2 >> 8) as u8,
+            IP_V4,
+        )
     } else if ethertype == ETH_P_IPV6 {
         if start + FAST_V6 > end {
             return None;
@@ -289,13 +348,29 @@ fn parse_fast(ctx: &TcContext) -> Option<Packet> {
         if payload_len < 20 || ETH_HLEN + 40 + payload_len > skb_len {
             return None;
         }
-        pkt.proto = (w1 >> 16) as u8;
-        pkt.src = unsafe { load(l3 + 8) };
-        pkt.dst = unsafe { load(l3 + 24) };
-        pkt.ip_version = IP_V6;
-        (l3 + 40, 40 + payload_len, 40)
+        (
+            l3 + 40,
+            40 + payload_len,
+            40,
+            unsafe { load::<[u32; 4]>(l3 + 8) },
+            unsafe { load::<[u32; 4]>(l3 + 24) },
+            (w1 >> 16) as u8,
+            IP_V6,
+        )
     } else {
         return None;
+    };
+    let mut pkt = Packet {
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        proto,
+        ip_version,
+        tcp_flags: 0,
+        seq: 0,
+        segs: 1,
+        bytes: 0,
     };
     let ports: u32 = unsafe { load(l4) };
     pkt.sport = u16::from_be(ports as u16);
@@ -595,13 +670,293 @@ fn track(ctx: &TcContext, pkt: &Packet) {
         }
     };
 
-    if let Some(v) = FLOWS.get_ptr_mut(&key) {
-        // SAFETY: a live element of FLOWS (RCU keeps it valid for this run).
-        unsafe { hit(v, &key, ifindex, dir, pkt) };
+    let if_dir = u64::from(ifindex) << 1 | dir as u64;
+    let cached = if cache_enabled() {
+        cache_try(&key, if_dir, pkt)
+    } else {
+        CACHE_NO_FILL
+    };
+    if cached == CACHE_COUNTED {
         return;
     }
 
-    create(&key, pkt, u64::from(ifindex) << 1 | dir as u64);
+    if let Some(v) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a live element of FLOWS (RCU keeps it valid for this run).
+        unsafe { hit(v, &key, ifindex, dir, pkt) };
+        if cached != CACHE_NO_FILL {
+            // SAFETY: as above.
+            unsafe {
+                cache_fill(
+                    &key,
+                    v,
+                    u64::from(ifindex) << 1 | u64::from(cached == CACHE_SAME),
+                )
+            };
+        }
+        return;
+    }
+
+    create(&key, pkt, if_dir);
+}
+
+/// [`cache_try`]: the packet is counted in this CPU's slot.
+const CACHE_COUNTED: u64 = 0;
+/// [`cache_try`]: take the shared path, then cache the entry in the slot.
+const CACHE_FILL: u64 = 1;
+/// [`cache_try`]: take the shared path; the slot holds this key already
+/// (a packet of a second interface).
+const CACHE_SAME: u64 = 2;
+/// [`cache_try`]: take the shared path, leave the slot alone.
+const CACHE_NO_FILL: u64 = 3;
+
+/// The per-CPU cache in front of [`FLOWS`] (see [`CACHE`]). Its own
+/// function: the verifier then walks the shared path once, not once per
+/// cache outcome.
+#[inline(never)]
+fn cache_try(key: &TupleKey, if_dir: u64, pkt: &Packet) -> u64 {
+    let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
+    // SAFETY: TupleKey is 40 bytes of plain integers, 8-byte aligned.
+    let words: &[u64; 5] = unsafe { &*(key as *const TupleKey as *const [u64; 5]) };
+    // SYN, FIN and RST always take the shared path: rotation and end states
+    // are decided there, after this CPU's earlier packets.
+    let special = pkt.proto == proto::TCP
+        && pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0;
+    let Some(s) = CACHE.get_ptr_mut(slot_of(words)) else {
+        return CACHE_NO_FILL;
+    };
+    // SAFETY: this CPU's slot; a tc program is not interrupted by another
+    // on the same CPU, and the flush program marks it busy.
+    unsafe {
+        if read_volatile(addr_of!((*s).busy)) != 0 {
+            return CACHE_NO_FILL;
+        }
+        if (*s).valid == 0 {
+            return if special { CACHE_NO_FILL } else { CACHE_FILL };
+        }
+        let same = same_key(&(*s).key, words);
+        if same && !special {
+            if (*s).ifindex == ifindex {
+                cache_add(s, dir, pkt);
+                return CACHE_COUNTED;
+            }
+            if (*s).second_if != 0 {
+                count(Counter::SecondInterface, pkt.segs as u64);
+                return CACHE_COUNTED;
+            }
+            return CACHE_SAME;
+        }
+        // Evicted, or a SYN/FIN/RST: the delta goes first.
+        flush_slot(s);
+        if special {
+            CACHE_NO_FILL
+        } else {
+            CACHE_FILL
+        }
+    }
+}
+
+/// Word-wise key comparison (no `bcmp` in BPF).
+#[inline(always)]
+fn same_key(a: &[u64; 5], b: &[u64; 5]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+}
+
+/// The cache slot of a key: a multiplicative hash of its words.
+#[inline(always)]
+fn slot_of(k: &[u64; 5]) -> u32 {
+    let h = (k[0] ^ k[1].rotate_left(17) ^ k[2].rotate_left(31) ^ k[3] ^ k[4].rotate_left(47))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((h >> 40) as u32) & (CACHE_SLOTS - 1)
+}
+
+/// Adds one packet to this CPU's cached delta (plain stores: the slot is
+/// this CPU's alone).
+///
+/// # Safety
+/// `s` is this CPU's slot, not busy.
+#[inline(always)]
+unsafe fn cache_add(s: *mut CacheSlot, dir: usize, pkt: &Packet) {
+    // SAFETY: per the caller. Constant indices only (see `track`).
+    unsafe {
+        if dir == 0 {
+            (*s).packets[0] += pkt.segs as u64;
+            (*s).bytes[0] += pkt.bytes;
+            (*s).tcp_flags |= pkt.tcp_flags as u64;
+        } else {
+            (*s).packets[1] += pkt.segs as u64;
+            (*s).bytes[1] += pkt.bytes;
+            (*s).tcp_flags |= (pkt.tcp_flags as u64) << 8;
+        }
+        (*s).last_jiffies = bpf_jiffies64();
+    }
+}
+
+/// Caches the entry `v` (just counted on the shared path) in this CPU's
+/// slot: the next packets of it on this CPU stay on this CPU. With `same`
+/// (bit 0 of `if_same`) the slot already holds this key (a packet of a
+/// second interface): only the second-interface mark is added.
+///
+/// # Safety
+/// `v` is a live element of [`FLOWS`].
+#[inline(never)]
+unsafe fn cache_fill(key: &TupleKey, v: *mut FlowValue, if_same: u64) {
+    let (ifindex, same) = ((if_same >> 1) as u32, if_same & 1 != 0);
+    // SAFETY: as in `cache_try`.
+    let words: &[u64; 5] = unsafe { &*(key as *const TupleKey as *const [u64; 5]) };
+    let Some(s) = CACHE.get_ptr_mut(slot_of(words)) else {
+        return;
+    };
+    // SAFETY: per the caller; `s` is this CPU's slot.
+    unsafe {
+        if read_volatile(addr_of!((*s).busy)) != 0 {
+            return;
+        }
+        let owner = (*v).ifindex;
+        if same {
+            if owner != ifindex {
+                (*s).second_if = 1;
+            }
+            return;
+        }
+        let g = read_volatile(addr_of!((*v).gen));
+        if g & GEN_ROTATING != 0 {
+            return;
+        }
+        (*s).key = *words;
+        (*s).ifindex = owner;
+        (*s).gen = g as u32;
+        (*s).second_if = u32::from(owner != ifindex);
+        (*s).packets = [0; 2];
+        (*s).bytes = [0; 2];
+        (*s).tcp_flags = 0;
+        (*s).last_jiffies = 0;
+        (*s).valid = 1;
+    }
+}
+
+/// `count` for paths the flush program shares with tc programs (which can
+/// interrupt it on its CPU): an atomic add, so no increment is lost.
+#[inline(always)]
+fn count_sync(counter: Counter, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a valid slot of the array.
+        unsafe { atomic_add(slot, n) };
+    }
+}
+
+/// Moves a slot's delta into its [`FLOWS`] entry and empties the slot. An
+/// entry the daemon removed since the slot was filled is created again
+/// with the delta (a later part of the connection, as a packet after the
+/// removal would). A delta of a connection that another CPU handed over
+/// since is added to the current one and counted as
+/// [`Counter::HandoverRace`].
+///
+/// # Safety
+/// `s` is this CPU's slot, not being changed by another program meanwhile.
+#[inline(never)]
+unsafe fn flush_slot(s: *mut CacheSlot) {
+    // SAFETY: per the caller.
+    unsafe {
+        (*s).valid = 0;
+        let p0 = (*s).packets[0];
+        let p1 = (*s).packets[1];
+        if p0 | p1 == 0 {
+            return;
+        }
+        // The key in place (a map value pointer is a valid lookup key).
+        let key = &*((*s).key.as_ptr() as *const TupleKey);
+        let Some(v) = FLOWS.get_ptr_mut(key) else {
+            reinsert(s);
+            return;
+        };
+        let b0 = (*s).bytes[0];
+        let b1 = (*s).bytes[1];
+        let f = (*s).tcp_flags;
+        let j = (*s).last_jiffies;
+        (*s).packets = [0; 2];
+        (*s).bytes = [0; 2];
+        (*s).tcp_flags = 0;
+        let g = read_volatile(addr_of!((*v).gen));
+        if g as u32 != (*s).gen || g & GEN_ROTATING != 0 {
+            count_sync(Counter::HandoverRace, p0 + p1);
+        }
+        if p0 != 0 {
+            atomic_add(addr_of_mut!((*v).packets[0]), p0);
+            atomic_add(addr_of_mut!((*v).bytes[0]), b0);
+        }
+        if p1 != 0 {
+            atomic_add(addr_of_mut!((*v).packets[1]), p1);
+            atomic_add(addr_of_mut!((*v).bytes[1]), b1);
+        }
+        if read_volatile(addr_of!((*v).tcp_flags)) & f != f {
+            atomic_or(addr_of_mut!((*v).tcp_flags), f);
+        }
+        if read_volatile(addr_of!((*v).last_jiffies)) < j {
+            write_volatile(addr_of_mut!((*v).last_jiffies), j);
+        }
+    }
+}
+
+/// [`flush_slot`] for an entry no longer in [`FLOWS`]: a new entry with
+/// the delta (the daemon finds it at its next sweep), its opener inferred
+/// from the ports as for any connection first seen mid-stream.
+///
+/// # Safety
+/// As [`flush_slot`]; empties the slot's delta.
+#[inline(never)]
+unsafe fn reinsert(s: *mut CacheSlot) {
+    // SAFETY: the helpers have no preconditions; `s` per the caller.
+    let (now, gen) = unsafe { (bpf_ktime_get_ns(), u64::from(bpf_get_prandom_u32())) };
+    // SAFETY: per the caller.
+    let (key, packets, bytes) = unsafe {
+        let p = (*s).packets;
+        let b = (*s).bytes;
+        (*s).packets = [0; 2];
+        (*s).bytes = [0; 2];
+        (&*((*s).key.as_ptr() as *const TupleKey), p, b)
+    };
+    // SAFETY: as above.
+    let (ifindex, last_jiffies, tcp_flags) =
+        unsafe { ((*s).ifindex, (*s).last_jiffies, (*s).tcp_flags) };
+    // SAFETY: as above.
+    unsafe { (*s).tcp_flags = 0 };
+    let value = FlowValue {
+        gen_lo: gen as u32,
+        ifindex,
+        packets,
+        bytes,
+        base_packets: [0; 2],
+        base_bytes: [0; 2],
+        first_ns: now,
+        last_jiffies,
+        tcp_flags,
+        isn: 0,
+        // The lower port is taken for the server's.
+        opener: if key.port_lo < key.port_hi {
+            opener::HI_INFERRED
+        } else {
+            opener::LO_INFERRED
+        },
+        marks: 0,
+        _pad: [0; 2],
+        gen,
+    };
+    let n = packets[0] + packets[1];
+    match FLOWS.insert(key, &value, BPF_NOEXIST as u64) {
+        Ok(()) => count_sync(Counter::NewFlows, 1),
+        Err(EEXIST) => match FLOWS.get_ptr_mut(key) {
+            // SAFETY: a live element of FLOWS.
+            Some(v) => unsafe {
+                atomic_add(addr_of_mut!((*v).packets[0]), packets[0]);
+                atomic_add(addr_of_mut!((*v).packets[1]), packets[1]);
+                atomic_add(addr_of_mut!((*v).bytes[0]), bytes[0]);
+                atomic_add(addr_of_mut!((*v).bytes[1]), bytes[1]);
+                atomic_or(addr_of_mut!((*v).tcp_flags), tcp_flags);
+            },
+            None => count_sync(Counter::FlowMapFull, n),
+        },
+        Err(_) => count_sync(Counter::FlowMapFull, n),
+    }
 }
 
 /// A new connection: inserts its entry and announces it. Its own function,

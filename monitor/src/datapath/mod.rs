@@ -12,6 +12,7 @@
 //!  take_events()  ─► the ring buffer, for an async reader
 //! ```
 
+pub mod cache;
 pub mod caps;
 pub mod craft;
 pub mod links;
@@ -27,8 +28,9 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use monitor_common::{
-    Counter, FinalStats, FlowKey, FlowStats, FlowValue, TupleKey, CLOCK_MAP, COUNTERS_MAP,
-    EVENTS_MAP, FLOWS_MAP, GEN_ROTATING, MARK_SECOND_IF, PROG_CLOCK, PROG_EGRESS, PROG_INGRESS,
+    Counter, FinalStats, FlowKey, FlowStats, FlowValue, TupleKey, CACHE_ENABLED_GLOBAL,
+    CACHE_SLOTS, CLOCK_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, FLUSH_CHUNK, GEN_ROTATING,
+    MARK_SECOND_IF, PROG_CLOCK, PROG_EGRESS, PROG_FLUSH, PROG_INGRESS,
 };
 
 /// The compiled kernel programs (built by build.rs with aya-build).
@@ -77,6 +79,12 @@ pub enum DatapathError {
     },
     #[error("cannot calibrate jiffies against the monotonic clock: {reason}")]
     Clock { reason: String },
+    #[error("cannot flush the per-CPU flow cache of CPU {cpu}")]
+    Flush {
+        cpu: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One connection as the kernel table holds it: the counts of the entry's
@@ -270,6 +278,8 @@ pub struct Datapath {
     /// no-op floor next to ours), per interface.
     extra: BTreeMap<String, links::Attachment>,
     max_flows: u32,
+    /// The per-CPU flow cache is on (see [`Datapath::flush`]).
+    cache: bool,
 }
 
 impl Datapath {
@@ -281,11 +291,20 @@ impl Datapath {
         let kernel = version
             .map(|v| format!("{v:?}"))
             .unwrap_or_else(|| "unknown".into());
+        // The per-CPU cache needs the flush on every CPU that runs the
+        // programs: off when this process may not run on all of them.
+        let cache = cache::flushable();
+        if !cache {
+            tracing::warn!(
+                "the per-CPU flow cache is off: this process cannot run on every online CPU (cpuset)"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS_MAP, max_flows)
+            .override_global(CACHE_ENABLED_GLOBAL, &u32::from(cache), true)
             .load(OBJECT)
             .map_err(|source| DatapathError::Load { kernel, source })?;
-        for name in [PROG_INGRESS, PROG_EGRESS] {
+        for name in [PROG_INGRESS, PROG_EGRESS, PROG_FLUSH] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
@@ -325,6 +344,7 @@ impl Datapath {
             attached: BTreeMap::new(),
             extra: BTreeMap::new(),
             max_flows,
+            cache,
         })
     }
 
@@ -534,6 +554,7 @@ impl Datapath {
     /// current connection. A copy torn by a rotation running at that moment
     /// is left out: counts are cumulative, the next sweep has them.
     pub fn snapshot(&self) -> Result<Vec<Entry>, DatapathError> {
+        self.flush()?;
         let all: Vec<(TupleKey, FlowValue)> =
             table::lookup_all(self.flows.fd().as_fd()).map_err(|source| DatapathError::Batch {
                 name: FLOWS_MAP,
@@ -550,6 +571,9 @@ impl Datapath {
     /// snapshot included). Entries already gone, or torn by a rotation at
     /// that instant, are left out.
     pub fn take(&mut self, keys: &[FlowKey]) -> Vec<Entry> {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "cannot flush the per-CPU flow cache before removing entries");
+        }
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             let t = k.tuple();
@@ -560,6 +584,42 @@ impl Datapath {
             }
         }
         out
+    }
+
+    /// Whether the per-CPU flow cache is on.
+    pub fn cache_enabled(&self) -> bool {
+        self.cache
+    }
+
+    /// Moves what every CPU's flow cache holds into the flow table: runs
+    /// `segwatch_flush` once on each online CPU (`BPF_PROG_TEST_RUN` runs
+    /// the program on the calling CPU; this thread is pinned to each in
+    /// turn and then gets its CPU mask back). After it, the table holds
+    /// every packet counted before the call.
+    pub fn flush(&self) -> Result<(), DatapathError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        if !self.cache {
+            return Ok(());
+        }
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(PROG_FLUSH)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Map { name: PROG_FLUSH })?;
+        cache::on_each_cpu(|cpu| {
+            for chunk in 0..CACHE_SLOTS / FLUSH_CHUNK {
+                let mut frame = [0u8; 64];
+                frame[0] = chunk as u8;
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(&frame);
+                opts.repeat = 1;
+                prog.test_run(opts).map_err(|e| DatapathError::Flush {
+                    cpu,
+                    source: std::io::Error::other(e),
+                })?;
+            }
+            Ok(())
+        })
     }
 
     /// The kernel counters, summed over CPUs, in [`Counter::ALL`] order.
