@@ -417,6 +417,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         metrics.push_str(&text);
     }
     // After the scrape above: the figures shown are the traffic steps'.
+    let probes_from = chrono::Utc::now();
     let probes = probes::run(&world, &opts.segwatch, &dir, &inventory, &policy, st)?;
     if opts.keep.is_none() {
         lab.stop_daemon()?;
@@ -426,9 +427,13 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         );
     }
     heading(st, "What segwatch saw");
-    let (probe_flows, reports): (Vec<Value>, Vec<Value>) = read_all(&flow_logs)?
+    // What started once the probes began (their connections, the answers
+    // and ICMP errors they drew) is kept apart from the traffic steps,
+    // whose figures were scraped before.
+    let (later, reports): (Vec<Value>, Vec<Value>) = read_all(&flow_logs)?
         .into_iter()
-        .partition(probes::is_probe_flow);
+        .partition(|r| probes::started_after(r, probes_from));
+    let probe_flows: Vec<Value> = later.into_iter().filter(probes::is_probe_flow).collect();
     let rows = show::rows(&world, &reports, &done);
     let (shown, housekeeping): (Vec<_>, Vec<_>) =
         rows.iter().cloned().partition(|r| !r.housekeeping);

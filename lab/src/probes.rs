@@ -247,3 +247,12 @@ fn show(
 pub fn is_probe_flow(r: &Value) -> bool {
     r["probe"] == true
 }
+
+/// Did flow report `r` start at or after `t`? (A report without a readable
+/// start counts as earlier: it stays with the traffic steps.)
+pub fn started_after(r: &Value, t: chrono::DateTime<chrono::Utc>) -> bool {
+    r["start"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .is_some_and(|s| s >= t)
+}
