@@ -81,8 +81,7 @@ fn the_collector_example_is_a_complete_otlp_to_loki_logs_pipeline() {
         let pname = pname.as_str().expect("pipeline id");
         assert_eq!(kind(pname), "logs", "segwatch sends logs: pipeline {pname}");
         for (section, allowed) in types {
-            let key = &section[..section.len() - 1];
-            let ids = names(&p[key]);
+            let ids = names(&p[section]);
             if section != "processors" {
                 assert!(!ids.is_empty(), "pipeline {pname} has {section}");
             }
