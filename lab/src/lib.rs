@@ -17,6 +17,7 @@
 //! Everything the lab creates is named `<prefix>-*` (namespaces) and lives
 //! inside those namespaces, so [`clean`] finds it all, even after a crash.
 
+pub mod probes;
 pub mod serve;
 pub mod show;
 pub mod sys;
@@ -64,8 +65,12 @@ pub struct Options {
 pub struct Outcome {
     pub world: World,
     pub done: Vec<traffic::Done>,
-    /// Every flow report the daemons wrote (both nodes).
+    /// Every flow report the daemons wrote (both nodes), but the probes'.
     pub reports: Vec<Value>,
+    /// `segwatch probe` from two pods, with the audit of each report.
+    pub probes: Vec<probes::Probe>,
+    /// The flow reports of the probes' connections (`probe: true`).
+    pub probe_flows: Vec<Value>,
     /// /metrics of both daemons (node 1's exposition, then node 2's) once
     /// every flow had been reported: summing a series over it sums the
     /// cluster.
@@ -369,7 +374,6 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         done.push(d);
     }
 
-    heading(st, "What segwatch saw");
     // TCP flows are reported a second after they close, UDP after the idle
     // timeout (2 s); wait until every step's connection is in the log.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -412,6 +416,9 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         write(&dir.join(file), &text)?;
         metrics.push_str(&text);
     }
+    // After the scrape above: the figures shown are the traffic steps'.
+    let probes_from = chrono::Utc::now();
+    let probes = probes::run(&world, &opts.segwatch, &dir, &inventory, &policy, st)?;
     if opts.keep.is_none() {
         lab.stop_daemon()?;
         progress(
@@ -419,7 +426,14 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
             "segwatch stopped (SIGTERM: open flows flushed, programs detached)",
         );
     }
-    let reports = read_all(&flow_logs)?;
+    heading(st, "What segwatch saw");
+    // What started once the probes began (their connections, the answers
+    // and ICMP errors they drew) is kept apart from the traffic steps,
+    // whose figures were scraped before.
+    let (later, reports): (Vec<Value>, Vec<Value>) = read_all(&flow_logs)?
+        .into_iter()
+        .partition(|r| probes::started_after(r, probes_from));
+    let probe_flows: Vec<Value> = later.into_iter().filter(probes::is_probe_flow).collect();
     let rows = show::rows(&world, &reports, &done);
     let (shown, housekeeping): (Vec<_>, Vec<_>) =
         rows.iter().cloned().partition(|r| !r.housekeeping);
@@ -440,6 +454,13 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
             reports.len(),
             rel(&flow_logs[0]),
             rel(&flow_logs[1])
+        ))
+    );
+    println!(
+        "  {}",
+        st.dim(&format!(
+            "+{} connections of the probes above, tagged probe: true (segwatch_probe_flows_total, never a violation metric)",
+            probe_flows.len()
         ))
     );
     // Did each step get the verdict it should?
@@ -609,6 +630,8 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         world,
         done,
         reports,
+        probes,
+        probe_flows,
         metrics,
         rows,
         alerts,

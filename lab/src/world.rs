@@ -34,6 +34,10 @@ pub const POD2_CIDR4: &str = "10.98.1.0/24";
 pub const POD2_CIDR6: &str = "fd98:1::/64";
 /// Labels of segwatch's DaemonSet pods (what `--agent-selector` matches).
 pub const AGENT_LABEL: (&str, &str) = ("app.kubernetes.io/name", "segwatch");
+/// The namespace of the lab's `segwatch probe` pods.
+pub const PROBE_NAMESPACE: &str = "segwatch-probe";
+/// The label that tags a pod's connections as probe traffic.
+pub const PROBE_LABEL: &str = "segwatch.dev/probe";
 /// Ports the node listens on, as a real node does: kubelet, etcd, sshd.
 pub const NODE_PORTS: [(u16, &str); 3] = [(10250, "kubelet"), (2379, "etcd"), (22, "sshd")];
 
@@ -271,6 +275,41 @@ impl World {
                 host_if: "lxcmetrics",
                 node: 1,
             },
+            // `segwatch probe` from two pods of node 1 (see crate::probes):
+            // probe-open reaches what the node lets it, probe-filtered sits
+            // behind the node's nftables filter.
+            PodSpec {
+                namespace: PROBE_NAMESPACE,
+                name: "probe-open-5f6c7d8b9-q2wz4",
+                labels: vec![
+                    ("app", "probe-open"),
+                    (PROBE_LABEL, "true"),
+                    ("pod-template-hash", "5f6c7d8b9"),
+                ],
+                service_account: "default",
+                owner: deploy("probe-open", "5f6c7d8b9"),
+                ip4: v4(50),
+                ip6: v6(50),
+                ports: vec![],
+                host_if: "lxcprobeopen",
+                node: 1,
+            },
+            PodSpec {
+                namespace: PROBE_NAMESPACE,
+                name: "probe-filtered-6b7c8d9f5-k7xv2",
+                labels: vec![
+                    ("app", "probe-filtered"),
+                    (PROBE_LABEL, "true"),
+                    ("pod-template-hash", "6b7c8d9f5"),
+                ],
+                service_account: "default",
+                owner: deploy("probe-filtered", "6b7c8d9f5"),
+                ip4: v4(51),
+                ip6: v6(51),
+                ports: vec![],
+                host_if: "lxcprobefilt",
+                node: 1,
+            },
         ];
         let services = vec![
             ServiceSpec {
@@ -306,6 +345,7 @@ impl World {
                 ("analytics", vec![("tier", "back")]),
                 ("kube-system", vec![]),
                 ("default", vec![]),
+                (PROBE_NAMESPACE, vec![]),
             ],
             pods,
             services,

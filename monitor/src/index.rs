@@ -250,6 +250,8 @@ struct Interner {
     labels: HashSet<Arc<Labels>>,
     /// Entries made since the last sweep of unused ones.
     made: usize,
+    /// Entries the last sweep kept.
+    kept: usize,
 }
 
 impl Interner {
@@ -277,19 +279,26 @@ impl Interner {
 
     /// The entry with its shared fields interned (the pod name stays its
     /// own: it is unique).
-    fn pod(&mut self, mut e: PodEntry) -> PodEntry {
-        if self.made >= Self::SWEEP_EVERY {
+    /// Also returns the entries a sweep scanned (work, see
+    /// [`ClusterIndex::work`]). A sweep comes after as many new entries as
+    /// the last one kept, at least [`Interner::SWEEP_EVERY`]: its cost is
+    /// spread over the entries made since the last one.
+    fn pod(&mut self, mut e: PodEntry) -> (PodEntry, u64) {
+        let mut swept = 0;
+        if self.made >= Self::SWEEP_EVERY.max(self.kept) {
             self.made = 0;
+            swept = (self.strs.len() + self.labels.len()) as u64;
             // Only the interner holds them: no pod (and no report) does.
             self.strs.retain(|s| Arc::strong_count(s) > 1);
             self.labels.retain(|l| Arc::strong_count(l) > 1);
+            self.kept = self.strs.len() + self.labels.len();
         }
         e.namespace = self.str(e.namespace);
         e.workload = e.workload.map(|w| self.str(w));
         e.service_account = e.service_account.map(|s| self.str(s));
         e.node = e.node.map(|n| self.str(n));
         e.labels = self.labels(e.labels);
-        e
+        (e, swept)
     }
 }
 
@@ -304,8 +313,10 @@ pub struct ClusterIndex {
     cfg: IndexConfig,
     namespaces: HashMap<String, Namespace>,
     ns_labels: HashMap<String, Labels>,
-    pods: HashMap<Key, Pod>,
-    services: HashMap<Key, Service>,
+    /// Ordered by (namespace, name): a namespace's pods and Services are
+    /// one range, so a namespace or owner change visits only those.
+    pods: BTreeMap<Key, Pod>,
+    services: BTreeMap<Key, Service>,
     service_accounts: HashMap<Key, ServiceAccount>,
     nodes: HashMap<String, Node>,
     netpols: HashMap<Key, NetworkPolicy>,
@@ -328,21 +339,25 @@ pub struct ClusterIndex {
     by_ip_pod: IpMap<Arc<PodEntry>>,
     svc_entries: HashMap<Key, Arc<ServiceEntry>>,
     by_ip_svc: IpMap<Arc<ServiceEntry>>,
-    by_ip_node: IpMap<Arc<str>>,
+    /// Node addresses and pod networks (Nodes, this node, configuration).
+    node_tables: nodes::NodeTables,
     /// externalIPs and load-balancer ingress IPs of Services.
     by_ip_svc_ext: IpMap<Arc<ServiceEntry>>,
     /// (nodePort, protocol) of NodePort/LoadBalancer Services.
     by_node_port: HashMap<(u16, String), Arc<ServiceEntry>>,
-    /// Pod networks of each Node (`spec.podCIDRs`).
-    node_pod_nets: Vec<(IpNet, Arc<str>)>,
     /// Agent pods (see [`IndexConfig::agent_selector`]) per node.
     agent_nodes: HashMap<Arc<str>, usize>,
     /// The agent pods counted in `agent_nodes`, with their node.
     agent_pods: HashMap<Key, Arc<str>>,
     metadata: HashSet<IpAddr, foldhash::fast::RandomState>,
-    pod_nets: Vec<IpNet>,
     /// (namespace, workload label) of every pod, with pod counts.
     live_workloads: HashMap<(String, String), usize>,
+    /// Pods per namespace (of `live_workloads`).
+    live_namespaces: HashMap<String, usize>,
+    /// externalIPs / load-balancer IPs each Service put into `by_ip_svc_ext`.
+    svc_ext_ips: HashMap<Key, Vec<IpAddr>>,
+    /// Derived records computed and entries scanned (see [`ClusterIndex::work`]).
+    work: u64,
     interner: Interner,
     netpol: Arc<crate::netpol::Engine>,
     netpol_dirty: bool,
@@ -384,11 +399,32 @@ impl ClusterIndex {
             cfg,
             ..Default::default()
         };
+        idx.init_tables();
         idx.recompile_policy();
-        idx.rebuild_nodes();
         idx.netpol_dirty = true;
         idx.refresh();
         idx
+    }
+
+    /// Units of work done so far: pod and Service entries compiled, node
+    /// addresses and networks (re)placed, map entries scanned. Tests use it
+    /// to check that building the index grows linearly with the cluster and
+    /// that one event costs what it touches, without timing anything.
+    pub fn work(&self) -> u64 {
+        self.work
+    }
+
+    /// The tables that depend only on the configuration.
+    fn init_tables(&mut self) {
+        self.node_tables = nodes::NodeTables::new(&self.cfg.node_name, &self.cfg.pod_cidrs);
+        let local: Vec<IpAddr> = self
+            .cfg
+            .node_ips
+            .iter()
+            .chain(self.host_addrs.iter())
+            .copied()
+            .collect();
+        self.work += self.node_tables.set_local_ips(local);
     }
 
     /// Bumped on every change (for caches and tests).
@@ -425,8 +461,7 @@ impl ClusterIndex {
     }
 
     pub fn namespace_is_live(&self, namespace: &str) -> bool {
-        self.namespaces.contains_key(namespace)
-            || self.live_workloads.keys().any(|(ns, _)| ns == namespace)
+        self.namespaces.contains_key(namespace) || self.live_namespaces.contains_key(namespace)
     }
 
     /// Adds or replaces one object.
@@ -461,8 +496,8 @@ impl ClusterIndex {
             }
             Object::Node(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
+                self.work += self.node_tables.set_node(&name, Some(&n));
                 self.nodes.insert(name, n);
-                self.rebuild_nodes();
                 // Node peers of cluster policies select by node labels.
                 if !self.cluster_netpols.is_empty() {
                     self.mark_netpol();
@@ -543,7 +578,7 @@ impl ClusterIndex {
             }
             ObjectKind::Node => {
                 self.nodes.remove(name);
-                self.rebuild_nodes();
+                self.work += self.node_tables.set_node(name, None);
                 if !self.cluster_netpols.is_empty() {
                     self.mark_netpol();
                 }
@@ -591,22 +626,27 @@ impl ClusterIndex {
             host_addrs: host,
             generation: self.generation + 1,
             netpol_changes: self.netpol_changes,
+            work: self.work,
             ..Default::default()
         };
+        self.init_tables();
         // Order matters only for cost: namespaces, policies and workloads
-        // first, so each pod is compiled once.
-        let mut objects = objects;
-        objects.sort_by_key(|o| match o.kind() {
-            ObjectKind::Namespace => 0,
-            ObjectKind::SegmentationPolicy => 1,
-            ObjectKind::Pod | ObjectKind::Service => 3,
-            _ => 2,
-        });
-        self.recompile_policy();
+        // first, so each pod is compiled once. Four buckets, not a sort:
+        // the objects are large and moving them is most of a sort's cost.
+        let mut buckets: [Vec<Object>; 4] = Default::default();
         for o in objects {
+            let b = match o.kind() {
+                ObjectKind::Namespace => 0,
+                ObjectKind::SegmentationPolicy => 1,
+                ObjectKind::Pod | ObjectKind::Service => 3,
+                _ => 2,
+            };
+            buckets[b].push(o);
+        }
+        self.recompile_policy();
+        for o in buckets.into_iter().flatten() {
             self.apply(o);
         }
-        self.rebuild_nodes();
         self.mark_netpol();
         self.refresh();
     }
@@ -743,7 +783,14 @@ impl ClusterIndex {
         if addrs != self.host_addrs {
             self.generation += 1;
             self.host_addrs = addrs;
-            self.rebuild_nodes();
+            let local: Vec<IpAddr> = self
+                .cfg
+                .node_ips
+                .iter()
+                .chain(self.host_addrs.iter())
+                .copied()
+                .collect();
+            self.work += self.node_tables.set_local_ips(local);
         }
     }
 
@@ -820,10 +867,10 @@ impl ClusterIndex {
         if self.metadata.contains(&ip) {
             return Resolved::Metadata;
         }
-        if let Some(n) = self.by_ip_node.get(&ip) {
+        if let Some(n) = self.node_tables.node_of(ip) {
             return Resolved::Node(n);
         }
-        if self.pod_nets.iter().any(|n| n.contains(&ip)) {
+        if self.node_tables.in_pod_net(ip) {
             return Resolved::Unknown;
         }
         Resolved::External
@@ -841,11 +888,7 @@ impl ClusterIndex {
         if let Some(p) = self.by_ip_pod.get(&ip) {
             return p.node.as_ref();
         }
-        self.node_pod_nets
-            .iter()
-            .filter(|(net, _)| net.contains(&ip))
-            .max_by_key(|(net, _)| net.prefix_len())
-            .map(|(_, n)| n)
+        self.node_tables.pod_net_node(ip)
     }
 
     /// Is `ip` a pod of this node (known, or inside this node's pod CIDRs)?
@@ -864,7 +907,7 @@ impl ClusterIndex {
         {
             return Some(s);
         }
-        if self.by_ip_node.contains_key(&ip) {
+        if self.node_tables.node_of(ip).is_some() {
             return self.by_node_port.get(&(port, protocol.to_owned()));
         }
         None
@@ -910,25 +953,23 @@ impl ClusterIndex {
 
     fn recompute_namespace(&mut self, ns: &str) {
         self.recompute_namespace_pods(ns);
-        let svcs: Vec<Key> = self
-            .services
-            .keys()
-            .filter(|(n, _)| n == ns)
-            .cloned()
-            .collect();
+        let svcs = keys_in_namespace(&self.services, ns);
+        self.work += svcs.len() as u64;
         for k in svcs {
             self.recompute_service(&k);
         }
     }
 
     fn recompute_namespace_pods(&mut self, ns: &str) {
-        let pods: Vec<Key> = self.pods.keys().filter(|(n, _)| n == ns).cloned().collect();
+        let pods = keys_in_namespace(&self.pods, ns);
+        self.work += pods.len() as u64;
         for k in pods {
             self.recompute_pod(&k);
         }
     }
 
     fn recompute_pod(&mut self, key: &Key) {
+        self.work += 1;
         if let Some(node) = self.agent_pods.remove(key) {
             if let Some(n) = self.agent_nodes.get_mut(&node) {
                 *n -= 1;
@@ -948,11 +989,24 @@ impl ClusterIndex {
                     self.live_workloads.remove(&wl);
                 }
             }
+            if let Some(n) = self.live_namespaces.get_mut(&*old.namespace) {
+                *n -= 1;
+                if *n == 0 {
+                    self.live_namespaces.remove(&*old.namespace);
+                }
+            }
         }
         let Some(pod) = self.pods.get(key) else {
             return;
         };
-        let entry = Arc::new(self.interner.pod(self.pod_entry(key, pod)));
+        let entry = self.pod_entry(key, pod);
+        let (entry, swept) = self.interner.pod(entry);
+        self.work += swept;
+        let entry = Arc::new(entry);
+        *self
+            .live_namespaces
+            .entry(entry.namespace.to_string())
+            .or_default() += 1;
         *self
             .live_workloads
             .entry((
@@ -1090,14 +1144,34 @@ impl ClusterIndex {
     }
 
     fn recompute_service(&mut self, key: &Key) {
+        self.work += 1;
         if let Some(old) = self.svc_entries.remove(key) {
+            // Only what this Service put in: its own addresses and ports.
             for ip in &old.ips {
                 if self.by_ip_svc.get(ip).is_some_and(|e| Arc::ptr_eq(e, &old)) {
                     self.by_ip_svc.remove(ip);
                 }
             }
-            self.by_ip_svc_ext.retain(|_, e| !Arc::ptr_eq(e, &old));
-            self.by_node_port.retain(|_, e| !Arc::ptr_eq(e, &old));
+            for ip in self.svc_ext_ips.remove(key).unwrap_or_default() {
+                if self
+                    .by_ip_svc_ext
+                    .get(&ip)
+                    .is_some_and(|e| Arc::ptr_eq(e, &old))
+                {
+                    self.by_ip_svc_ext.remove(&ip);
+                }
+            }
+            for p in &old.ports {
+                let Some(np) = p.node_port else { continue };
+                let k = (np, p.protocol.clone());
+                if self
+                    .by_node_port
+                    .get(&k)
+                    .is_some_and(|e| Arc::ptr_eq(e, &old))
+                {
+                    self.by_node_port.remove(&k);
+                }
+            }
         }
         let Some(svc) = self.services.get(key) else {
             return;
@@ -1155,8 +1229,12 @@ impl ClusterIndex {
         for ip in &entry.ips {
             self.by_ip_svc.insert(*ip, entry.clone());
         }
-        for ip in parse_ips(ext) {
-            self.by_ip_svc_ext.insert(ip, entry.clone());
+        let ext = parse_ips(ext);
+        for ip in &ext {
+            self.by_ip_svc_ext.insert(*ip, entry.clone());
+        }
+        if !ext.is_empty() {
+            self.svc_ext_ips.insert(key.clone(), ext);
         }
         for p in &entry.ports {
             if let Some(np) = p.node_port {
@@ -1166,44 +1244,14 @@ impl ClusterIndex {
         }
         self.svc_entries.insert(key.clone(), entry);
     }
+}
 
-    fn rebuild_nodes(&mut self) {
-        let mut by_ip: IpMap<Arc<str>> = IpMap::default();
-        let mut nets: Vec<IpNet> = self.cfg.pod_cidrs.clone();
-        let mut node_nets: Vec<(IpNet, Arc<str>)> = Vec::new();
-        let mut names: Vec<&String> = self.nodes.keys().collect();
-        names.sort();
-        for name in names {
-            let node = &self.nodes[name];
-            let n: Arc<str> = Arc::from(name.as_str());
-            for a in node
-                .status
-                .iter()
-                .flat_map(|s| s.addresses.iter().flatten())
-            {
-                // Hostname/InternalDNS entries are names, not addresses.
-                if let Ok(ip) = a.address.parse::<IpAddr>() {
-                    by_ip.insert(ip, n.clone());
-                }
-            }
-            if let Some(spec) = &node.spec {
-                let cidrs = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
-                for c in cidrs.filter_map(|c| c.parse::<IpNet>().ok()) {
-                    nets.push(c);
-                    node_nets.push((c, n.clone()));
-                }
-            }
-        }
-        let local: Arc<str> = Arc::from(self.cfg.node_name.as_str());
-        for ip in self.cfg.node_ips.iter().chain(self.host_addrs.iter()) {
-            by_ip.entry(*ip).or_insert_with(|| local.clone());
-        }
-        nets.sort();
-        nets.dedup();
-        self.by_ip_node = by_ip;
-        self.pod_nets = nets;
-        self.node_pod_nets = node_nets;
-    }
+/// The keys of `map` in namespace `ns` (one range of the ordered map).
+fn keys_in_namespace<V>(map: &BTreeMap<Key, V>, ns: &str) -> Vec<Key> {
+    map.range((ns.to_owned(), String::new())..)
+        .take_while(|((n, _), _)| n == ns)
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// The controller owner reference (`controller: true`, else the first).
@@ -1258,5 +1306,8 @@ pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
 mod metric_ends;
 pub use metric_ends::DeclaredPorts;
 
+mod nodes;
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;

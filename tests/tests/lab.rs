@@ -306,4 +306,8 @@ fn the_lab_shows_exactly_its_violations_and_leaves_nothing_behind() {
         connections.len() as f64,
         "segwatch_flows_total over both agents counts each connection once"
     );
+    lab_probes::check(&outcome);
 }
+
+#[path = "lab_checks/probes.rs"]
+mod lab_probes;
