@@ -1003,13 +1003,20 @@ mod tests {
 
     #[test]
     fn one_pod_runs_on_the_default_service_account() {
+        // Besides the probe pods, which run as their namespace's default
+        // service account like deploy/probe's Job does.
         let w = World::new("swlab");
         assert_eq!(
             w.pods
                 .iter()
-                .filter(|p| p.service_account == "default")
+                .filter(|p| p.service_account == "default" && p.namespace != PROBE_NAMESPACE)
                 .count(),
             1
         );
+        assert!(w
+            .pods
+            .iter()
+            .filter(|p| p.namespace == PROBE_NAMESPACE)
+            .all(|p| p.service_account == "default"));
     }
 }

@@ -302,6 +302,15 @@ pub struct ClusterJudge {
 const MAX_DONE: usize = 65_536;
 
 impl ClusterJudge {
+    /// Hands the observer the cluster's declared ports when they may have
+    /// changed (at most once a second, and at once before the first count).
+    fn refresh_declared_if_due(observer: &mut Observer, index: &SharedIndex) {
+        if observer.declared_due() || observer.declared_unknown() {
+            let guard = index.read().unwrap_or_else(|e| e.into_inner());
+            observer.refresh_declared(&guard);
+        }
+    }
+
     pub fn new(index: SharedIndex, ready: ReadyFlag, metrics_ttl: Duration) -> Self {
         ClusterJudge {
             index,
@@ -558,6 +567,7 @@ impl ClusterJudge {
         {
             metrics.service_without_backend.inc();
         }
+        Self::refresh_declared_if_due(&mut self.observer, &self.index);
         self.observer.observe(metrics, &r, first, announced);
         r.scan = self.observer.scan_of(&r);
         r
@@ -633,6 +643,7 @@ impl crate::daemon::Judge for ClusterJudge {
             // counts now, for the alert.
             if !report.violations.is_empty() && !st.counted {
                 st.counted = true;
+                Self::refresh_declared_if_due(&mut self.observer, &self.index);
                 self.observer.announce(metrics, &report);
             }
             st.held_since.get_or_insert_with(Instant::now);
@@ -677,6 +688,9 @@ impl crate::daemon::Judge for ClusterJudge {
             return false;
         }
         st.counted = true;
+        // The port budget must know the declared ports before it counts:
+        // a burst of announcements can come before any report does.
+        Self::refresh_declared_if_due(&mut self.observer, &self.index);
         self.observer.announce(metrics, report)
     }
 

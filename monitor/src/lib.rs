@@ -37,3 +37,5 @@ pub mod staged;
 pub mod suggest;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+#[cfg(test)]
+mod fixtures;

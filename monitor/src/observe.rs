@@ -594,6 +594,11 @@ impl Observer {
         self.declared_checked.elapsed() >= Duration::from_secs(1)
     }
 
+    /// Have the declared ports never been taken from the index?
+    pub fn declared_unknown(&self) -> bool {
+        self.declared_at.is_none()
+    }
+
     /// Takes the ports the cluster declares from the index, if it changed.
     pub fn refresh_declared(&mut self, index: &ClusterIndex) {
         self.declared_checked = Instant::now();

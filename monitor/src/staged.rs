@@ -128,6 +128,7 @@ impl StagedMetrics {
 mod tests {
     use super::*;
     use crate::report::StagedReport;
+    use prometheus::Encoder as _;
 
     fn report(verdict: StagedVerdict, policy: Option<&str>, selected: &[&str]) -> FlowReport {
         FlowReport {
@@ -261,10 +262,14 @@ spec:
             "live still allows"
         );
 
-        let m = crate::metrics::Metrics::new();
-        m.staged
-            .count(&r, ["shop", "bare-pod", "shop", "bare-pod", "5432", "TCP"]);
-        let text = m.render();
+        let registry = Registry::new();
+        let m = StagedMetrics::register(&registry);
+        m.count(&r, ["shop", "bare-pod", "shop", "bare-pod", "5432", "TCP"]);
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .expect("renders");
+        let text = String::from_utf8(buf).expect("utf-8");
         assert!(
             text.contains(r#"segwatch_staged_verdicts_total{dst_namespace="shop",dst_port="5432",dst_workload="bare-pod",policy="db-lockdown",policy_namespace="shop",protocol="TCP",src_namespace="shop",src_workload="bare-pod",verdict="would_deny"} 1"#),
             "{text}"

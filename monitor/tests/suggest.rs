@@ -860,6 +860,7 @@ fn metric_edges_give_the_same_policies_as_the_flows() {
             dst_port: k[4].clone(),
             protocol: k[5].clone(),
             flows: v,
+            violation: None,
         })
         .collect();
     let t = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
@@ -875,8 +876,11 @@ fn metric_edges_give_the_same_policies_as_the_flows() {
             &cat,
             &opts,
         );
-        let from_metric =
-            suggest::generate(&Observed::from_samples(&samples, (t, t), &cat), &cat, &opts);
+        let from_metric = suggest::generate(
+            &Observed::from_samples(&samples, (t, t), &cat, ObserveOptions::default()),
+            &cat,
+            &opts,
+        );
         assert!(from_flows.policies.len() >= 4, "{:?}", from_flows.stats);
         assert_eq!(
             specs(&from_metric.policies),

@@ -141,7 +141,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             read_prometheus(url, window, at).with_context(|| format!("--from-prometheus {url}"))?;
         tracing::info!(edges = samples.len(), "read workload edges from Prometheus");
         let start = at - chrono::Duration::seconds(i64::try_from(window).unwrap_or(i64::MAX));
-        observed.merge(Observed::from_samples(&samples, (start, at), &catalog));
+        observed.merge(Observed::from_samples(
+            &samples,
+            (start, at),
+            &catalog,
+            ObserveOptions {
+                include_unanswered: args.include_unanswered,
+                include_violations: args.include_violations,
+            },
+        ));
     }
     if observed.conns.is_empty() {
         // No evidence, no suggestion: an empty set with a passing replay
@@ -387,7 +395,13 @@ fn read_prometheus(
             anyhow::Ok(text)
         })?;
         tracing::debug!(query = %q, answer = %body, "Prometheus answer");
-        answers.push(prometheus::parse_answer(&body).with_context(|| format!("query {q}"))?);
+        answers.push((q, body));
     }
-    Ok(prometheus::samples(&answers[0], &answers[1]))
+    let [(q1, a1), (q2, a2), (q3, a3)] = <[(String, String); 3]>::try_from(answers)
+        .map_err(|_| anyhow::anyhow!("expected three answers"))?;
+    let increase = prometheus::parse_answer(&a1).with_context(|| format!("query {q1}"))?;
+    let born = prometheus::parse_answer(&a2).with_context(|| format!("query {q2}"))?;
+    let violations =
+        prometheus::parse_violations(&a3).with_context(|| format!("query {q3}"))?;
+    Ok(prometheus::samples(&increase, &born, &violations))
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::inventory::ObjectKind;
-use crate::judge::tests::{cluster, report};
+use crate::fixtures::{cluster, report};
 use crate::report::{ScanKind, TcpState};
 
 fn metric_line(m: &Metrics, prefix: &str) -> Vec<String> {

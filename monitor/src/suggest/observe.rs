@@ -278,6 +278,9 @@ pub struct WorkloadSample {
     pub dst_port: String,
     pub protocol: String,
     pub flows: f64,
+    /// The violation kind counted on this edge in the window
+    /// (`segwatch_violations_total`), if any.
+    pub violation: Option<String>,
 }
 
 /// Options for reading observations.
@@ -439,9 +442,11 @@ impl Observed {
         samples: &[WorkloadSample],
         window: (DateTime<Utc>, DateTime<Utc>),
         cat: &Catalog,
+        opts: ObserveOptions,
     ) -> Observed {
         let mut obs = Observed::default();
         let mut nd: Option<u64> = None;
+        let mut violations: BTreeMap<String, (u64, String)> = BTreeMap::new();
         for s in samples {
             if s.flows.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 continue;
@@ -449,6 +454,27 @@ impl Observed {
             // increase() extrapolates to the window's edges (2.4 flows);
             // any positive value means the edge was used.
             let flows = s.flows.round().max(1.0);
+            // An edge the agents counted as a violation in the window is
+            // left out like violating flow reports are (never whitelist an
+            // attack by default).
+            if let (Some(kind), false) = (&s.violation, opts.include_violations) {
+                let e = violations.entry(kind.clone()).or_insert_with(|| {
+                    (
+                        0,
+                        format!(
+                            "{}/{} -> {}/{}:{} {}",
+                            s.src_namespace,
+                            s.src_workload,
+                            s.dst_namespace,
+                            s.dst_workload,
+                            s.dst_port,
+                            s.protocol
+                        ),
+                    )
+                });
+                e.0 += flows as u64;
+                continue;
+            }
             let src = match WorkloadKey::parse(&s.src_namespace, &s.src_workload) {
                 Some(w) if !is_outside_label(&s.src_workload) => pod_end(w),
                 _ => match outside_end(&s.src_workload, cat) {
@@ -549,6 +575,13 @@ impl Observed {
             obs.notes.insert(Note::Ignored {
                 what: "metric edge(s) of ICMPv6 between pods and node or outside (taken for neighbour discovery)".to_string(),
                 count,
+            });
+        }
+        for (kind, (flows, example)) in violations {
+            obs.notes.insert(Note::Violation {
+                kind,
+                flows,
+                example,
             });
         }
         obs.resolve(cat);

@@ -9,6 +9,9 @@
 //!    └─ Q2: sum by (edge) (last_over_time(...[W])       series born inside the window
 //!                          unless ... offset W)          (increase() misses their first count)
 //!  ─► WorkloadSample per edge, flows = max(Q1, Q2), kept when > 0
+//!  segwatch_violations_total{kind,<edge labels>,...}
+//!    └─ Q3: count by (kind, edge) (max_over_time(...[W]))  edges that violated
+//!  ─► WorkloadSample::violation (left out unless --include-violations)
 //! ```
 //!
 //! Why Q2: a counter series starts when its first flow is counted, at 1 or
@@ -25,6 +28,8 @@ use super::observe::WorkloadSample;
 
 /// The metric (CONTRACT.md "Metrics").
 pub const METRIC: &str = "segwatch_workload_flows_total";
+/// The violations counter: an edge with a series in the window violated.
+pub const VIOLATIONS: &str = "segwatch_violations_total";
 /// Its labels, which make one edge.
 pub const EDGE_LABELS: [&str; 6] = [
     "src_namespace",
@@ -80,13 +85,15 @@ pub fn parse_window(s: &str) -> Result<u64, PromError> {
     Ok(total)
 }
 
-/// The two queries for a window (seconds).
-pub fn queries(window_secs: u64) -> [String; 2] {
+/// The three queries for a window (seconds): flows per edge (two) and the
+/// violation kinds per edge.
+pub fn queries(window_secs: u64) -> [String; 3] {
     let by = EDGE_LABELS.join(",");
     let w = format!("{window_secs}s");
     [
         format!("sum by ({by}) (increase({METRIC}[{w}]))"),
         format!("sum by ({by}) (last_over_time({METRIC}[{w}]) unless {METRIC} offset {w})"),
+        format!("count by (kind,{by}) (max_over_time({VIOLATIONS}[{w}]))"),
     ]
 }
 
@@ -118,6 +125,29 @@ struct Series {
 /// Parses one `/api/v1/query` answer (an instant vector) into
 /// edge -> value.
 pub fn parse_answer(body: &str) -> Result<BTreeMap<[String; 6], f64>, PromError> {
+    Ok(parse_series(body)?
+        .into_iter()
+        .map(|(labels, v)| (EDGE_LABELS.map(|l| labels.get(l).cloned().unwrap_or_default()), v))
+        .collect())
+}
+
+/// Parses the answer of the violations query into edge -> violation kind
+/// (the first kind by name when an edge has several).
+pub fn parse_violations(body: &str) -> Result<BTreeMap<[String; 6], String>, PromError> {
+    let mut out: BTreeMap<[String; 6], String> = BTreeMap::new();
+    for (labels, _) in parse_series(body)? {
+        let edge = EDGE_LABELS.map(|l| labels.get(l).cloned().unwrap_or_default());
+        let kind = labels.get("kind").cloned().unwrap_or_default();
+        let e = out.entry(edge).or_insert_with(|| kind.clone());
+        if kind < *e {
+            *e = kind;
+        }
+    }
+    Ok(out)
+}
+
+/// One instant-vector answer: each series' labels and value.
+fn parse_series(body: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, PromError> {
     let a: Answer = serde_json::from_str(body).map_err(|e| PromError::Format(e.to_string()))?;
     if a.status != "success" {
         return Err(PromError::Api {
@@ -134,15 +164,14 @@ pub fn parse_answer(body: &str) -> Result<BTreeMap<[String; 6], f64>, PromError>
             data.result_type
         )));
     }
-    let mut out = BTreeMap::new();
+    let mut out = Vec::with_capacity(data.result.len());
     for s in data.result {
         let v: f64 = s
             .value
             .1
             .parse()
             .map_err(|_| PromError::Format(format!("sample value {:?}", s.value.1)))?;
-        let key = EDGE_LABELS.map(|l| s.metric.get(l).cloned().unwrap_or_default());
-        out.insert(key, v);
+        out.push((s.metric, v));
     }
     Ok(out)
 }
@@ -151,6 +180,7 @@ pub fn parse_answer(body: &str) -> Result<BTreeMap<[String; 6], f64>, PromError>
 pub fn samples(
     increase: &BTreeMap<[String; 6], f64>,
     born: &BTreeMap<[String; 6], f64>,
+    violations: &BTreeMap<[String; 6], String>,
 ) -> Vec<WorkloadSample> {
     let mut all: BTreeMap<&[String; 6], f64> = BTreeMap::new();
     for (k, v) in increase.iter().chain(born) {
@@ -169,6 +199,7 @@ pub fn samples(
             dst_port: k[4].clone(),
             protocol: k[5].clone(),
             flows: v,
+            violation: violations.get(k).cloned(),
         })
         .collect()
 }
@@ -194,7 +225,11 @@ mod tests {
             {"metric":{"src_namespace":"shop","src_workload":"Deployment/web","dst_namespace":"","dst_workload":"external","dst_port":"443","protocol":"TCP"},"value":[1700000000,"0"]}]}}"#;
         let born = r#"{"status":"success","data":{"resultType":"vector","result":[
             {"metric":{"src_namespace":"shop","src_workload":"Deployment/web","dst_namespace":"","dst_workload":"external","dst_port":"443","protocol":"TCP"},"value":[1700000000,"1"]}]}}"#;
-        let s = samples(&parse_answer(inc).unwrap(), &parse_answer(born).unwrap());
+        let s = samples(
+            &parse_answer(inc).unwrap(),
+            &parse_answer(born).unwrap(),
+            &BTreeMap::new(),
+        );
         assert_eq!(
             s.len(),
             2,
