@@ -112,4 +112,3 @@ pub fn report(
         ..Default::default()
     }
 }
-

@@ -19,6 +19,8 @@ pub mod conntrack;
 pub mod daemon;
 pub mod datapath;
 pub mod export;
+#[cfg(test)]
+mod fixtures;
 pub mod flows;
 pub mod index;
 pub mod inventory;
@@ -37,5 +39,3 @@ pub mod staged;
 pub mod suggest;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
-#[cfg(test)]
-mod fixtures;

@@ -401,7 +401,6 @@ fn read_prometheus(
         .map_err(|_| anyhow::anyhow!("expected three answers"))?;
     let increase = prometheus::parse_answer(&a1).with_context(|| format!("query {q1}"))?;
     let born = prometheus::parse_answer(&a2).with_context(|| format!("query {q2}"))?;
-    let violations =
-        prometheus::parse_violations(&a3).with_context(|| format!("query {q3}"))?;
+    let violations = prometheus::parse_violations(&a3).with_context(|| format!("query {q3}"))?;
     Ok(prometheus::samples(&increase, &born, &violations))
 }

@@ -2,8 +2,8 @@
 //! judge's tests.
 
 use super::*;
-use crate::inventory::ObjectKind;
 use crate::fixtures::{cluster, report};
+use crate::inventory::ObjectKind;
 use crate::report::{ScanKind, TcpState};
 
 fn metric_line(m: &Metrics, prefix: &str) -> Vec<String> {

@@ -127,7 +127,12 @@ struct Series {
 pub fn parse_answer(body: &str) -> Result<BTreeMap<[String; 6], f64>, PromError> {
     Ok(parse_series(body)?
         .into_iter()
-        .map(|(labels, v)| (EDGE_LABELS.map(|l| labels.get(l).cloned().unwrap_or_default()), v))
+        .map(|(labels, v)| {
+            (
+                EDGE_LABELS.map(|l| labels.get(l).cloned().unwrap_or_default()),
+                v,
+            )
+        })
         .collect())
 }
 
