@@ -77,6 +77,7 @@ fuzz_target!(|data: &[u8]| {
         &w.catalog,
         ObserveOptions {
             include_unanswered: false,
+            include_violations: false,
         },
     );
     let suggestion = suggest::generate(&observed, &w.catalog, &Options::default());

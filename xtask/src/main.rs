@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  cargo xtask setup ─► apt packages, pinned nightly + rust-src, bpf-linker, Python tools
-//!  cargo xtask test  ─► setup ─► cargo build ─► cargo test ─► every fuzz target for 20 s
+//!  cargo xtask test  ─► setup ─► cargo build, fuzz build ─► cargo test ─► every fuzz target for 20 s
 //!  cargo xtask fuzz  ─► setup ─► every cargo-fuzz target in fuzz/ for 25 s
 //!  cargo xtask soak  ─► setup ─► cargo build --release ─► target/release/segwatch-soak
 //!  cargo xtask demo  ─► setup ─► cargo build --release ─► the lab
@@ -142,6 +142,9 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root)
         .args(["build", "--all-targets"]))?;
+    // The fuzz targets use the lib's API too: a change that breaks them
+    // fails here, in minutes, not after the whole test run.
+    fuzz_build(root)?;
     step("running every test");
     let mut cmd = Command::new("cargo");
     // Every failure at once, not just the first test binary's.
@@ -156,7 +159,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     // The parsers face files and queries from users: every fuzz target
     // runs for a bounded time on every test run, also when a test failed
     // (both verdicts are reported).
-    let fuzzed = fuzz(root, TEST_FUZZ_SECONDS);
+    let fuzzed = fuzz_run(root, TEST_FUZZ_SECONDS);
     match (tests, fuzzed) {
         (Ok(()), Ok(())) => {
             step("all tests passed, no fuzz target found a crash");
@@ -213,9 +216,16 @@ const FUZZ_MAX_LEN: u64 = 16 * 1024;
 /// (which wins over the RUSTFLAGS cargo-fuzz sets), so no sanitizer or
 /// coverage flag reaches the bpfel build.
 fn fuzz(root: &Path, seconds: u32) -> Result<()> {
+    fuzz_build(root)?;
+    fuzz_run(root, seconds)
+}
+
+/// The same flags for build and run, or `run` builds again.
+const FUZZ_FLAGS: [&str; 2] = ["--codegen-units", "16"];
+
+/// Builds every fuzz target (AddressSanitizer, coverage).
+fn fuzz_build(root: &Path) -> Result<()> {
     let nightly = format!("+{}", setup::NIGHTLY);
-    // The same flags for build and run, or `run` builds again.
-    let flags = ["--codegen-units", "16"];
     step(&format!(
         "fuzz: building {} targets (cargo-fuzz, {}, AddressSanitizer)",
         FUZZ_TARGETS.len(),
@@ -224,7 +234,13 @@ fn fuzz(root: &Path, seconds: u32) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root)
         .args([nightly.as_str(), "fuzz", "build"])
-        .args(flags))?;
+        .args(FUZZ_FLAGS))
+    .context("the fuzz targets in fuzz/ do not build")
+}
+
+/// Runs every (built) fuzz target for `seconds` each.
+fn fuzz_run(root: &Path, seconds: u32) -> Result<()> {
+    let nightly = format!("+{}", setup::NIGHTLY);
     for (target, seed_paths) in FUZZ_TARGETS {
         let seeds = root.join("target/fuzz-seeds").join(target);
         let n = collect_seeds(root, seed_paths, &seeds)?;
@@ -238,7 +254,7 @@ fn fuzz(root: &Path, seconds: u32) -> Result<()> {
         run(Command::new("cargo")
             .current_dir(root)
             .args([nightly.as_str(), "fuzz", "run"])
-            .args(flags)
+            .args(FUZZ_FLAGS)
             .arg(target)
             .arg(&corpus)
             .arg(&seeds)
