@@ -8,6 +8,7 @@ pub mod probe;
 pub mod run;
 pub mod staged;
 pub mod suggest;
+mod suggest_baseline;
 
 /// `text` on one line: a message that quotes user input (a YAML key, a
 /// file name) may carry line breaks, which would split the error line.

@@ -68,7 +68,10 @@ pub struct Args {
     /// Admin-tier Deny guardrails for the metadata API, node ports and the
     /// namespace pairs whose flows were cross_namespace violations, each
     /// leaving out what was judged allowed; and a Baseline default deny
-    /// with cluster DNS, to go with the suggested NetworkPolicies).
+    /// with cluster DNS, to go with the suggested NetworkPolicies), or
+    /// `segmentation-policy` (a learned baseline: the observed workload
+    /// edges as one SegmentationPolicy; loaded with `segwatch run
+    /// --policy`, any edge not observed is a violation).
     #[arg(long, value_enum, default_value = "networkpolicy", value_name = "KIND")]
     pub format: SuggestKind,
     /// Write one file per namespace (`<namespace>.yaml|json`) into DIR
@@ -110,6 +113,7 @@ pub struct Args {
 pub enum SuggestKind {
     Networkpolicy,
     Clusternetworkpolicy,
+    SegmentationPolicy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -171,6 +175,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         default_deny: args.default_deny == OnOff::On,
         aggregate: args.aggregate_cidrs,
     };
+    if args.format == SuggestKind::SegmentationPolicy {
+        return super::suggest_baseline::run(
+            &args,
+            inventory.objects,
+            &reports,
+            &observed,
+            &catalog,
+        );
+    }
     let suggestion = suggest::generate(&observed, &catalog, &opts);
     if args.format == SuggestKind::Clusternetworkpolicy {
         return cluster_run(&args, &inventory.objects, &reports, &suggestion.policies);

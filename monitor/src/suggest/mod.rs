@@ -13,6 +13,7 @@
 //! Everything in here is pure: the command (`cmd/suggest.rs`) reads files
 //! and Prometheus, this module turns observations into objects and text.
 
+pub mod baseline;
 pub mod catalog;
 pub mod cluster;
 pub mod generate;
