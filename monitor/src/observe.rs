@@ -647,6 +647,13 @@ impl Observer {
                 }
             }
         }
+        // Staged series end with their staged object or their edge's ends.
+        let staged: HashSet<String> = index
+            .netpol()
+            .staged()
+            .map(|o| o.policies().iter().map(|p| p.reference()).collect())
+            .unwrap_or_default();
+        m.staged.sweep(&staged, &expired);
         if expired.is_empty() {
             return;
         }
@@ -670,3 +677,7 @@ impl Observer {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "observe/staged_tests.rs"]
+mod staged_tests;

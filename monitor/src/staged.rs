@@ -15,6 +15,14 @@
 //! namespaces, workloads and ports exactly as the other workload families;
 //! `verdict` is `would_deny | would_allow` (connections whose verdict does
 //! not change are not counted here, only as selected).
+//!
+//! Series end with what they name: [`StagedMetrics::sweep`] (from the
+//! Observer's sweep) drops every series of a staged object that is no
+//! longer in the cluster view, and the verdict series of workload edges
+//! whose ends expired like the other workload families.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -32,7 +40,22 @@ pub struct StagedMetrics {
     /// `segwatch_staged_last_would_deny_timestamp_seconds{policy_namespace,policy}`:
     /// Unix time of the last connection the staged object would have denied.
     pub last_would_deny: IntGaugeVec,
+    /// The series made so far, by the staged reference they belong to.
+    series: Arc<Mutex<BTreeMap<String, PolicySeries>>>,
 }
+
+/// The series of one staged object.
+#[derive(Default)]
+struct PolicySeries {
+    /// Label values of its `segwatch_staged_verdicts_total` series.
+    verdicts: BTreeSet<Vec<String>>,
+    selected: bool,
+    last_would_deny: bool,
+}
+
+/// A (namespace, workload) an edge names; workload `None`: the namespace
+/// itself (as the Observer names its series).
+pub type EndName = (String, Option<String>);
 
 /// The label values of one connection's ends, as the workload families
 /// have them: `[src_namespace, src_workload, dst_namespace, dst_workload,
@@ -93,7 +116,53 @@ impl StagedMetrics {
             verdicts,
             selected,
             last_would_deny,
+            series: Arc::default(),
         }
+    }
+
+    /// Series held now (all three families).
+    pub fn series_count(&self) -> usize {
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        series
+            .values()
+            .map(|p| p.verdicts.len() + usize::from(p.selected) + usize::from(p.last_would_deny))
+            .sum()
+    }
+
+    /// Drops the series of every staged object not in `live` (references:
+    /// `ns/name`, or `name` for a cluster-scoped one), and the verdict
+    /// series naming an end in `expired` (gone longer than the TTL).
+    pub fn sweep(&self, live: &HashSet<String>, expired: &HashSet<EndName>) {
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        series.retain(|reference, p| {
+            let (ns, name) = policy_labels(reference);
+            if live.contains(reference) {
+                p.verdicts.retain(|labels| {
+                    let gone = |ns: &str, wl: &str| {
+                        expired.contains(&(ns.to_owned(), None))
+                            || expired.contains(&(ns.to_owned(), Some(wl.to_owned())))
+                    };
+                    if gone(&labels[3], &labels[4]) || gone(&labels[5], &labels[6]) {
+                        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                        let _ = self.verdicts.remove_label_values(&refs);
+                        return false;
+                    }
+                    true
+                });
+                return true;
+            }
+            for labels in &p.verdicts {
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let _ = self.verdicts.remove_label_values(&refs);
+            }
+            if p.selected {
+                let _ = self.selected.remove_label_values(&[ns, name]);
+            }
+            if p.last_would_deny {
+                let _ = self.last_would_deny.remove_label_values(&[ns, name]);
+            }
+            false
+        });
     }
 
     /// Counts one connection (call once, at its first report).
@@ -101,25 +170,32 @@ impl StagedMetrics {
         let Some(s) = &r.staged else {
             return;
         };
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         for p in &s.selected {
             let (ns, name) = policy_labels(p);
             self.selected.with_label_values(&[ns, name]).inc();
+            series.entry(p.clone()).or_default().selected = true;
         }
         let verdict = match s.verdict {
             StagedVerdict::WouldDeny | StagedVerdict::WouldAllow => s.verdict.as_str(),
             StagedVerdict::Allowed | StagedVerdict::Denied => return,
         };
-        let (ns, name) = s.policy.as_deref().map_or(("", ""), policy_labels);
+        let reference = s.policy.as_deref().unwrap_or("");
+        let (ns, name) = policy_labels(reference);
         let [src_ns, src_wl, dst_ns, dst_wl, port, proto] = edge;
-        self.verdicts
-            .with_label_values(&[
-                ns, name, verdict, src_ns, src_wl, dst_ns, dst_wl, port, proto,
-            ])
-            .inc();
+        let labels = [
+            ns, name, verdict, src_ns, src_wl, dst_ns, dst_wl, port, proto,
+        ];
+        self.verdicts.with_label_values(&labels).inc();
+        let entry = series.entry(reference.to_owned()).or_default();
+        entry
+            .verdicts
+            .insert(labels.iter().map(|l| l.to_string()).collect());
         if s.verdict == StagedVerdict::WouldDeny {
             self.last_would_deny
                 .with_label_values(&[ns, name])
                 .set(r.time.timestamp());
+            entry.last_would_deny = true;
         }
     }
 }
