@@ -42,7 +42,11 @@ pub enum NetpolCommand {
     ///   "decided_by":{"kind":..,"name":..,"tier":..,"rule":N,"action":..}|null,
     ///   "egress":{"isolated":bool,"allowed_by":["ns/policy",...]},
     ///   "ingress":{"isolated":bool,"allowed_by":[...]}
-    /// (`egress` is the source's, `ingress` the destination's).
+    /// (`egress` is the source's, `ingress` the destination's). When the
+    /// inventory holds StagedNetworkPolicies or StagedClusterNetworkPolicies,
+    /// also the flow log's field
+    ///   "staged":{"verdict":"allowed|denied|would_deny|would_allow","decided_by":{..},"policy":..}
+    /// (the verdict with the staged objects applied).
     ///
     /// A bad query line is reported on stderr as one line naming the line
     /// number and the field; evaluation goes on with the next line, and the
@@ -148,9 +152,19 @@ fn load(paths: &[PathBuf]) -> Result<(Vec<inventory::Object>, Vec<String>)> {
 }
 
 fn build(objects: &[inventory::Object]) -> Engine {
-    let (engine, warnings) = Engine::build(&Objects::from_inventory(objects));
+    let live = Objects::from_inventory(objects);
+    let (mut engine, warnings) = Engine::build(&live);
     for w in warnings {
         tracing::warn!("{w}");
+    }
+    // Staged objects in the inventory: answers carry the staged verdict.
+    let staged = crate::netpol::staged::StagedObjects::from_inventory(objects);
+    if !staged.is_empty() {
+        let (overlay, warnings) = crate::netpol::staged::Overlay::build(&live, &staged);
+        for w in warnings {
+            tracing::warn!("staged policy: {w}");
+        }
+        engine.set_staged(Some(overlay));
     }
     engine
 }
@@ -292,13 +306,20 @@ pub fn answer(engine: &Engine, line: &str) -> Result<Value, QueryError> {
     };
     let src = peer(engine, "src", map.get("src"))?;
     let dst = peer(engine, "dst", map.get("dst"))?;
-    let d = engine.evaluate(&Query {
+    let q = Query {
         src,
         dst,
         protocol,
         port,
-    });
+    };
+    let d = engine.evaluate(&q);
     add_decision(&mut map, &d);
+    if let Some(s) = crate::netpol::staged::report_of(engine, &d, &q) {
+        map.insert(
+            "staged".into(),
+            serde_json::to_value(s).unwrap_or(Value::Null),
+        );
+    }
     Ok(Value::Object(map))
 }
 
