@@ -20,6 +20,7 @@
 pub mod probes;
 pub mod serve;
 pub mod show;
+pub mod staged;
 pub mod sys;
 pub mod topo;
 pub mod traffic;
@@ -79,6 +80,9 @@ pub struct Outcome {
     pub alerts: Vec<show::Alert>,
     /// Extra outputs (suggested policies, audit report) and whether they worked.
     pub extras: Vec<(String, Result<PathBuf, String>)>,
+    /// The staged loop: the suggestion staged, this traffic replayed
+    /// through it (see [`staged`]).
+    pub staged: Result<staged::Loop, String>,
     /// Node 1's flow log.
     pub flow_log: PathBuf,
     /// Every node's flow log.
@@ -587,6 +591,17 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
     );
 
     let extras = run_extras(&opts.segwatch, &dir, &inventory, &policy, &flow_logs, st);
+    heading(st, "Staged: the suggestion tried on this traffic");
+    let staged = staged::run(
+        &opts.segwatch,
+        &dir,
+        &inventory,
+        &flow_logs,
+        &reports,
+        &done,
+    )
+    .map_err(|e| format!("{e:#}"));
+    staged::print(&staged, st);
 
     if let Some(keeper) = opts.keep.as_mut() {
         if let Some(s) = lab.servers.take() {
@@ -636,6 +651,7 @@ pub fn run(mut opts: Options) -> Result<Outcome> {
         rows,
         alerts,
         extras,
+        staged,
         flow_log,
         flow_logs,
     })

@@ -291,6 +291,34 @@ fn the_lab_shows_exactly_its_violations_and_leaves_nothing_behind() {
             "segwatch {name} on the lab's flows must work: {r:?}"
         );
     }
+    // The staged loop: the suggestion staged, the lab's connections
+    // replayed through it; no legitimate step would be denied, every
+    // forbidden one would be blocked.
+    let staged = outcome
+        .staged
+        .as_ref()
+        .unwrap_or_else(|e| panic!("the staged loop must run on the lab's flows: {e}"));
+    assert!(staged.staged_objects > 0, "suggest --staged wrote objects");
+    assert_eq!(
+        staged.steps.len(),
+        outcome.done.len(),
+        "every step's connection is replayed"
+    );
+    assert!(
+        staged.legitimate_would_deny().is_empty(),
+        "no legitimate step may be would-deny: {:#?}",
+        staged.legitimate_would_deny()
+    );
+    let forbidden: Vec<_> = staged.steps.iter().filter(|s| s.forbidden).collect();
+    assert_eq!(
+        staged.forbidden_blocked().len(),
+        forbidden.len(),
+        "enforcing the suggestion blocks every forbidden step: {forbidden:#?}"
+    );
+    assert!(
+        forbidden.iter().any(|s| s.verdict == "would_deny"),
+        "some forbidden step is allowed now and would be denied: {forbidden:#?}"
+    );
     let flows_total: f64 = samples
         .iter()
         .filter(|x| x.name == "segwatch_flows_total")
