@@ -27,6 +27,31 @@ pub const FILTERED: &str = "probe-filtered";
 /// The audit controls the probes decide.
 pub const CONTROLS: [&str; 3] = ["Host ports", "Metadata API", "NetworkPolicy enforcement"];
 
+/// `ip netns exec NETNS SEGWATCH probe -o OUT`, with the environment
+/// that would name another pod (or a cluster) cleared: the lab and the
+/// tests are not inside a cluster. The caller adds the probe's flags.
+pub fn probe_command(netns: &str, segwatch: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(segwatch)
+        .args(["probe", "-o"])
+        .arg(out);
+    for v in [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "POD_SERVICE_ACCOUNT",
+        "NODE_NAME",
+        "POD_IPS",
+        "HOST_IPS",
+        "KUBECONFIG",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
 /// One pod's probe.
 #[derive(Clone, Debug)]
 pub struct Probe {
@@ -94,32 +119,14 @@ pub fn run(
         let pod = world.pod(name);
         let report_path = dir.join(format!("probe-{name}.json"));
         let _ = std::fs::remove_file(&report_path);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &world.pod_ns(pod)])
-            .arg(segwatch)
-            .args(["probe", "-o"])
-            .arg(&report_path)
-            .arg("--inventory")
+        let mut cmd = probe_command(&world.pod_ns(pod), segwatch, &report_path);
+        cmd.arg("--inventory")
             .arg(inventory)
             .arg("--policy")
             .arg(policy)
             .args(["--namespace", pod.namespace, "--pod-name", pod.name])
             .args(["--host-ip", &NODE_IP4.to_string()])
             .args(["--timeout-ms", "500", "--rate", "50"]);
-        // The lab is not inside a cluster: nothing may name another pod.
-        for v in [
-            "POD_NAME",
-            "POD_NAMESPACE",
-            "POD_SERVICE_ACCOUNT",
-            "NODE_NAME",
-            "POD_IPS",
-            "HOST_IPS",
-            "KUBECONFIG",
-            "KUBERNETES_SERVICE_HOST",
-            "KUBERNETES_SERVICE_PORT",
-        ] {
-            cmd.env_remove(v);
-        }
         let o = cmd.output().context("running segwatch probe")?;
         if !o.status.success() {
             bail!(

@@ -32,32 +32,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::inventory::{Object, ObjectKind};
 use crate::segpolicy::{CompiledDoc, CompiledPolicy, PeerMasks, PodFacts, SegmentationPolicy};
 
-/// What the kube watchers watch, as (apiGroup, resource plural); the RBAC
-/// ClusterRole in deploy/ must grant get/list/watch on exactly these.
-pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
-    ("", "namespaces"),
-    ("", "pods"),
-    ("", "services"),
-    ("", "serviceaccounts"),
-    ("", "nodes"),
-    ("", "replicationcontrollers"),
-    ("networking.k8s.io", "networkpolicies"),
-    ("apps", "deployments"),
-    ("apps", "replicasets"),
-    ("apps", "statefulsets"),
-    ("apps", "daemonsets"),
-    ("batch", "jobs"),
-    ("batch", "cronjobs"),
-    ("segwatch.dev", "segmentationpolicies"),
-    ("policy.networking.k8s.io", "clusternetworkpolicies"),
-    ("policy.networking.k8s.io", "adminnetworkpolicies"),
-    ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
-    ("segwatch.dev", "stagednetworkpolicies"),
-    ("segwatch.dev", "stagedclusternetworkpolicies"),
-];
+/// What the kube watchers watch, as (apiGroup, resource plural): the group
+/// and plural of [`WATCHES`], in its order. The RBAC ClusterRole in deploy/
+/// must grant get/list/watch on exactly these.
+pub const WATCHED_RESOURCES: &[(&str, &str)] = &WATCHED_ARRAY;
 
-/// (kind, group, version, plural) of every watched resource; the RBAC
-/// list is [`WATCHED_RESOURCES`]. The sources watch these; the fake API
+const WATCHED_ARRAY: [(&str, &str); WATCHES.len()] = {
+    let mut out = [("", ""); WATCHES.len()];
+    let mut i = 0;
+    while i < WATCHES.len() {
+        out[i] = (WATCHES[i].1, WATCHES[i].3);
+        i += 1;
+    }
+    out
+};
+
+/// (kind, group, version, plural) of every watched resource, the one list
+/// (RBAC: [`WATCHED_RESOURCES`]). The sources watch these; the fake API
 /// server (`crate::testing`) serves them.
 pub(crate) const WATCHES: &[(ObjectKind, &str, &str, &str)] = &[
     (ObjectKind::Namespace, "", "v1", "namespaces"),
@@ -1037,7 +1028,7 @@ impl ClusterIndex {
     /// The node an agent pod runs on, if `e` is one.
     fn agent_node_of(&self, e: &PodEntry) -> Option<Arc<str>> {
         let sel = self.cfg.agent_selector.as_ref()?;
-        if sel.is_empty() || !sel.iter().all(|(k, v)| e.labels.get(k) == Some(v)) {
+        if sel.is_empty() || !crate::selector::selects(sel, &e.labels) {
             return None;
         }
         e.node.clone()

@@ -32,9 +32,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::netpol::cluster::ClusterPolicyObject;
-use crate::netpol::staged::StagedNetworkPolicy;
-use crate::segpolicy::SegmentationPolicy;
+use crate::objects::cluster_policy::ClusterPolicyObject;
+use crate::objects::segmentation::SegmentationPolicy;
+use crate::objects::staged::StagedNetworkPolicy;
 
 /// One cluster object segwatch reads.
 #[derive(Clone, Debug, PartialEq)]

@@ -138,7 +138,7 @@ impl ClusterIndex {
             dst: end(&dst),
             dst_ip: report.dst.ip,
             dst_port: report.dst.port,
-            proto: L4::from_report(&report.protocol),
+            proto: L4::parse(&report.protocol),
             protocol: &report.protocol,
         });
         if let Decision::Violation(v) = &decision {
@@ -302,15 +302,6 @@ pub struct ClusterJudge {
 const MAX_DONE: usize = 65_536;
 
 impl ClusterJudge {
-    /// Hands the observer the cluster's declared ports when they may have
-    /// changed (at most once a second, and at once before the first count).
-    fn refresh_declared_if_due(observer: &mut Observer, index: &SharedIndex) {
-        if observer.declared_due() || observer.declared_unknown() {
-            let guard = index.read().unwrap_or_else(|e| e.into_inner());
-            observer.refresh_declared(&guard);
-        }
-    }
-
     pub fn new(index: SharedIndex, ready: ReadyFlag, metrics_ttl: Duration) -> Self {
         ClusterJudge {
             index,
@@ -567,8 +558,8 @@ impl ClusterJudge {
         {
             metrics.service_without_backend.inc();
         }
-        Self::refresh_declared_if_due(&mut self.observer, &self.index);
-        self.observer.observe(metrics, &r, first, announced);
+        self.observer
+            .observe(metrics, &*self.index, &r, first, announced);
         r.scan = self.observer.scan_of(&r);
         r
     }
@@ -643,8 +634,7 @@ impl crate::daemon::Judge for ClusterJudge {
             // counts now, for the alert.
             if !report.violations.is_empty() && !st.counted {
                 st.counted = true;
-                Self::refresh_declared_if_due(&mut self.observer, &self.index);
-                self.observer.announce(metrics, &report);
+                self.observer.announce(metrics, &*self.index, &report);
             }
             st.held_since.get_or_insert_with(Instant::now);
             st.held.push(report);
@@ -654,15 +644,7 @@ impl crate::daemon::Judge for ClusterJudge {
         } else {
             Some(self.publish(metrics, report))
         };
-        if self.observer.sweep_due() {
-            let index = self.index.clone();
-            let guard = index.read().unwrap_or_else(|e| e.into_inner());
-            self.observer.sweep(metrics, &guard, Instant::now());
-        } else if self.observer.declared_due() {
-            let index = self.index.clone();
-            let guard = index.read().unwrap_or_else(|e| e.into_inner());
-            self.observer.refresh_declared(&guard);
-        }
+        self.observer.maintain(metrics, &*self.index);
         if ended {
             self.forget_if_done(&id);
         }
@@ -688,10 +670,7 @@ impl crate::daemon::Judge for ClusterJudge {
             return false;
         }
         st.counted = true;
-        // The port budget must know the declared ports before it counts:
-        // a burst of announcements can come before any report does.
-        Self::refresh_declared_if_due(&mut self.observer, &self.index);
-        self.observer.announce(metrics, report)
+        self.observer.announce(metrics, &*self.index, report)
     }
 
     fn after_sweep(

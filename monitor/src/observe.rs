@@ -41,6 +41,25 @@ pub const EXTERNAL_WORKLOAD: &str = "external";
 pub const UNKNOWN_WORKLOAD: &str = "unknown";
 
 /// Label values of one flow end for metrics: bounded sets only.
+/// Where the observer reads the cluster index from when it needs it: the
+/// index itself, or the daemon's shared one (read-locked only then).
+pub trait IndexSource {
+    fn with_index(&self, f: &mut dyn FnMut(&ClusterIndex));
+}
+
+impl IndexSource for ClusterIndex {
+    fn with_index(&self, f: &mut dyn FnMut(&ClusterIndex)) {
+        f(self)
+    }
+}
+
+impl IndexSource for std::sync::RwLock<ClusterIndex> {
+    fn with_index(&self, f: &mut dyn FnMut(&ClusterIndex)) {
+        let guard = self.read().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+}
+
 pub fn workload_label(ep: &Endpoint) -> String {
     match ep.kind {
         Some(EndpointKind::Pod) => metric_workload(ep.workload.as_deref()).to_owned(),
@@ -243,7 +262,19 @@ impl Observer {
     /// violations, workload edges and unattributed ends. A `netpol_bypass`
     /// found only in a later report (the handshake completed after the
     /// first) is counted then, once.
-    pub fn observe(&mut self, m: &Metrics, r: &FlowReport, first: bool, announced: bool) {
+    ///
+    /// The ports the cluster declares are taken from `index` first when
+    /// they may have changed (see [`Observer::refresh_declared_if_due`]), so
+    /// no caller can count with stale or unknown ones.
+    pub fn observe(
+        &mut self,
+        m: &Metrics,
+        index: &impl IndexSource,
+        r: &FlowReport,
+        first: bool,
+        announced: bool,
+    ) {
+        self.refresh_declared_if_due(index);
         let src_ns = namespace_label(&r.src).to_owned();
         let dst_ns = namespace_label(&r.dst).to_owned();
         let verdict = match r.verdict {
@@ -307,7 +338,11 @@ impl Observer {
 
     /// A new connection announced by the kernel: counts its per-connection
     /// metrics now so alerts fire at once. Always counts (returns true).
-    pub fn announce(&mut self, m: &Metrics, r: &FlowReport) -> bool {
+    /// The port budget must know the declared ports before it counts (a
+    /// burst of announcements can come before any report does): they are
+    /// taken from `index` first, as in [`Observer::observe`].
+    pub fn announce(&mut self, m: &Metrics, index: &impl IndexSource, r: &FlowReport) -> bool {
+        self.refresh_declared_if_due(index);
         self.count_connection(m, r);
         true
     }
@@ -597,6 +632,24 @@ impl Observer {
     /// Have the declared ports never been taken from the index?
     pub fn declared_unknown(&self) -> bool {
         self.declared_at.is_none()
+    }
+
+    /// Takes the declared ports from `index` when they may have changed (at
+    /// most once a second, and at once before the first count).
+    fn refresh_declared_if_due(&mut self, index: &impl IndexSource) {
+        if self.declared_due() || self.declared_unknown() {
+            index.with_index(&mut |i| self.refresh_declared(i));
+        }
+    }
+
+    /// What runs between reports: [`Observer::sweep`] when it is due, else
+    /// the declared ports when they are.
+    pub fn maintain(&mut self, m: &Metrics, index: &impl IndexSource) {
+        if self.sweep_due() {
+            index.with_index(&mut |i| self.sweep(m, i, Instant::now()));
+        } else if self.declared_due() {
+            index.with_index(&mut |i| self.refresh_declared(i));
+        }
     }
 
     /// Takes the ports the cluster declares from the index, if it changed.

@@ -663,16 +663,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn watches_match_the_rbac_list() {
-        let watched: Vec<(&str, &str)> = WATCHES.iter().map(|(_, g, _, p)| (*g, *p)).collect();
-        assert_eq!(
-            watched,
-            crate::index::WATCHED_RESOURCES,
-            "RBAC and watchers must list the same resources"
-        );
-    }
-
-    #[test]
     fn watcher_objects_convert_and_invalid_ones_are_skipped() {
         let m = Metrics::new();
         let good: DynamicObject = serde_json::from_value(serde_json::json!({

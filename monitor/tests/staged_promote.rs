@@ -6,7 +6,7 @@
 //! promoted policies gives exactly the staged verdicts.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use segwatch::netpol::staged::{Overlay, StagedObjects};
 use segwatch::netpol::{Engine, Objects, Peer, Query};
@@ -70,18 +70,29 @@ fn flow(conn: &str, src: &str, dst: &str, port: u16) -> String {
     .to_string()
 }
 
-fn promote(dir: &Path, flows: &[String], extra: &[&str]) -> std::process::Output {
+/// Writes `lines` as the flow log of `dir`.
+fn write_flows(dir: &Path, lines: &[String]) -> PathBuf {
     let log = dir.join("flows.jsonl");
-    std::fs::write(&log, flows.join("\n") + "\n").expect("write flows");
+    std::fs::write(&log, lines.join("\n") + "\n").expect("write flows");
+    log
+}
+
+/// `segwatch ARGS --inventory DIR/inventory --flows LOG`.
+fn segwatch(dir: &Path, args: &[&str], log: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_segwatch"))
-        .args(["staged", "promote"])
-        .args(extra)
+        .args(args)
         .arg("--inventory")
         .arg(dir.join("inventory"))
         .arg("--flows")
-        .arg(&log)
+        .arg(log)
         .output()
-        .expect("run segwatch staged promote")
+        .unwrap_or_else(|e| panic!("run segwatch {}: {e}", args.join(" ")))
+}
+
+fn promote(dir: &Path, flows: &[String], extra: &[&str]) -> Output {
+    let log = write_flows(dir, flows);
+    let args: Vec<&str> = ["staged", "promote"].iter().chain(extra).copied().collect();
+    segwatch(dir, &args, &log)
 }
 
 fn inventory(dir: &Path) {
@@ -235,7 +246,6 @@ fn suggest_staged_writes_staged_objects() {
     let dir = scratch("suggest");
     inventory(&dir);
     std::fs::remove_file(dir.join("inventory/staged.yaml")).expect("rm staged");
-    let log = dir.join("flows.jsonl");
     let mut lines = Vec::new();
     for (i, (s, d, p)) in [
         ("10.0.0.2", "10.0.0.3", 5432u16),
@@ -255,14 +265,8 @@ fn suggest_staged_writes_staged_objects() {
     v["verdict"] = "violation".into();
     v["violations"] = serde_json::json!([{"kind": "within_namespace", "rule": "r", "reason": "x"}]);
     lines.push(v.to_string());
-    std::fs::write(&log, lines.join("\n") + "\n").expect("write flows");
-    let out = Command::new(env!("CARGO_BIN_EXE_segwatch"))
-        .args(["suggest", "--staged", "--inventory"])
-        .arg(dir.join("inventory"))
-        .arg("--flows")
-        .arg(&log)
-        .output()
-        .expect("run segwatch suggest");
+    let log = write_flows(&dir, &lines);
+    let out = segwatch(&dir, &["suggest", "--staged"], &log);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stderr}");
@@ -280,13 +284,7 @@ fn suggest_staged_writes_staged_objects() {
     );
     // Staged together with the flows, they would deny none of the allowed ones.
     std::fs::write(dir.join("inventory/suggested.yaml"), &stdout).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_segwatch"))
-        .args(["staged", "promote", "--all", "--inventory"])
-        .arg(dir.join("inventory"))
-        .arg("--flows")
-        .arg(&log)
-        .output()
-        .expect("run promote");
+    let out = segwatch(&dir, &["staged", "promote", "--all"], &log);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The violation's connection (web -> db:22) is what they would deny.
     assert_eq!(out.status.code(), Some(4), "{stderr}");
@@ -298,20 +296,15 @@ fn suggest_staged_writes_staged_objects() {
 fn audit_has_a_section_per_staged_policy() {
     let dir = scratch("audit");
     inventory(&dir);
-    let log = dir.join("flows.jsonl");
-    let flows = [
-        flow("c1", "10.0.0.2", "10.0.0.3", 5432),
-        flow("c2", "10.0.0.1", "10.0.0.3", 5432),
-        flow("c3", "10.0.0.1", "10.0.0.2", 80),
-    ];
-    std::fs::write(&log, flows.join("\n") + "\n").expect("write flows");
-    let out = Command::new(env!("CARGO_BIN_EXE_segwatch"))
-        .args(["audit", "--format", "json", "--inventory"])
-        .arg(dir.join("inventory"))
-        .arg("--flows")
-        .arg(&log)
-        .output()
-        .expect("run segwatch audit");
+    let log = write_flows(
+        &dir,
+        &[
+            flow("c1", "10.0.0.2", "10.0.0.3", 5432),
+            flow("c2", "10.0.0.1", "10.0.0.3", 5432),
+            flow("c3", "10.0.0.1", "10.0.0.2", 80),
+        ],
+    );
+    let out = segwatch(&dir, &["audit", "--format", "json"], &log);
     assert!(
         out.status.success(),
         "{}",
@@ -331,13 +324,7 @@ fn audit_has_a_section_per_staged_policy() {
             .is_some_and(|e| e.contains("10.0.0.1 -> - 10.0.0.3:5432 TCP")),
         "{s}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_segwatch"))
-        .args(["audit", "--format", "md", "--inventory"])
-        .arg(dir.join("inventory"))
-        .arg("--flows")
-        .arg(&log)
-        .output()
-        .expect("run segwatch audit");
+    let out = segwatch(&dir, &["audit", "--format", "md"], &log);
     let md = String::from_utf8_lossy(&out.stdout);
     assert!(
         md.contains("## Staged policy StagedNetworkPolicy shop/db-lockdown"),

@@ -31,12 +31,14 @@ mod api;
 mod capture;
 mod daemon;
 mod netns;
+mod serve;
 mod traffic;
 
 pub use api::*;
 pub use capture::*;
 pub use daemon::*;
 pub use netns::*;
+pub use serve::*;
 pub use traffic::*;
 
 /// Privileged tests need root (network namespaces, BPF). They fail loudly

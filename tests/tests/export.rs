@@ -195,75 +195,59 @@ impl LogsService for Grpc {
 fn otlp_receiver(netns: &Netns, grpc: bool, port: u16) -> Arc<Mutex<Received>> {
     let got = Arc::new(Mutex::new(Received::default()));
     let g = got.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    netns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+    serve_in(netns, port, "receiver", move |listener| async move {
+        if grpc {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            tonic::transport::Server::builder()
+                .add_service(
+                    LogsServiceServer::new(Grpc(g))
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
+                .serve_with_incoming(incoming)
                 .await
-                .expect("bind receiver");
-            tx.send(()).expect("ready");
-            if grpc {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                tonic::transport::Server::builder()
-                    .add_service(
-                        LogsServiceServer::new(Grpc(g))
-                            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-                    )
-                    .serve_with_incoming(incoming)
-                    .await
-                    .expect("grpc receiver");
-            } else {
-                let app = axum::Router::new().route(
-                    "/v1/logs",
-                    axum::routing::post(
-                        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                            let g = g.clone();
-                            async move {
-                                use prost::Message as _;
-                                let gzip =
-                                    headers.get("content-encoding").is_some_and(|v| v == "gzip");
-                                let raw = if gzip {
-                                    use std::io::Read as _;
-                                    let mut out = Vec::new();
-                                    flate2::read::GzDecoder::new(&body[..])
-                                        .read_to_end(&mut out)
-                                        .expect("gzip body");
-                                    out
-                                } else {
-                                    body.to_vec()
-                                };
-                                let req = ExportLogsServiceRequest::decode(&raw[..])
-                                    .expect("an OTLP ExportLogsServiceRequest");
-                                let mut got = g.lock().expect("lock");
-                                for (k, v) in &headers {
-                                    got.headers.push((
-                                        k.to_string(),
-                                        v.to_str().unwrap_or("").to_string(),
-                                    ));
-                                }
-                                collect(&req, &mut got);
-                                let resp = ExportLogsServiceResponse {
-                                    partial_success: None,
-                                }
-                                .encode_to_vec();
-                                (
-                                    [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
-                                    resp,
-                                )
+                .expect("grpc receiver");
+        } else {
+            let app = axum::Router::new().route(
+                "/v1/logs",
+                axum::routing::post(
+                    move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                        let g = g.clone();
+                        async move {
+                            use prost::Message as _;
+                            let gzip = headers.get("content-encoding").is_some_and(|v| v == "gzip");
+                            let raw = if gzip {
+                                use std::io::Read as _;
+                                let mut out = Vec::new();
+                                flate2::read::GzDecoder::new(&body[..])
+                                    .read_to_end(&mut out)
+                                    .expect("gzip body");
+                                out
+                            } else {
+                                body.to_vec()
+                            };
+                            let req = ExportLogsServiceRequest::decode(&raw[..])
+                                .expect("an OTLP ExportLogsServiceRequest");
+                            let mut got = g.lock().expect("lock");
+                            for (k, v) in &headers {
+                                got.headers
+                                    .push((k.to_string(), v.to_str().unwrap_or("").to_string()));
                             }
-                        },
-                    ),
-                );
-                axum::serve(listener, app).await.expect("http receiver");
-            }
-        });
+                            collect(&req, &mut got);
+                            let resp = ExportLogsServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec();
+                            (
+                                [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+                                resp,
+                            )
+                        }
+                    },
+                ),
+            );
+            axum::serve(listener, app).await.expect("http receiver");
+        }
     });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("receiver up");
     got
 }
 

@@ -77,30 +77,17 @@ fn certificates() -> (String, String, String) {
 fn collector(netns: &Netns, cert: String, key: String) -> Arc<Mutex<Vec<i64>>> {
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    netns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", PORT))
-                .await
-                .expect("bind collector");
-            tx.send(()).expect("ready");
-            let tls = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(cert, key));
-            tonic::transport::Server::builder()
-                .tls_config(tls)
-                .expect("TLS config")
-                .add_service(LogsServiceServer::new(Receiver(g)))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await
-                .expect("collector");
-        });
+    serve_in(netns, PORT, "collector", move |listener| async move {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key));
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("TLS config")
+            .add_service(LogsServiceServer::new(Receiver(g)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .expect("collector");
     });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("collector up");
     got
 }
 

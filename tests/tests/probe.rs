@@ -108,26 +108,8 @@ spec:
 /// `segwatch probe` inside `netns` with `args`; the report is written to
 /// `out`. Environment that would name another pod is cleared.
 fn probe(netns: &str, args: &[&str], out: &Path, env: &[(&str, &Path)]) -> (Output, Value) {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .arg(segwatch_bin())
-        .args(["probe", "-o"])
-        .arg(out)
-        .args(args);
-    for v in [
-        "POD_NAME",
-        "POD_NAMESPACE",
-        "POD_SERVICE_ACCOUNT",
-        "NODE_NAME",
-        "POD_IPS",
-        "HOST_IPS",
-        "KUBECONFIG",
-        "KUBERNETES_SERVICE_HOST",
-        "KUBERNETES_SERVICE_PORT",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.envs(env.iter().copied());
+    let mut cmd = lab::probes::probe_command(netns, &segwatch_bin(), out);
+    cmd.args(args).envs(env.iter().copied());
     let output = cmd.output().expect("run segwatch probe");
     let text = std::fs::read_to_string(out).unwrap_or_else(|e| {
         panic!(

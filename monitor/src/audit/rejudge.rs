@@ -200,7 +200,7 @@ impl SegmentationJudge for PolicyJudge {
             dst,
             dst_ip: flow.dst.ip,
             dst_port: flow.dst.port,
-            proto: L4::from_report(&flow.protocol),
+            proto: L4::parse(&flow.protocol),
             protocol: &flow.protocol,
         });
         match decision {
@@ -304,9 +304,7 @@ impl EngineJudge {
             .endpoints()
             .iter()
             .enumerate()
-            .filter(|(_, e)| {
-                e.namespace == ns && sel.iter().all(|(k, v)| e.labels.get(k) == Some(v))
-            })
+            .filter(|(_, e)| e.namespace == ns && crate::selector::selects(sel, &e.labels))
             .filter_map(|(i, e)| {
                 let p = match &target {
                     None => port,

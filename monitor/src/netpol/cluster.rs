@@ -26,8 +26,7 @@
 use std::fmt;
 
 use ipnet::IpNet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use serde::{Deserialize, Serialize};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
 use super::ports::{PortRange, Protocol};
@@ -60,15 +59,7 @@ impl fmt::Display for ClusterKind {
     }
 }
 
-/// A cluster-scoped policy object as read from a file or the API server.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterPolicyObject {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// Kept raw; [`ClusterSpec::parse`] validates it.
-    #[serde(default)]
-    pub spec: Value,
-}
+pub use crate::objects::cluster_policy::ClusterPolicyObject;
 
 /// The tier a policy's rules are evaluated in: Admin before the
 /// namespaced NetworkPolicies, Baseline after them.
@@ -412,40 +403,24 @@ fn rule(
         .enumerate()
         .map(|(i, p)| peer(ctx, &format!("{field}.{peers_field}[{i}]"), egress, p))
         .collect::<Result<Vec<_>, _>>()?;
-    let ports = if ctx.v2() {
-        match m.get("protocols") {
-            None | Some(Value::Null) => None,
-            Some(v) => {
-                let list = ctx.list(&format!("{field}.protocols"), Some(v))?;
-                if list.is_empty() {
-                    None
-                } else {
-                    Some(
-                        list.iter()
-                            .enumerate()
-                            .map(|(i, p)| protocol_v2(ctx, &format!("{field}.protocols[{i}]"), p))
-                            .collect::<Result<Vec<_>, _>>()?,
-                    )
-                }
-            }
-        }
+    // v1alpha2 `protocols`, v1alpha1 `ports`: a list of port entries each
+    // (absent, null or empty: every connection).
+    type PortEntry = fn(&Ctx<'_>, &str, &Value) -> Result<ClusterPort, ClusterPolicyError>;
+    let (ports_field, port_entry): (&str, PortEntry) = if ctx.v2() {
+        ("protocols", protocol_v2)
     } else {
-        match m.get("ports") {
-            None | Some(Value::Null) => None,
-            Some(v) => {
-                let list = ctx.list(&format!("{field}.ports"), Some(v))?;
-                if list.is_empty() {
-                    None
-                } else {
-                    Some(
-                        list.iter()
-                            .enumerate()
-                            .map(|(i, p)| port_v1(ctx, &format!("{field}.ports[{i}]"), p))
-                            .collect::<Result<Vec<_>, _>>()?,
-                    )
-                }
-            }
-        }
+        ("ports", port_v1)
+    };
+    let list = ctx.list(&format!("{field}.{ports_field}"), m.get(ports_field))?;
+    let ports = if list.is_empty() {
+        None
+    } else {
+        Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| port_entry(ctx, &format!("{field}.{ports_field}[{i}]"), p))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     };
     Ok(ClusterRule {
         name,

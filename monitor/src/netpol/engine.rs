@@ -259,6 +259,33 @@ struct Compiled {
     egress: Vec<Rule>,
 }
 
+impl Compiled {
+    /// The resolved rules of one direction.
+    fn rules(&self, egress: bool) -> &[Rule] {
+        if egress {
+            &self.egress
+        } else {
+            &self.ingress
+        }
+    }
+
+    /// The ipBlocks the rules of one direction name.
+    fn ip_blocks(&self, egress: bool) -> impl Iterator<Item = &IpBlock> {
+        let rules = if egress {
+            &self.spec.egress
+        } else {
+            &self.spec.ingress
+        };
+        rules
+            .iter()
+            .flat_map(|r| r.peers.iter().flatten())
+            .filter_map(|peer| match peer {
+                PeerSpec::IpBlock(b) => Some(b),
+                PeerSpec::Pods { .. } => None,
+            })
+    }
+}
+
 /// The peers of a cluster policy rule, resolved.
 #[derive(Clone, Debug, Default)]
 struct ClusterPeers {
@@ -306,6 +333,15 @@ struct ClusterCompiled {
 }
 
 impl ClusterCompiled {
+    /// The resolved rules of one direction.
+    fn rules(&self, egress: bool) -> &[ClusterRuleC] {
+        if egress {
+            &self.egress
+        } else {
+            &self.ingress
+        }
+    }
+
     fn decided(&self, r: &ClusterRuleC, egress: bool) -> DecidedBy {
         DecidedBy {
             kind: Cow::Borrowed(self.spec.kind.as_str()),
@@ -574,85 +610,30 @@ impl Engine {
     /// by every rule that applies to the endpoint.
     pub fn ip_blocks_of(&self, id: EndpointId, egress: bool) -> Vec<IpBlock> {
         let e = id.0 as usize;
-        let mut out: Vec<IpBlock> = Vec::new();
-        let policies = if egress {
-            &self.egress_of[e]
-        } else {
-            &self.ingress_of[e]
-        };
-        for &pi in policies {
-            let p = &self.policies[pi as usize];
-            for r in if egress {
-                &p.spec.egress
-            } else {
-                &p.spec.ingress
-            } {
-                for peer in r.peers.iter().flatten() {
-                    if let PeerSpec::IpBlock(b) = peer {
-                        if !out.contains(b) {
-                            out.push(b.clone());
-                        }
-                    }
-                }
-            }
-        }
-        if egress {
-            for &ci in self.admin_of[e].iter().chain(&self.baseline_of[e]) {
-                for r in &self.cluster[ci as usize].egress {
-                    for net in &r.peers.nets {
-                        let b = IpBlock {
-                            cidr: *net,
-                            except: Vec::new(),
-                        };
-                        if !out.contains(&b) {
-                            out.push(b);
-                        }
-                    }
-                }
-            }
-        }
-        out
+        let (policies, _) = self.np_of(e, egress);
+        let cluster = self.admin_of[e].iter().chain(&self.baseline_of[e]);
+        ip_blocks(
+            policies.iter().map(|&pi| &self.policies[pi as usize]),
+            cluster.map(|&ci| &self.cluster[ci as usize]),
+            egress,
+        )
     }
 
     /// The ipBlocks of ingress rules (`egress == false`) or of egress
     /// rules, for cutting the address space into ranges that every rule of
     /// that direction treats alike.
     pub fn ip_blocks(&self, egress: bool) -> Vec<IpBlock> {
-        let mut out: Vec<IpBlock> = Vec::new();
-        for p in &self.policies {
-            let rules = if egress {
-                &p.spec.egress
-            } else {
-                &p.spec.ingress
-            };
-            for r in rules {
-                for peer in r.peers.iter().flatten() {
-                    if let PeerSpec::IpBlock(b) = peer {
-                        if !out.contains(b) {
-                            out.push(b.clone());
-                        }
-                    }
-                }
-            }
-        }
-        // Cluster policies name addresses in egress rules only (`networks`,
-        // and `nodes` as the nodes' addresses).
+        ip_blocks(&self.policies, &self.cluster, egress)
+    }
+
+    /// The NetworkPolicies isolating endpoint `e` in one direction, and
+    /// their names.
+    fn np_of(&self, e: usize, egress: bool) -> (&[u32], &Arc<[Arc<str>]>) {
         if egress {
-            for c in &self.cluster {
-                for r in &c.egress {
-                    for net in &r.peers.nets {
-                        let b = IpBlock {
-                            cidr: *net,
-                            except: Vec::new(),
-                        };
-                        if !out.contains(&b) {
-                            out.push(b);
-                        }
-                    }
-                }
-            }
+            (&self.egress_of[e], &self.egress_names[e])
+        } else {
+            (&self.ingress_of[e], &self.ingress_names[e])
         }
-        out
     }
 
     fn resolve(&self, p: Peer) -> Peer {
@@ -678,18 +659,16 @@ impl Engine {
             Peer::Endpoint(id) => Some(&self.endpoints[id.0 as usize]),
             Peer::Ip(_) => None,
         };
-        let egress = match src {
+        // Egress of the source towards the destination, ingress of the
+        // destination from the source; an address outside is not judged.
+        let side = |ep: Peer, egress: bool, other: Peer| match ep {
             Peer::Endpoint(id) => {
-                self.direction(id.0, true, self.target(dst), dst_ep, q.protocol, q.port)
+                self.direction(id.0, egress, self.target(other), dst_ep, q.protocol, q.port)
             }
             Peer::Ip(_) => Direction::open(),
         };
-        let ingress = match dst {
-            Peer::Endpoint(id) => {
-                self.direction(id.0, false, self.target(src), dst_ep, q.protocol, q.port)
-            }
-            Peer::Ip(_) => Direction::open(),
-        };
+        let egress = side(src, true, dst);
+        let ingress = side(dst, false, src);
         Decision {
             allowed: same || (egress.allowed && ingress.allowed),
             egress,
@@ -713,11 +692,7 @@ impl Engine {
         port: u16,
     ) -> Direction {
         let e = ep as usize;
-        let (policies, names) = if egress {
-            (&self.egress_of[e], &self.egress_names[e])
-        } else {
-            (&self.ingress_of[e], &self.ingress_names[e])
-        };
+        let (policies, names) = self.np_of(e, egress);
         if let Some((c, r)) =
             self.first_cluster_match(&self.admin_of[e], egress, other, dst, protocol, port)
         {
@@ -736,8 +711,7 @@ impl Engine {
             let mut decided_by = None;
             for &pi in policies {
                 let p = &self.policies[pi as usize];
-                let rules = if egress { &p.egress } else { &p.ingress };
-                if let Some(ri) = rules.iter().position(|r| {
+                if let Some(ri) = p.rules(egress).iter().position(|r| {
                     peer_matches(&r.peers, other)
                         && ports_match(r.ports.as_deref(), dst, protocol, port)
                 }) {
@@ -790,8 +764,7 @@ impl Engine {
     ) -> Option<(&ClusterCompiled, &ClusterRuleC)> {
         for &ci in list {
             let c = &self.cluster[ci as usize];
-            let rules = if egress { &c.egress } else { &c.ingress };
-            for r in rules {
+            for r in c.rules(egress) {
                 if r.peers.matches(other)
                     && cluster_ports_match(r.ports.as_deref(), dst, protocol, port)
                 {
@@ -889,17 +862,16 @@ impl Engine {
             ConnSide::Endpoint(id) => Some(&self.endpoints[id.0 as usize]),
             ConnSide::Range(_) => None,
         };
-        let egress = match src {
-            ConnSide::Endpoint(id) => self.direction_conns(id.0, true, as_target(dst), dst_ep),
+        // As in `evaluate`: egress of the source, ingress of the destination.
+        let side = |ep: ConnSide<'a>, egress: bool, other: ConnSide<'a>| match ep {
+            ConnSide::Endpoint(id) => self.direction_conns(id.0, egress, as_target(other), dst_ep),
             ConnSide::Range(_) => ConnSet::all(),
         };
+        let egress = side(src, true, dst);
         if egress.is_empty() {
             return egress;
         }
-        let ingress = match dst {
-            ConnSide::Endpoint(id) => self.direction_conns(id.0, false, as_target(src), dst_ep),
-            ConnSide::Range(_) => ConnSet::all(),
-        };
+        let ingress = side(dst, false, src);
         egress.intersection(&ingress)
     }
 
@@ -931,11 +903,7 @@ impl Engine {
         if undecided.is_empty() {
             return allowed;
         }
-        let policies = if egress {
-            &self.egress_of[e]
-        } else {
-            &self.ingress_of[e]
-        };
+        let (policies, _) = self.np_of(e, egress);
         if !policies.is_empty() {
             let np = self.np_conns(policies, egress, other, dst);
             allowed.union(&undecided.intersection(&np));
@@ -973,7 +941,7 @@ impl Engine {
     ) {
         for &ci in list {
             let c = &self.cluster[ci as usize];
-            for r in if egress { &c.egress } else { &c.ingress } {
+            for r in c.rules(egress) {
                 if undecided.is_empty() {
                     return;
                 }
@@ -1006,7 +974,7 @@ impl Engine {
         let mut out = ConnSet::empty();
         for &pi in policies {
             let p = &self.policies[pi as usize];
-            for r in if egress { &p.egress } else { &p.ingress } {
+            for r in p.rules(egress) {
                 if !peer_matches(&r.peers, other) {
                     continue;
                 }
@@ -1032,6 +1000,38 @@ impl Engine {
         }
         out
     }
+}
+
+/// The ipBlocks of `policies` and (egress: cluster policies name addresses
+/// in egress rules only, `networks` and `nodes` as the nodes' addresses)
+/// the networks of `cluster`, each once, in that order.
+fn ip_blocks<'a>(
+    policies: impl IntoIterator<Item = &'a Compiled>,
+    cluster: impl IntoIterator<Item = &'a ClusterCompiled>,
+    egress: bool,
+) -> Vec<IpBlock> {
+    let mut out: Vec<IpBlock> = Vec::new();
+    let mut add = |b: IpBlock| {
+        if !out.contains(&b) {
+            out.push(b);
+        }
+    };
+    for p in policies {
+        p.ip_blocks(egress).cloned().for_each(&mut add);
+    }
+    if egress {
+        for c in cluster {
+            for r in &c.egress {
+                r.peers.nets.iter().for_each(|net| {
+                    add(IpBlock {
+                        cidr: *net,
+                        except: Vec::new(),
+                    })
+                });
+            }
+        }
+    }
+    out
 }
 
 fn np_decided(id: &Arc<str>, rule: Option<u32>, egress: bool, action: &'static str) -> DecidedBy {

@@ -21,7 +21,8 @@ pub mod matrix;
 pub mod model;
 pub mod policy;
 pub mod ports;
-pub mod selector;
+/// Label selectors live below every policy kind, in [`crate::selector`].
+pub use crate::selector;
 pub mod staged;
 
 pub use engine::{

@@ -109,32 +109,14 @@ fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
 }
 
 fn named_ports(spec: Option<&PodSpec>) -> Vec<NamedPort> {
-    let mut out = Vec::new();
-    // Only `containers`: named ports are looked up there (init containers'
-    // ports are not served while the pod runs).
-    for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
-        for p in c.ports.as_deref().unwrap_or_default() {
-            let (Some(name), Ok(port)) = (p.name.as_ref(), u16::try_from(p.container_port)) else {
-                continue;
-            };
-            // ContainerPort.protocol: "Must be UDP, TCP, or SCTP. Defaults to "TCP"."
-            let protocol = match p.protocol.as_deref() {
-                None => Protocol::Tcp,
-                Some(s) => match Protocol::from_policy_field(s) {
-                    Some(p) => p,
-                    None => continue,
-                },
-            };
-            if port != 0 {
-                out.push(NamedPort {
-                    name: name.clone(),
-                    protocol,
-                    port,
-                });
-            }
-        }
-    }
-    out
+    crate::l4::named_container_ports(spec)
+        .filter(|p| p.port != 0)
+        .map(|p| NamedPort {
+            name: p.name.to_string(),
+            protocol: p.protocol.into(),
+            port: p.port,
+        })
+        .collect()
 }
 
 /// The display group of a pod: its controller, except for static pods

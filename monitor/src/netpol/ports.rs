@@ -9,6 +9,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::l4::L4;
+
 /// An IP protocol as NetworkPolicy sees it.
 ///
 /// NetworkPolicy ports name only TCP, UDP and SCTP ("The protocol (TCP, UDP,
@@ -43,11 +45,16 @@ impl Protocol {
     /// Parses a NetworkPolicy `protocol` field: exactly `TCP`, `UDP` or
     /// `SCTP` (the API server rejects anything else, case included).
     pub fn from_policy_field(s: &str) -> Option<Protocol> {
-        match s {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
+        L4::parse(s).map(Protocol::from)
+    }
+}
+
+impl From<L4> for Protocol {
+    fn from(l4: L4) -> Protocol {
+        match l4 {
+            L4::Tcp => Protocol::Tcp,
+            L4::Udp => Protocol::Udp,
+            L4::Sctp => Protocol::Sctp,
         }
     }
 }

@@ -29,8 +29,8 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
     );
     idx.judge(&mut host);
     host.ended = false;
-    obs.observe(&m, &host, true, false);
-    obs.observe(&m, &host, false, false);
+    obs.observe(&m, &idx, &host, true, false);
+    obs.observe(&m, &idx, &host, false, false);
     let mut meta = report(
         "10.1.0.5",
         2,
@@ -40,8 +40,8 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
         Some(TcpState::Established),
     );
     idx.judge(&mut meta);
-    assert!(obs.announce(&m, &meta));
-    obs.observe(&m, &meta, true, true);
+    assert!(obs.announce(&m, &idx, &meta));
+    obs.observe(&m, &idx, &meta, true, true);
     let v = metric_line(&m, "segwatch_violations_total{");
     assert_eq!(
         v,
@@ -73,7 +73,7 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
     );
     idx.judge(&mut c);
     c.ended = false;
-    obs.observe(&m, &c, true, false);
+    obs.observe(&m, &idx, &c, true, false);
     let mut c2 = report(
         "10.1.0.5",
         3,
@@ -84,8 +84,8 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
     );
     idx.judge(&mut c2);
     c2.ended = false;
-    obs.observe(&m, &c2, false, false);
-    obs.observe(&m, &c2, false, false);
+    obs.observe(&m, &idx, &c2, false, false);
+    obs.observe(&m, &idx, &c2, false, false);
     let bypass: Vec<_> = metric_line(&m, "segwatch_violations_total{")
         .into_iter()
         .filter(|l| l.contains("netpol_bypass"))
@@ -111,7 +111,7 @@ fn metrics_count_violations_once_per_connection_with_contract_labels() {
         Some(TcpState::Attempted),
     );
     idx.judge(&mut u);
-    obs.observe(&m, &u, true, false);
+    obs.observe(&m, &idx, &u, true, false);
     assert_eq!(
         metric_line(&m, "segwatch_flows_unattributed_total"),
         vec!["segwatch_flows_unattributed_total 1"]
@@ -139,7 +139,7 @@ fn series_of_gone_workloads_are_dropped_after_the_ttl() {
         Some(TcpState::Established),
     );
     idx.judge(&mut r);
-    obs.observe(&m, &r, true, false);
+    obs.observe(&m, &idx, &r, true, false);
     let t0 = Instant::now();
     obs.sweep(&m, &idx, t0);
     assert_eq!(
@@ -201,8 +201,8 @@ fn probe_pods_are_tagged_and_counted_apart_from_violations() {
     assert!(serde_json::to_string(&r)
         .expect("json")
         .contains("\"probe\":true"));
-    assert!(obs.announce(&m, &r));
-    obs.observe(&m, &r, true, true);
+    assert!(obs.announce(&m, &idx, &r));
+    obs.observe(&m, &idx, &r, true, true);
     assert_eq!(
         metric_line(&m, "segwatch_probe_flows_total{"),
         ["segwatch_probe_flows_total{dst_kind=\"node\",src_namespace=\"shop\",verdict=\"violation\"} 1"]
@@ -225,7 +225,7 @@ fn probe_pods_are_tagged_and_counted_apart_from_violations() {
         !serde_json::to_string(&web).expect("json").contains("probe"),
         "the field is omitted for ordinary flows"
     );
-    obs.observe(&m, &web, true, false);
+    obs.observe(&m, &idx, &web, true, false);
     assert_eq!(metric_line(&m, "segwatch_violations_total{").len(), 1);
 }
 
@@ -279,7 +279,7 @@ fn a_port_scan_keeps_its_series_within_the_budget_and_its_counts_exact() {
     for port in (1..=2000u16).chain(1..=1000) {
         n += 1;
         let r = attempt(&idx, 10_000 + (n % 50_000) as u16, "192.168.1.1", port);
-        obs.observe(&m, &r, true, false);
+        obs.observe(&m, &idx, &r, true, false);
     }
     let (sum, series) = sum_series(
         &m,
@@ -367,7 +367,7 @@ fn ephemeral_ports_never_become_label_values_and_declared_ports_always_do() {
         .enumerate()
     {
         let r = attempt(&idx, 20_000 + i as u16, "192.168.1.1", port);
-        obs.observe(&m, &r, true, false);
+        obs.observe(&m, &idx, &r, true, false);
     }
     let ports: Vec<String> = metric_line(&m, "segwatch_violations_total{")
         .iter()
@@ -417,7 +417,7 @@ items:
     let mut obs = Observer::new(ttl);
     let r = attempt(&idx, 1000, "192.168.1.2", 22);
     assert_eq!(r.dst.kind, Some(EndpointKind::Node));
-    obs.observe(&m, &r, true, false);
+    obs.observe(&m, &idx, &r, true, false);
     let t0 = Instant::now();
     obs.sweep(&m, &idx, t0);
     assert_eq!(
@@ -445,7 +445,7 @@ items:
     assert_eq!(gauge(&m, "segwatch_violations_total"), 0);
     // The agent's own node never expires.
     let r = attempt(&idx, 1001, "192.168.1.1", 22);
-    obs.observe(&m, &r, true, false);
+    obs.observe(&m, &idx, &r, true, false);
     obs.sweep(&m, &idx, t0 + Duration::from_secs(200));
     obs.sweep(&m, &idx, t0 + Duration::from_secs(400));
     assert_eq!(
@@ -472,7 +472,7 @@ fn a_scan_is_counted_once_per_window_and_tagged_in_the_flow_log() {
         for p in ports {
             sport += 1;
             let r = attempt(&idx, sport, dst, p);
-            obs.observe(&m, &r, true, false);
+            obs.observe(&m, &idx, &r, true, false);
             if obs.scan_of(&r) == Some(ScanKind::Ports) {
                 tagged += 1;
             }
@@ -504,7 +504,7 @@ fn a_scan_is_counted_once_per_window_and_tagged_in_the_flow_log() {
     // An address sweep of failed connections in namespace api.
     for i in 0..20u8 {
         let r = attempt(&idx, 40 + u16::from(i), &format!("10.1.0.{}", 100 + i), 80);
-        obs.observe(&m, &r, true, false);
+        obs.observe(&m, &idx, &r, true, false);
     }
     assert_eq!(
         sum_series(&m, "segwatch_scans_total", &["kind=\"addresses\""]).0,
@@ -533,7 +533,7 @@ fn excluded_namespaces_keep_only_the_per_namespace_families() {
     let mut obs = Observer::with_config(cfg);
     for p in 1..=200u16 {
         let r = attempt(&idx, p, "192.168.1.1", p);
-        obs.observe(&m, &r, true, false);
+        obs.observe(&m, &idx, &r, true, false);
     }
     assert!(metric_line(&m, "segwatch_violations_total{").is_empty());
     assert!(metric_line(&m, "segwatch_workload_flows_total{").is_empty());

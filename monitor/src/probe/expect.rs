@@ -115,7 +115,7 @@ impl<'a> Judge<'a> {
                 dst,
                 dst_ip: t.address,
                 dst_port: Some(t.port),
-                proto: L4::from_report(protocol),
+                proto: L4::parse(protocol),
                 protocol,
             });
             match decision {

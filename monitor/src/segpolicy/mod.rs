@@ -7,7 +7,8 @@
 //!  API server (CRD)┘     (wire format, serde)                 unioned) ──► evaluate(flow)
 //! ```
 
-pub mod crd;
+/// The wire format lives with the other kinds' in [`crate::objects`].
+pub use crate::objects::segmentation as crd;
 pub mod policy;
 pub mod ports;
 pub mod selector;

@@ -4,40 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The transport protocols a port can belong to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum L4 {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl L4 {
-    /// From a flow report's `protocol` (`TCP`, `UDP`, `SCTP`); `None` for
-    /// protocols without ports (ICMP, numbers).
-    pub fn from_report(protocol: &str) -> Option<L4> {
-        match protocol {
-            "TCP" => Some(L4::Tcp),
-            "UDP" => Some(L4::Udp),
-            "SCTP" => Some(L4::Sctp),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            L4::Tcp => "TCP",
-            L4::Udp => "UDP",
-            L4::Sctp => "SCTP",
-        }
-    }
-}
-
-impl fmt::Display for L4 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The transport protocols a port can belong to: [`crate::l4`]'s.
+pub use crate::l4::L4;
 
 /// An inclusive port range of one protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,15 +37,11 @@ impl FromStr for PortRange {
     fn from_str(s: &str) -> Result<Self, String> {
         let (ports, proto) = match s.split_once('/') {
             Some((p, proto)) => {
-                let proto = match proto.to_ascii_uppercase().as_str() {
-                    "TCP" => L4::Tcp,
-                    "UDP" => L4::Udp,
-                    "SCTP" => L4::Sctp,
-                    _ => {
-                        return Err(format!(
-                            "`{s}`: protocol must be TCP, UDP or SCTP, not `{proto}`"
-                        ))
-                    }
+                // Written by hand in a policy: any case.
+                let Some(proto) = L4::parse(&proto.to_ascii_uppercase()) else {
+                    return Err(format!(
+                        "`{s}`: protocol must be TCP, UDP or SCTP, not `{proto}`"
+                    ));
                 };
                 (p, proto)
             }

@@ -11,22 +11,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::crd::PodPeer;
+use crate::selector::{Selector, SelectorError};
 
-/// One compiled requirement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Req {
-    Eq(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-/// A validated label selector.
+/// A validated label selector: [`crate::selector::Selector`], with the
+/// field paths of this kind's errors.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelMatch {
-    reqs: Vec<Req>,
-}
+pub struct LabelMatch(Selector);
 
 /// A validation error: the path below the selector and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,72 +49,39 @@ impl FieldError {
 impl LabelMatch {
     /// Matches every label set.
     pub fn everything() -> Self {
-        LabelMatch::default()
+        LabelMatch(Selector::everything())
     }
 
     /// `key=value` for each pair.
     pub fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        LabelMatch {
-            reqs: pairs
-                .into_iter()
-                .map(|(k, v)| Req::Eq(k.to_owned(), v.to_owned()))
-                .collect(),
-        }
+        let pairs: BTreeMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        LabelMatch(Selector::from_match_labels(&pairs))
     }
 
     pub fn compile(sel: &LabelSelector) -> Result<Self, FieldError> {
-        let mut reqs = Vec::new();
-        for (k, v) in sel.match_labels.iter().flatten() {
-            reqs.push(Req::Eq(k.clone(), v.clone()));
-        }
-        for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
-            let path = format!("matchExpressions[{i}]");
-            let values = e.values.clone().unwrap_or_default();
-            let need_values = |r: Req| {
-                if values.is_empty() {
-                    Err(FieldError::new(
-                        format!("{path}.values"),
-                        format!("operator {} needs at least one value", e.operator),
-                    ))
-                } else {
-                    Ok(r)
-                }
-            };
-            let no_values = |r: Req| {
-                if values.is_empty() {
-                    Ok(r)
-                } else {
-                    Err(FieldError::new(
-                        format!("{path}.values"),
-                        format!("operator {} takes no values", e.operator),
-                    ))
-                }
-            };
-            let req = match e.operator.as_str() {
-                "In" => need_values(Req::In(e.key.clone(), values.clone()))?,
-                "NotIn" => need_values(Req::NotIn(e.key.clone(), values.clone()))?,
-                "Exists" => no_values(Req::Exists(e.key.clone()))?,
-                "DoesNotExist" => no_values(Req::DoesNotExist(e.key.clone()))?,
-                other => {
-                    return Err(FieldError::new(
-                        format!("{path}.operator"),
-                        format!("unknown operator `{other}` (In, NotIn, Exists, DoesNotExist)"),
-                    ))
-                }
-            };
-            reqs.push(req);
-        }
-        Ok(LabelMatch { reqs })
+        Selector::try_from(sel)
+            .map(LabelMatch)
+            .map_err(|e| match e {
+                SelectorError::BadOperator { index, operator } => FieldError::new(
+                    format!("matchExpressions[{index}].operator"),
+                    format!("unknown operator `{operator}` (In, NotIn, Exists, DoesNotExist)"),
+                ),
+                SelectorError::MissingValues { index, operator } => FieldError::new(
+                    format!("matchExpressions[{index}].values"),
+                    format!("operator {operator} needs at least one value"),
+                ),
+                SelectorError::UnexpectedValues { index, operator } => FieldError::new(
+                    format!("matchExpressions[{index}].values"),
+                    format!("operator {operator} takes no values"),
+                ),
+            })
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.reqs.iter().all(|r| match r {
-            Req::Eq(k, v) => labels.get(k) == Some(v),
-            Req::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Req::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Req::Exists(k) => labels.contains_key(k),
-            Req::DoesNotExist(k) => !labels.contains_key(k),
-        })
+        self.0.matches(labels)
     }
 }
 

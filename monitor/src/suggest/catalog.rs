@@ -199,24 +199,13 @@ fn match_labels(sel: &LabelSelector) -> Option<Labels> {
 }
 
 fn named_ports(spec: Option<&PodSpec>) -> Vec<NamedPort> {
-    let mut out = Vec::new();
-    for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
-        for p in c.ports.as_deref().unwrap_or_default() {
-            let (Some(name), Ok(port)) = (p.name.as_ref(), u16::try_from(p.container_port)) else {
-                continue;
-            };
-            // ContainerPort.protocol defaults to TCP (API reference).
-            let Some(protocol) = L4::parse(p.protocol.as_deref().unwrap_or("TCP")) else {
-                continue;
-            };
-            out.push(NamedPort {
-                name: name.clone(),
-                protocol,
-                port,
-            });
-        }
-    }
-    out
+    crate::l4::named_container_ports(spec)
+        .map(|p| NamedPort {
+            name: p.name.to_string(),
+            protocol: p.protocol,
+            port: p.port,
+        })
+        .collect()
 }
 
 /// A workload object: its key, pod selector and pod template.

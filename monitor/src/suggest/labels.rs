@@ -62,11 +62,9 @@ pub fn intersection<'a>(
     Some(acc)
 }
 
-/// Whether every pair of `selector` is in `labels` (a Service selector or
-/// `matchLabels` against a pod's labels).
-pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
+/// Whether every pair of a Service selector or `matchLabels` is in a pod's
+/// labels: the one label matcher, [`crate::selector`]'s.
+pub use crate::selector::selects;
 
 #[cfg(test)]
 mod tests {

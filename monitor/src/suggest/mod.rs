@@ -31,39 +31,8 @@ pub use generate::{generate, Aggregate, Options, Suggestion};
 pub use observe::{ObserveOptions, Observed, WorkloadSample};
 pub use replay::{replay, Replay};
 
-/// The protocols a NetworkPolicy port can name ("The protocol (TCP, UDP, or
-/// SCTP) which traffic must match", NetworkPolicyPort).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum L4 {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl L4 {
-    pub fn parse(s: &str) -> Option<L4> {
-        match s {
-            "TCP" => Some(L4::Tcp),
-            "UDP" => Some(L4::Udp),
-            "SCTP" => Some(L4::Sctp),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            L4::Tcp => "TCP",
-            L4::Udp => "UDP",
-            L4::Sctp => "SCTP",
-        }
-    }
-}
-
-impl fmt::Display for L4 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The protocols a NetworkPolicy port can name: the one parser, [`crate::l4`]'s.
+pub use crate::l4::L4;
 
 /// A flow's protocol: one with ports, or any other by IANA number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

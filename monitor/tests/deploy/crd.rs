@@ -39,7 +39,7 @@ fn crd_in_deploy_is_what_segwatch_crd_prints() {
 /// no `additionalProperties` beside `properties`, no `$ref`. Logical
 /// junctors (oneOf, anyOf, allOf, not) carry extra rules this check does not
 /// implement, so it rejects them until it does.
-fn structural_problems(schema: &Value, path: &str, out: &mut Vec<String>) {
+pub(super) fn structural_problems(schema: &Value, path: &str, out: &mut Vec<String>) {
     let Some(node) = schema.as_object() else {
         out.push(format!("{path}: not a schema object"));
         return;

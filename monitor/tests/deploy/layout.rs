@@ -53,7 +53,7 @@ fn kustomizations_list_every_manifest_and_nothing_else() {
     {
         assert_eq!(names(kind).len(), 1, "one {kind} in deploy/");
     }
-    // SegmentationPolicy here; the staged kinds' CRDs: tests/deploy_staged.rs.
+    // SegmentationPolicy here; the staged kinds' CRDs: tests/deploy/staged.rs.
     assert_eq!(
         names("CustomResourceDefinition"),
         [

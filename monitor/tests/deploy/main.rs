@@ -241,3 +241,4 @@ mod kubernetes_validate;
 mod layout;
 mod probe;
 mod promql;
+mod staged;

@@ -99,7 +99,7 @@ fn decide(
         dst: dst_end,
         dst_ip,
         dst_port: port,
-        proto: L4::from_report(protocol),
+        proto: L4::parse(protocol),
         protocol,
     })
 }

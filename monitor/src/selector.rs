@@ -1,4 +1,8 @@
-//! Label selectors (`metav1.LabelSelector`) compiled into requirements.
+//! Label selectors (`metav1.LabelSelector`) compiled into requirements:
+//! the one implementation of label matching, shared by NetworkPolicies and
+//! cluster policies (`netpol`), SegmentationPolicies (`segpolicy`) and
+//! the suggestions (`suggest`). Each maps [`SelectorError`] to its own
+//! messages.
 //!
 //! API reference, LabelSelector: "The requirements of matchLabels and
 //! matchExpressions are ANDed. An empty label selector matches all objects."
@@ -92,6 +96,13 @@ impl Selector {
                 .collect(),
         }
     }
+}
+
+/// Whether every `key: value` pair of `match_labels` is in `labels` (a
+/// Service selector, or a `matchLabels`-only selector): what
+/// [`Selector::from_match_labels`] matches, without building it.
+pub fn selects(match_labels: &Labels, labels: &Labels) -> bool {
+    match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 impl TryFrom<&LabelSelector> for Selector {
@@ -271,6 +282,24 @@ mod tests {
         ];
         for (i, (s, l, expected, why)) in cases.into_iter().enumerate() {
             assert_eq!(s.matches(l), expected, "case {i}: {why}");
+        }
+    }
+
+    #[test]
+    fn selects_is_match_labels_matching() {
+        let web = labels(&[("app", "web"), ("tier", "front")]);
+        for ml in [
+            labels(&[]),
+            labels(&[("app", "web")]),
+            labels(&[("app", "db")]),
+            labels(&[("app", "web"), ("tier", "back")]),
+            labels(&[("zone", "a")]),
+        ] {
+            assert_eq!(
+                selects(&ml, &web),
+                Selector::from_match_labels(&ml).matches(&web),
+                "{ml:?}"
+            );
         }
     }
 

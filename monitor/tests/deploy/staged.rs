@@ -5,53 +5,13 @@
 //! the daemon watches, are part of the kustomization, and the role lets the
 //! daemon read them.
 
-use std::path::{Path, PathBuf};
-
+use super::crd::structural_problems;
+use super::*;
 use segwatch::inventory::ObjectKind;
-use serde_json::Value;
 
-fn deploy() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .join("deploy/base")
-}
-
+/// The documents of a file in deploy/base.
 fn docs(file: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(deploy().join(file))
-        .unwrap_or_else(|e| panic!("read deploy/base/{file}: {e}"));
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
-
-/// Structural-schema problems (subset of the API server's rules that a
-/// hand-written schema can break): a node without `type` that is not
-/// explicitly open, `properties` under a non-object, `items` missing on an
-/// array.
-fn problems(node: &Value, path: &str, out: &mut Vec<String>) {
-    let open = node["x-kubernetes-preserve-unknown-fields"] == true
-        || node["x-kubernetes-int-or-string"] == true;
-    match node["type"].as_str() {
-        None if !open => out.push(format!("{path}: no type")),
-        Some("array") if node.get("items").is_none() => {
-            out.push(format!("{path}: array without items"))
-        }
-        Some(t) if t != "object" && node.get("properties").is_some() => {
-            out.push(format!("{path}: properties on type {t}"));
-        }
-        _ => {}
-    }
-    for (k, v) in node["properties"].as_object().into_iter().flatten() {
-        problems(v, &format!("{path}.{k}"), out);
-    }
-    if let Some(items) = node.get("items") {
-        problems(items, &format!("{path}[]"), out);
-    }
-    if let Some(ap) = node.get("additionalProperties").filter(|v| v.is_object()) {
-        problems(ap, &format!("{path}{{}}"), out);
-    }
+    yaml_docs(&deploy().join("base").join(file))
 }
 
 #[test]
@@ -91,18 +51,14 @@ fn staged_crds_are_structural_and_match_what_the_daemon_watches() {
         assert_eq!(versions[0]["name"], "v1alpha1");
         let schema = &versions[0]["schema"]["openAPIV3Schema"];
         let mut p = Vec::new();
-        problems(schema, "", &mut p);
+        structural_problems(schema, "", &mut p);
         assert!(
             p.is_empty(),
             "{kind}: not structural:\n  {}",
             p.join("\n  ")
         );
         let action = &schema["properties"]["spec"]["properties"]["action"]["enum"];
-        assert_eq!(
-            action,
-            &serde_json::json!(["Set", "Delete"]),
-            "{kind}: spec.action"
-        );
+        assert_eq!(action, &json!(["Set", "Delete"]), "{kind}: spec.action");
 
         // Control: the checker catches an untyped node.
         let mut broken = schema.clone();
@@ -111,14 +67,15 @@ fn staged_crds_are_structural_and_match_what_the_daemon_watches() {
             .expect("spec schema")
             .remove("type");
         let mut p = Vec::new();
-        problems(&broken, "", &mut p);
+        structural_problems(&broken, "", &mut p);
         assert_eq!(p, [".spec: no type"]);
     }
 }
 
 #[test]
 fn staged_crds_are_deployed_and_readable_by_the_daemon() {
-    let k = std::fs::read_to_string(deploy().join("kustomization.yaml")).expect("kustomization");
+    let k =
+        std::fs::read_to_string(deploy().join("base/kustomization.yaml")).expect("kustomization");
     assert!(
         k.contains("- crd-staged.yaml"),
         "the kustomization applies crd-staged.yaml"
@@ -129,11 +86,11 @@ fn staged_crds_are_deployed_and_readable_by_the_daemon() {
         assert!(
             rules
                 .iter()
-                .any(|r| r["apiGroups"] == serde_json::json!(["segwatch.dev"])
+                .any(|r| r["apiGroups"] == json!(["segwatch.dev"])
                     && r["resources"]
                         .as_array()
                         .is_some_and(|rs| rs.iter().any(|x| x == plural))
-                    && r["verbs"] == serde_json::json!(["get", "list", "watch"])),
+                    && r["verbs"] == json!(["get", "list", "watch"])),
             "the segwatch ClusterRole reads {plural}"
         );
     }

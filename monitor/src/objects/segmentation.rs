@@ -3,7 +3,7 @@
 //!
 //! These types are the wire format only (what users write, what the API
 //! server stores, what `deploy` turns into the CRD). Nothing evaluates them
-//! directly: [`super::compile`] validates them into compiled rules first.
+//! directly: [`crate::segpolicy`] validates them into compiled rules first.
 //!
 //! Every struct denies unknown fields, so a typo such as `crossNamespaces`
 //! is an error with its field path instead of a silently empty rule. (kube's
