@@ -179,8 +179,6 @@ fn parse_nca(out: &str) -> Result<Nca, String> {
         let (Some(s), Some(d)) = (parse_side(src), parse_side(dst)) else {
             return Err(format!("unparsable nca line {line:?}"));
         };
-        // nca separates protocols with ", " (`{protocols:TCP, SCTP}`).
-        let conns = &conns.replace(", ", ",");
         match (s, d) {
             (Side::Pod(a), Side::Pod(b)) => parse_conns(conns, r.pods.entry((a, b)).or_default())?,
             (Side::Pod(a), Side::Range(lo, hi)) => {

@@ -56,7 +56,7 @@ fn staged_series_are_dropped_with_their_staged_object_and_expired_ends() {
     let mut c2 = report("10.1.0.5", 40002, "10.1.0.53", Some(53), "UDP", None);
     for r in [&mut c1, &mut c2] {
         idx.judge(r);
-        obs.observe(&m, r, true, false);
+        obs.observe(&m, &idx, r, true, false);
     }
     let verdict = |r: &FlowReport| r.staged.as_ref().map(|s| (s.verdict, s.policy.clone()));
     assert_eq!(

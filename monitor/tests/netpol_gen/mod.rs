@@ -246,6 +246,9 @@ pub fn parse_side(s: &str) -> Option<Side> {
 
 /// `All connections`, or `{protocols:TCP[,UDP...][,dst_ports:80,8000-8010]}`.
 pub fn parse_conns(s: &str, into: &mut ConnSet) -> Result<(), String> {
+    // nca separates protocols with ", " (`{protocols:TCP, SCTP}`): a
+    // " SCTP" must not fall through to the portless protocols below.
+    let s = &s.replace(", ", ",");
     if s == "All connections" {
         *into = ConnSet::all();
         return Ok(());
@@ -253,7 +256,7 @@ pub fn parse_conns(s: &str, into: &mut ConnSet) -> Result<(), String> {
     // `All but {protocols:TCP, SCTP[,dst_ports:...]}`: the complement.
     if let Some(rest) = s.strip_prefix("All but ") {
         let mut except = ConnSet::empty();
-        parse_conns(&rest.replace(", ", ","), &mut except)?;
+        parse_conns(rest, &mut except)?;
         into.union(&ConnSet::all().difference(&except));
         return Ok(());
     }
