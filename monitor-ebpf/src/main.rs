@@ -531,26 +531,10 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
             pkt.src = read::<[u32; 4]>(ctx, l3 + 8)?;
             pkt.dst = read::<[u32; 4]>(ctx, l3 + 24)?;
             pkt.ip_version = IP_V6;
-            let mut payload = payload_len;
-            if payload_len == 0 && next == 0 {
-                // RFC 2675 jumbogram / Linux BIG TCP: payload length 0 and
-                // the length in a hop-by-hop Jumbo Payload option (type
-                // 0xC2, 4 bytes), as the first option of the header.
-                let hbh: [u8; 8] = read(ctx, l3 + 40)?;
-                if hbh[2] == 0xC2 && hbh[3] == 4 {
-                    payload = u32::from_be_bytes([hbh[4], hbh[5], hbh[6], hbh[7]]) as usize;
-                    if hbh[1] == 0 {
-                        jumbo_hbh = 8;
-                    }
-                }
-            }
-            // Payload length 0 without the option: BIG TCP on kernels that
-            // no longer insert it; the skb has the length (GSO only).
-            if !gso && l3 + 40 + payload > skb_len {
+            let first_next = next;
+            if !gso && l3 + 40 + payload_len > skb_len {
                 return Err(Skip::Unparsable);
             }
-            ip_len = 40 + payload;
-            let l3_end = if gso { skb_len } else { l3 + ip_len };
             let mut off = l3 + 40;
             let mut first_fragment = true;
             let mut done = false;
@@ -596,6 +580,28 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
             if !done {
                 return Err(Skip::Ipv6ExtLimit);
             }
+            // After the walk (one walk for every shape, not one per jumbo
+            // case): RFC 2675 jumbogram / Linux BIG TCP, payload length 0
+            // and the length in a hop-by-hop Jumbo Payload option (type
+            // 0xC2, 4 bytes) as the header's first option; without the
+            // option (kernels that no longer insert it) the skb has the
+            // length (GSO only).
+            let mut payload = payload_len;
+            if payload_len == 0 && first_next == 0 {
+                if let Ok(hbh) = ctx.load::<[u8; 8]>(l3 + 40) {
+                    if hbh[2] == 0xC2 && hbh[3] == 4 {
+                        payload = u32::from_be_bytes([hbh[4], hbh[5], hbh[6], hbh[7]]) as usize;
+                        if hbh[1] == 0 {
+                            jumbo_hbh = 8;
+                        }
+                    }
+                }
+                if !gso && l3 + 40 + payload > skb_len {
+                    return Err(Skip::Unparsable);
+                }
+            }
+            ip_len = 40 + payload;
+            let l3_end = if gso { skb_len } else { l3 + ip_len };
             if off > l3_end {
                 return Err(Skip::Unparsable);
             }
@@ -667,7 +673,7 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                 l4_hdr = 8;
                 // An error quotes the packet that caused it after its 8-byte
                 // header: counted with that packet's connection.
-                if error && frag_more == 0 && quoted(ctx, off + 8, &mut pkt) {
+                if error && quoted(ctx, off + 8, &mut pkt) {
                     count(Counter::IcmpErrors, 1);
                 }
             }
