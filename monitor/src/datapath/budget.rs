@@ -5,6 +5,9 @@
 //! the daemon exports those per interface and as the
 //! `segwatch_events_lost_total{stage="new_flow_budget"}` loss.
 
+// DatapathError carries aya's errors, as every Datapath method returns.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
