@@ -34,6 +34,10 @@ pub const CACHE_ENABLED_GLOBAL: &str = "CACHE_ENABLED";
 pub const PROG_CLOCK: &str = "segwatch_clock";
 /// Name of the array the clock program writes: `[bpf_ktime_get_ns(), bpf_jiffies64()]`.
 pub const CLOCK_MAP: &str = "CLOCK";
+/// Name of the LRU map of fragmented datagrams' ports ([`FragKey`] → [`FragPorts`]).
+pub const FRAGS_MAP: &str = "FRAGS";
+/// Entries of [`FRAGS_MAP`]: datagrams in flight as fragments at once.
+pub const FRAGS_ENTRIES: u32 = 4096;
 
 /// Default capacity of the flow table (entries). The daemon overrides it at
 /// load time from `--max-flows`.
@@ -263,6 +267,69 @@ pub struct CacheSlot {
     pub last_jiffies: u64,
 }
 
+/// A fragmented datagram as its fragments all name it (RFC 791 §3.2:
+/// source, destination, protocol and identification; RFC 8200 §4.5: source,
+/// destination and the fragment header's identification, `proto` 0 since
+/// the Next Header of later fragments may differ from the first's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub id: u32,
+    pub proto: u8,
+    pub ip_version: u8,
+    pub _pad: [u8; 2],
+}
+
+/// What a datagram's first fragment said that later ones lack: the ports
+/// (as in [`TupleKey`]: ICMP echo id or type/code) and the upper-layer
+/// protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Name of the per-interface new-flow budget map (`ifindex` → [`BudgetValue`]).
+pub const BUDGET_MAP: &str = "BUDGET";
+/// Interfaces the budget map tracks (past it, an interface is not limited).
+pub const BUDGET_ENTRIES: u32 = 4096;
+/// Name of the configuration array the daemon writes after load (`u64` slots,
+/// see [`config`]).
+pub const CONFIG_MAP: &str = "CONFIG";
+
+/// Slots of [`CONFIG_MAP`].
+pub mod config {
+    /// New flows one interface may create per window; 0: no budget.
+    pub const NEW_FLOW_BUDGET: u32 = 0;
+    /// The budget's window in jiffies.
+    pub const BUDGET_WINDOW_JIFFIES: u32 = 1;
+    /// Number of slots.
+    pub const COUNT: u32 = 2;
+}
+
+/// One interface's new-flow budget (kernel map `BUDGET`). New connections
+/// past the budget in a window are not given an entry of their own; their
+/// packets and bytes are added here (and to [`Counter::FlowBudget`]), so the
+/// daemon reports them as the interface's overflow, never silently.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BudgetValue {
+    /// `bpf_jiffies64()` when the current window began.
+    pub window_start: u64,
+    /// New connections tried in the current window.
+    pub window_flows: u64,
+    /// Cumulative packets and IP-layer bytes of connections over the budget.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Windows in which the budget ran out.
+    pub windows_over: u64,
+}
+
 /// Kinds of [`FlowEvent`].
 pub mod event_kind {
     /// A new entry: a connection's first packet.
@@ -359,7 +426,8 @@ pub enum Counter {
     /// Packets of new connections not counted because the flow table was
     /// full. A loss.
     FlowMapFull = 5,
-    /// Non-first IP fragments (accounted to a port-less flow; not a loss).
+    /// Non-first IP fragments (accounted to their datagram's flow, ports
+    /// from its first fragment; see [`Counter::FragmentNoPorts`]).
     Fragments = 6,
     /// New flow table entries created.
     NewFlows = 7,
@@ -371,11 +439,24 @@ pub enum Counter {
     /// Packets of ended connections whose final totals could not be handed
     /// to the daemon (ring buffer full at the rotation). A loss.
     HandoverLost = 10,
+    /// Later fragments whose first fragment was not seen (or has left the
+    /// fragment map): counted in a port-less flow of their addresses and
+    /// protocol. A partial loss: the packets are counted, their ports not.
+    FragmentNoPorts = 11,
+    /// ICMP/ICMPv6 errors (destination unreachable, packet too big, time
+    /// exceeded, parameter problem) counted as packets of the connection
+    /// they quote. Not a loss.
+    IcmpErrors = 12,
+    /// Packets of new connections over their interface's new-flow budget:
+    /// counted in that interface's overflow record (`BUDGET`), not in a
+    /// connection of their own. A partial loss: packets and bytes are
+    /// counted, their connection not.
+    FlowBudget = 13,
 }
 
 impl Counter {
     /// Number of slots in the counter array.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
     /// All counters in slot order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::SecondInterface,
@@ -389,6 +470,9 @@ impl Counter {
         Counter::Rotations,
         Counter::HandoverRace,
         Counter::HandoverLost,
+        Counter::FragmentNoPorts,
+        Counter::IcmpErrors,
+        Counter::FlowBudget,
     ];
 }
 
@@ -401,6 +485,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::BudgetValue {}
 }
 
 #[cfg(test)]
@@ -421,6 +506,9 @@ mod tests {
         assert_eq!(size_of::<FinalStats>(), 64, "FinalStats layout changed");
         assert_eq!(size_of::<FlowEvent>(), 128, "FlowEvent layout changed");
         assert_eq!(size_of::<CacheSlot>(), 112, "CacheSlot layout changed");
+        assert_eq!(size_of::<FragKey>(), 40, "FragKey layout changed");
+        assert_eq!(size_of::<FragPorts>(), 8, "FragPorts layout changed");
+        assert_eq!(size_of::<BudgetValue>(), 40, "BudgetValue layout changed");
         assert_eq!(
             core::mem::offset_of!(FlowValue, gen_lo),
             0,

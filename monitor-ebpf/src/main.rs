@@ -4,12 +4,16 @@
 //! ```text
 //!  skb ─► parse (Ethernet, 802.1Q, IPv4 | IPv6 + ext headers, TCP/UDP/SCTP/ICMP)
 //!          │ non-IP ─► COUNTERS[NonIp]         bad headers ─► COUNTERS[Unparsable]
+//!          │ ICMP error ─► the quoted connection's tuple, reversed
+//!          │ first fragment ─► FRAGS (ports)    later fragment ◄─ FRAGS
+//!          │ GSO ─► wire segments (gso_segs, or ceil(payload / gso_size))
 //!          ▼
 //!        canonical TupleKey ─► FLOWS (one shared hash):
 //!            hit, same interface ─► atomic adds (jiffies for the last-seen time)
 //!            hit, TCP SYN on an ended connection / new ISN ─► rotate: EVENTS(final totals)
 //!            hit, other interface ─► skipped (counted once per node)
-//!            miss ─► insert (exact ns) + EVENTS (ring buffer)
+//!            miss ─► interface over its BUDGET? ─► its overflow record
+//!                    else insert (exact ns) + EVENTS (ring buffer)
 //!          ▼
 //!        TCX_NEXT: the packet always continues unchanged
 //! ```
@@ -29,13 +33,14 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use monitor_common::{
-    event_kind, opener, proto, tcp_flags, CacheSlot, Counter, FinalStats, FlowEvent, FlowValue,
-    TupleKey, CACHE_SLOTS, DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, FLUSH_CHUNK, GEN_ROTATING,
-    IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
+    config, event_kind, opener, proto, tcp_flags, BudgetValue, CacheSlot, Counter, FinalStats,
+    FlowEvent, FlowValue, FragKey, FragPorts, TupleKey, BUDGET_ENTRIES, CACHE_SLOTS,
+    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, FLUSH_CHUNK, FRAGS_ENTRIES, GEN_ROTATING, IP_V4,
+    IP_V6, MARK_ISN, MARK_SECOND_IF,
 };
 
 /// "Continue with the next program": `TCX_NEXT` (include/uapi/linux/bpf.h,
@@ -67,6 +72,19 @@ static FLOWS: HashMap<TupleKey, FlowValue> = HashMap::with_max_entries(DEFAULT_M
 /// them: the daemon maps jiffies to monotonic ns with two samples.
 #[map(name = "CLOCK")]
 static CLOCK: Array<u64> = Array::with_max_entries(2, 0);
+
+/// Ports of fragmented datagrams, written by their first fragment, read by
+/// the later ones (one copy for all CPUs: fragments may arrive on any).
+#[map(name = "FRAGS")]
+static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(FRAGS_ENTRIES, 0);
+
+/// Per-interface new-flow budget and overflow record (see [`BudgetValue`]).
+#[map(name = "BUDGET")]
+static BUDGET: HashMap<u32, BudgetValue> = HashMap::with_max_entries(BUDGET_ENTRIES, 0);
+
+/// Settings the daemon writes after load (see [`config`]).
+#[map(name = "CONFIG")]
+static CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
@@ -245,6 +263,8 @@ struct Packet {
     proto: u8,
     ip_version: u8,
     tcp_flags: u8,
+    /// 1: an ICMP error standing for the connection it quotes (see [`quoted`]).
+    related: u8,
     /// TCP sequence number (identifies a connection by its SYN's ISN).
     seq: u32,
     /// Wire packets this skb stands for (GSO super-packets are many).
@@ -298,8 +318,9 @@ fn parse_fast(ctx: &TcContext) -> Option<Packet> {
     if start + FAST_V4 > end {
         return None;
     }
+    // Any GSO packet (a segment size set) takes the general path.
     // SAFETY: the context pointer is valid for the whole program run.
-    if unsafe { (*ctx.skb.skb).gso_segs } > 1 {
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
         return None;
     }
     let skb_len = ctx.len() as usize;
@@ -320,7 +341,8 @@ fn parse_fast(ctx: &TcContext) -> Option<Packet> {
         }
         let tot_len = u16::from_be((w0 >> 16) as u16) as usize;
         let frag = u16::from_be((w1 >> 16) as u16);
-        if frag & 0x1FFF != 0 || tot_len < 40 || ETH_HLEN + tot_len > skb_len {
+        // Any fragment (offset or more-fragments set) takes the general path.
+        if frag & 0x3FFF != 0 || tot_len < 40 || ETH_HLEN + tot_len > skb_len {
             return None;
         }
         let s: u32 = unsafe { load(l3 + 12) };
@@ -368,6 +390,7 @@ fn parse_fast(ctx: &TcContext) -> Option<Packet> {
         proto,
         ip_version,
         tcp_flags: 0,
+        related: 0,
         seq: 0,
         segs: 1,
         bytes: 0,
@@ -431,8 +454,10 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
     }
     let skb_len = ctx.len() as usize;
     // SAFETY: the context pointer is valid for the whole program run.
-    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
-    let segs = if gso_segs > 1 { gso_segs } else { 1 };
+    let (gso_segs, gso_size) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
+    // A GSO super-packet (include/linux/skbuff.h, skb_is_gso): its IP
+    // header describes one segment (or nothing: BIG TCP), the skb all of them.
+    let gso = gso_size != 0 || gso_segs > 1;
 
     let mut pkt = Packet {
         src: [0; 4],
@@ -442,8 +467,9 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
         proto: 0,
         ip_version: 0,
         tcp_flags: 0,
+        related: 0,
         seq: 0,
-        segs,
+        segs: 1,
         bytes: 0,
     };
 
@@ -452,6 +478,15 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
     // IP length the header claims (used when the skb is one wire packet).
     let ip_len: usize;
     let l3_hdr: usize;
+    // Bytes of an IPv6 jumbo hop-by-hop header that GSO removes before it
+    // cuts the segments (net/ipv6/ip6_offload.c): in no wire packet.
+    let mut jumbo_hbh = 0usize;
+    // Fragments: the more-fragments flag (a first fragment when `l4` is
+    // set) and the datagram's identification. Kept as values read from
+    // the packet, not as constants set in branches: the verifier would
+    // otherwise walk the IPv6 header loop once per combination.
+    let mut frag_more = 0u32;
+    let mut frag_id = 0u32;
     match ethertype {
         ETH_P_IP => {
             // RFC 791 §3.1: version/IHL, total length, fragment offset.
@@ -464,18 +499,21 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                 return Err(Skip::Unparsable);
             }
             let tot_len = be16(read::<u16>(ctx, l3 + 2)?) as usize;
-            let frag = be16(read::<u16>(ctx, l3 + 6)?);
+            let id_frag: [u16; 2] = read(ctx, l3 + 4)?;
+            let frag = be16(id_frag[1]);
             pkt.proto = read::<u8>(ctx, l3 + 9)?;
             pkt.src[0] = read::<u32>(ctx, l3 + 12)?;
             pkt.dst[0] = read::<u32>(ctx, l3 + 16)?;
             pkt.ip_version = IP_V4;
             // BIG TCP GSO packets carry tot_len 0 (net/ipv4/ip_output.c);
             // only a single wire packet must agree with its header.
-            if segs == 1 && (tot_len < ihl || l3 + tot_len > skb_len) {
+            if !gso && (tot_len < ihl || l3 + tot_len > skb_len) {
                 return Err(Skip::Unparsable);
             }
             ip_len = tot_len;
             l3_hdr = ihl;
+            frag_id = u32::from(be16(id_frag[0]));
+            frag_more = u32::from(frag >> 13) & 1;
             l4 = if frag & 0x1FFF != 0 {
                 None
             } else {
@@ -493,10 +531,10 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
             pkt.src = read::<[u32; 4]>(ctx, l3 + 8)?;
             pkt.dst = read::<[u32; 4]>(ctx, l3 + 24)?;
             pkt.ip_version = IP_V6;
-            if segs == 1 && l3 + 40 + payload_len > skb_len {
+            let first_next = next;
+            if !gso && l3 + 40 + payload_len > skb_len {
                 return Err(Skip::Unparsable);
             }
-            ip_len = 40 + payload_len;
             let mut off = l3 + 40;
             let mut first_fragment = true;
             let mut done = false;
@@ -512,10 +550,12 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                     }
                     // Fragment (RFC 8200 §4.5): fixed 8 bytes.
                     44 => {
-                        let hdr: [u8; 4] = read(ctx, off)?;
+                        let hdr: [u8; 8] = read(ctx, off)?;
                         next = hdr[0];
                         let frag_off = u16::from_be_bytes([hdr[2], hdr[3]]) & 0xFFF8;
+                        frag_id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
                         off += 8;
+                        frag_more = u32::from(hdr[3] & 1);
                         if frag_off != 0 {
                             // RFC 8200 §4.5: after a later fragment's header
                             // comes fragment data, not headers: stop here.
@@ -540,7 +580,29 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
             if !done {
                 return Err(Skip::Ipv6ExtLimit);
             }
-            if off > l3 + ip_len {
+            // After the walk (one walk for every shape, not one per jumbo
+            // case): RFC 2675 jumbogram / Linux BIG TCP, payload length 0
+            // and the length in a hop-by-hop Jumbo Payload option (type
+            // 0xC2, 4 bytes) as the header's first option; without the
+            // option (kernels that no longer insert it) the skb has the
+            // length (GSO only).
+            let mut payload = payload_len;
+            if payload_len == 0 && first_next == 0 {
+                if let Ok(hbh) = ctx.load::<[u8; 8]>(l3 + 40) {
+                    if hbh[2] == 0xC2 && hbh[3] == 4 {
+                        payload = u32::from_be_bytes([hbh[4], hbh[5], hbh[6], hbh[7]]) as usize;
+                        if hbh[1] == 0 {
+                            jumbo_hbh = 8;
+                        }
+                    }
+                }
+                if !gso && l3 + 40 + payload > skb_len {
+                    return Err(Skip::Unparsable);
+                }
+            }
+            ip_len = 40 + payload;
+            let l3_end = if gso { skb_len } else { l3 + ip_len };
+            if off > l3_end {
                 return Err(Skip::Unparsable);
             }
             pkt.proto = next;
@@ -552,11 +614,14 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
 
     // End of the IP packet in the frame: what the header claims for a single
     // wire packet, the skb's end for a GSO super-packet.
-    let l3_end = if segs == 1 { l3 + ip_len } else { skb_len };
+    let l3_end = if gso { skb_len } else { l3 + ip_len };
     // Bytes of the L4 header, for the per-segment header copies of GSO.
     let mut l4_hdr = 0usize;
     match l4 {
-        None => count(Counter::Fragments, 1),
+        None => {
+            count(Counter::Fragments, 1);
+            fragment_ports(&mut pkt, frag_id);
+        }
         Some(off) => match pkt.proto {
             proto::TCP => {
                 // RFC 9293 §3.1: ports, data offset (high nibble of byte 12),
@@ -586,10 +651,16 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                 // the identifier.
                 let hdr: [u8; 6] = read(ctx, off)?;
                 let (ty, code) = (hdr[0], hdr[1]);
-                let echo = if pkt.proto == proto::ICMP {
-                    ty == 8 || ty == 0
+                let (echo, error) = if pkt.proto == proto::ICMP {
+                    // Destination unreachable, source quench, time
+                    // exceeded, parameter problem (RFC 792).
+                    (
+                        ty == 8 || ty == 0,
+                        ty == 3 || ty == 4 || ty == 11 || ty == 12,
+                    )
                 } else {
-                    ty == 128 || ty == 129
+                    // RFC 4443 §2.1: error messages are types 1-4.
+                    (ty == 128 || ty == 129, (1..=4).contains(&ty))
                 };
                 if echo {
                     let id = u16::from_be_bytes([hdr[4], hdr[5]]);
@@ -600,6 +671,11 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                     pkt.dport = code as u16;
                 }
                 l4_hdr = 8;
+                // An error quotes the packet that caused it after its 8-byte
+                // header: counted with that packet's connection.
+                if error && quoted(ctx, off + 8, &mut pkt) {
+                    count(Counter::IcmpErrors, 1);
+                }
             }
             _ => {}
         },
@@ -611,17 +687,179 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
             return Err(Skip::Unparsable);
         }
     }
+    if l4.is_some() && frag_more != 0 {
+        remember_fragment_ports(&pkt, frag_id);
+    }
 
-    pkt.bytes = if segs > 1 {
-        // A GSO super-packet: the payload once plus the headers of each of
-        // its wire segments (include/linux/skbuff.h, skb_shared_info).
-        let hdrs = (l3_hdr + l4_hdr) as u64;
-        let total = skb_len.saturating_sub(l3) as u64;
-        total + hdrs * (segs as u64 - 1)
+    // Bytes as the wire carries them. A GSO super-packet: the payload once
+    // plus the headers of each of its wire segments (include/linux/skbuff.h,
+    // skb_shared_info), without a jumbo hop-by-hop header GSO removes.
+    let total = if gso {
+        skb_len.saturating_sub(l3) as u64
     } else {
         ip_len as u64
     };
+    let hdrs = (l3_hdr + l4_hdr - jumbo_hbh) as u64;
+    let segs = gso_segments(
+        gso_segs,
+        gso_size,
+        total.saturating_sub(hdrs + jumbo_hbh as u64),
+    );
+    pkt.segs = segs;
+    pkt.bytes = if segs > 1 {
+        total - jumbo_hbh as u64 + hdrs * (segs as u64 - 1)
+    } else {
+        total
+    };
     Ok(pkt)
+}
+
+/// Wire packets of an skb: `gso_segs` when the stack set it; a GSO packet
+/// with a segment size but no count (virtio-net/tun from a guest, e.g.
+/// KubeVirt, before the stack fills it in) is `ceil(payload / gso_size)`
+/// segments, the way GSO will cut it; one otherwise.
+#[inline(always)]
+fn gso_segments(gso_segs: u32, gso_size: u32, payload: u64) -> u32 {
+    if gso_segs > 1 {
+        gso_segs
+    } else if gso_segs == 0 && gso_size != 0 && payload > u64::from(gso_size) {
+        // At most 64 Ki segments (a 512 KiB BIG TCP packet of 8-byte ones).
+        let n = payload.div_ceil(u64::from(gso_size));
+        if n > 0xFFFF {
+            0xFFFF
+        } else {
+            n as u32
+        }
+    } else {
+        1
+    }
+}
+
+/// The connection an ICMP/ICMPv6 error quotes (RFC 792: the quoted IP
+/// header and the first 8 bytes of its payload; RFC 4443 §2.4(c): as much
+/// as fits): `pkt` becomes a packet of that connection travelling back to
+/// the quoted packet's sender (the error's receiver), so it is counted
+/// with the connection and judged as its traffic, not as a new flow from
+/// the error's sender. `false` (pkt unchanged) when the quote is truncated
+/// or names no ports (a later fragment, IPv6 extension headers): the error
+/// is then a flow of its own, keyed by type and code.
+#[inline(never)]
+fn quoted(ctx: &TcContext, off: usize, pkt: &mut Packet) -> bool {
+    // Through `bpf_skb_load_bytes` only (a rare path): the verifier then
+    // needs no range of `off`, and walks this function once for every way
+    // the parser got here, instead of once per range. Whole headers as
+    // words, read as `parse_fast` does.
+    let (proto, src, dst, l4) = if pkt.ip_version == IP_V4 {
+        let Ok(w) = ctx.load::<[u32; 5]>(off) else {
+            return false;
+        };
+        let v = w[0] as u8;
+        let ihl = ((v & 0x0F) as usize) * 4;
+        let frag = u16::from_be((w[1] >> 16) as u16);
+        if v >> 4 != 4 || ihl < 20 || frag & 0x1FFF != 0 {
+            return false;
+        }
+        (
+            (w[2] >> 8) as u8,
+            [w[3], 0, 0, 0],
+            [w[4], 0, 0, 0],
+            off + ihl,
+        )
+    } else {
+        let Ok(w) = ctx.load::<[u32; 10]>(off) else {
+            return false;
+        };
+        if (w[0] as u8) >> 4 != 6 {
+            return false;
+        }
+        (
+            (w[1] >> 16) as u8,
+            [w[2], w[3], w[4], w[5]],
+            [w[6], w[7], w[8], w[9]],
+            off + 40,
+        )
+    };
+    let Ok(h) = ctx.load::<[u8; 8]>(l4) else {
+        return false;
+    };
+    let (sport, dport) = match proto {
+        proto::TCP | proto::UDP | proto::SCTP => (
+            u16::from_be_bytes([h[0], h[1]]),
+            u16::from_be_bytes([h[2], h[3]]),
+        ),
+        proto::ICMP | proto::ICMPV6 => {
+            let echo = if proto == proto::ICMP {
+                h[0] == 8 || h[0] == 0
+            } else {
+                h[0] == 128 || h[0] == 129
+            };
+            if echo {
+                let id = u16::from_be_bytes([h[4], h[5]]);
+                (id, id)
+            } else {
+                (h[0] as u16, h[1] as u16)
+            }
+        }
+        _ => return false,
+    };
+    // Reversed: the error travels from the quoted destination's side back
+    // to the quoted source.
+    pkt.src = dst;
+    pkt.dst = src;
+    pkt.sport = dport;
+    pkt.dport = sport;
+    pkt.proto = proto;
+    pkt.related = 1;
+    true
+}
+
+/// The LRU map key of a fragment's datagram (see [`FragKey`]).
+#[inline(always)]
+fn frag_key(pkt: &Packet, id: u32) -> FragKey {
+    FragKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        id,
+        proto: if pkt.ip_version == IP_V4 {
+            pkt.proto
+        } else {
+            0
+        },
+        ip_version: pkt.ip_version,
+        _pad: [0; 2],
+    }
+}
+
+/// A first fragment of several: remembers its ports for the later ones.
+#[inline(never)]
+fn remember_fragment_ports(pkt: &Packet, id: u32) {
+    let key = frag_key(pkt, id);
+    let value = FragPorts {
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    // LRU: a full map evicts the oldest datagram, whose later fragments
+    // (if any are still to come) are then counted port-less.
+    let _ = FRAGS.insert(&key, &value, 0);
+}
+
+/// A later fragment: its datagram's ports (and, for IPv6, upper-layer
+/// protocol) from the first fragment, or port-less and counted as such.
+#[inline(never)]
+fn fragment_ports(pkt: &mut Packet, id: u32) {
+    let key = frag_key(pkt, id);
+    match FRAGS.get_ptr(&key) {
+        Some(v) => {
+            // SAFETY: a live element of FRAGS.
+            let v = unsafe { *v };
+            pkt.sport = v.sport;
+            pkt.dport = v.dport;
+            pkt.proto = v.proto;
+        }
+        None => count(Counter::FragmentNoPorts, 1),
+    }
 }
 
 #[inline(always)]
@@ -964,6 +1202,9 @@ unsafe fn reinsert(s: *mut CacheSlot) {
 #[inline(never)]
 fn create(key: &TupleKey, pkt: &Packet, if_dir: u64) {
     let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
+    if over_budget(ifindex, pkt) {
+        return;
+    }
     let key = *key;
     // The only place besides a rotation that reads the exact (costly) clock.
     // SAFETY: bpf_ktime_get_ns, bpf_jiffies64 and bpf_get_prandom_u32 have
@@ -1031,6 +1272,59 @@ fn create(key: &TupleKey, pkt: &Packet, if_dir: u64) {
         }
         Err(_) => count(Counter::FlowMapFull, 1),
     }
+}
+
+/// The interface's new-flow budget ([`BudgetValue`]): `true` when this new
+/// connection is over it, its packet then counted in the interface's
+/// overflow record instead of an entry of its own. The window is reset by
+/// whichever CPU sees it expire first (plain stores: two CPUs resetting at
+/// once only give a window a few flows more).
+#[inline(never)]
+fn over_budget(ifindex: u32, pkt: &Packet) -> bool {
+    let cap = match CONFIG.get(config::NEW_FLOW_BUDGET) {
+        Some(c) if *c != 0 => *c,
+        _ => return false,
+    };
+    let window = CONFIG
+        .get(config::BUDGET_WINDOW_JIFFIES)
+        .copied()
+        .unwrap_or(0);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_jiffies64() };
+    let v = match BUDGET.get_ptr_mut(&ifindex) {
+        Some(v) => v,
+        None => {
+            let fresh = BudgetValue {
+                window_start: now,
+                ..BudgetValue::default()
+            };
+            // EEXIST: another CPU added it meanwhile; full: not limited.
+            let _ = BUDGET.insert(&ifindex, &fresh, BPF_NOEXIST as u64);
+            match BUDGET.get_ptr_mut(&ifindex) {
+                Some(v) => v,
+                None => return false,
+            }
+        }
+    };
+    // SAFETY: a live element of BUDGET; counts are atomic adds.
+    unsafe {
+        if now.wrapping_sub(read_volatile(addr_of!((*v).window_start))) >= window {
+            write_volatile(addr_of_mut!((*v).window_start), now);
+            write_volatile(addr_of_mut!((*v).window_flows), 0);
+        }
+        let tried = read_volatile(addr_of!((*v).window_flows));
+        atomic_add(addr_of_mut!((*v).window_flows), 1);
+        if tried < cap {
+            return false;
+        }
+        if tried == cap {
+            atomic_add(addr_of_mut!((*v).windows_over), 1);
+        }
+        atomic_add(addr_of_mut!((*v).packets), pkt.segs as u64);
+        atomic_add(addr_of_mut!((*v).bytes), pkt.bytes);
+    }
+    count(Counter::FlowBudget, pkt.segs as u64);
+    true
 }
 
 /// A packet of a known entry.
@@ -1258,7 +1552,9 @@ fn opener_of(pkt: &Packet, dir: usize) -> u8 {
         (opener::HI, opener::LO)
     };
     if pkt.proto != proto::TCP {
-        return sender;
+        // An ICMP error stands for the packet it quotes, sent by its
+        // receiver.
+        return if pkt.related != 0 { receiver } else { sender };
     }
     let syn_ack = pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK);
     if syn_ack == tcp_flags::SYN {

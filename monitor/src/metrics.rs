@@ -84,6 +84,12 @@ pub struct Metrics {
     pub label_overflow: IntCounterVec,
     /// `segwatch_staged_*`: staged policy verdicts (see [`crate::staged`]).
     pub staged: crate::staged::StagedMetrics,
+    /// `segwatch_new_flow_budget_overflow_packets_total{interface}` and
+    /// `..._bytes_total{interface}`: packets and bytes of connections over
+    /// an interface's new-flow budget (counted there, not in a flow report).
+    /// One series per attached interface, removed when it goes.
+    pub budget_overflow_packets: IntCounterVec,
+    pub budget_overflow_bytes: IntCounterVec,
 }
 
 /// The flow families whose series the observer keeps (and bounds), as
@@ -124,6 +130,13 @@ pub mod stage {
     pub const EXPORT_OTLP: &str = "export_otlp";
     /// The same for the IPFIX exporter.
     pub const EXPORT_IPFIX: &str = "export_ipfix";
+    /// Later IP fragments whose first fragment (and so their ports) was not
+    /// seen: counted in a port-less flow (packets; their ports are lost).
+    pub const FRAGMENT_PORTS_UNKNOWN: &str = "fragment_ports_unknown";
+    /// Packets of new connections over their interface's new-flow budget:
+    /// counted per interface in `segwatch_new_flow_budget_overflow_*`, not
+    /// in a connection of their own.
+    pub const NEW_FLOW_BUDGET: &str = "new_flow_budget";
 }
 
 impl Metrics {
@@ -335,9 +348,21 @@ impl Metrics {
             stage::EVENT_QUEUE_FULL,
             stage::EXPORT_OTLP,
             stage::EXPORT_IPFIX,
+            stage::FRAGMENT_PORTS_UNKNOWN,
+            stage::NEW_FLOW_BUDGET,
         ] {
             events_lost.with_label_values(&[s]);
         }
+        let budget_overflow_packets = counter_vec(
+            "segwatch_new_flow_budget_overflow_packets_total",
+            "Packets of new connections over the interface's new-flow budget (--new-flow-budget): counted here, not in a flow report.",
+            &["interface"],
+        );
+        let budget_overflow_bytes = counter_vec(
+            "segwatch_new_flow_budget_overflow_bytes_total",
+            "IP-layer bytes of those packets.",
+            &["interface"],
+        );
         let staged = crate::staged::StagedMetrics::register(&registry);
         Metrics {
             registry,
@@ -368,6 +393,8 @@ impl Metrics {
             metric_series,
             label_overflow,
             staged,
+            budget_overflow_packets,
+            budget_overflow_bytes,
         }
     }
 

@@ -706,3 +706,545 @@ fn the_ipv6_walk_stops_after_a_later_fragment_header() {
         "the whole IP packet"
     );
 }
+
+/// Packets and bytes `sender` sent in flow `e` (its direction).
+fn sent_by(e: &Entry, sender: IpAddr) -> (u64, u64) {
+    let octets: Vec<u8> = match sender {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let d = if addr_bytes(&e.key, true) == octets {
+        0
+    } else {
+        assert_eq!(
+            addr_bytes(&e.key, false),
+            octets,
+            "{sender} is an end of {e:?}"
+        );
+        1
+    };
+    (e.stats.packets[d], e.stats.bytes[d])
+}
+
+/// An ICMP (v4) or ICMPv6 error `from → to` of `ty`/`code` quoting the IP
+/// packet of `quoted_frame` (its IP header and the first 8 bytes after it,
+/// as RFC 792 asks; `quote_len` overrides how much is quoted).
+fn icmp_error(
+    from: IpAddr,
+    to: IpAddr,
+    ty: u8,
+    code: u8,
+    quoted_frame: &[u8],
+    quote_len: usize,
+) -> Vec<u8> {
+    let quote = &quoted_frame[14..14 + quote_len];
+    let proto = if from.is_ipv4() { 1 } else { 58 };
+    let mut f = frame(
+        from,
+        to,
+        &L4::Raw {
+            proto,
+            payload: 8 + quote.len(),
+        },
+        &Quirks::default(),
+    );
+    let l4 = f.len() - 8 - quote.len();
+    f[l4..l4 + 8].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
+    f[l4 + 8..].copy_from_slice(quote);
+    f
+}
+
+/// #15: ICMP/ICMPv6 errors are counted as packets of the connection they
+/// quote (from the quoted destination's side back to the quoted source), not
+/// as new flows judged as their sender's traffic.
+#[test]
+fn icmp_errors_count_with_the_connection_they_quote() {
+    let mut h = Harness::new();
+    h.dp.clear_flows().unwrap();
+    let (a, b, router) = (v4(10, 79, 0, 2), v4(10, 79, 1, 3), v4(10, 79, 9, 1));
+
+    // UDP a → b:53, then b answers "port unreachable" quoting it.
+    let query = frame(
+        a,
+        b,
+        &L4::Udp {
+            sport: 5000,
+            dport: 53,
+            payload: 20,
+        },
+        &Quirks::default(),
+    );
+    h.run(PROG_INGRESS, &query);
+    let unreach = icmp_error(b, a, 3, 3, &query, 28);
+    h.run(PROG_EGRESS, &unreach);
+    let e = h.only_flow();
+    assert_eq!(
+        (e.key.proto, e.key.port_lo, e.key.port_hi),
+        (17, 5000, 53),
+        "the error is in the UDP connection"
+    );
+    assert_eq!(sent_by(&e, a), (1, 48), "the query");
+    assert_eq!(
+        sent_by(&e, b),
+        (1, 20 + 8 + 28),
+        "the error, as a packet b → a of the connection, IP-layer bytes"
+    );
+    assert_eq!(
+        e.stats.opener,
+        opener::LO,
+        "a opened (10.79.0.2 sorts first)"
+    );
+    assert_eq!(h.delta(Counter::IcmpErrors), 1);
+    assert_eq!(h.delta(Counter::NewFlows), 1, "no flow for the error");
+
+    // A router's "time exceeded" for a TCP SYN a → b: counted in a ↔ b
+    // (the router's address is in no flow).
+    h.dp.clear_flows().unwrap();
+    let syn = frame(
+        a,
+        b,
+        &L4::Tcp {
+            sport: 40100,
+            dport: 443,
+            flags: tcp_flags::SYN,
+            payload: 0,
+        },
+        &Quirks::default(),
+    );
+    h.run(PROG_INGRESS, &syn);
+    h.run(PROG_EGRESS, &icmp_error(router, a, 11, 0, &syn, 28));
+    let e = h.only_flow();
+    assert_eq!((e.key.proto, e.key.port_lo, e.key.port_hi), (6, 40100, 443));
+    assert_eq!(sent_by(&e, a), (1, 40));
+    assert_eq!(sent_by(&e, b), (1, 56), "the router's error, b's side");
+    assert_eq!(
+        e.stats.tcp_flags,
+        [tcp_flags::SYN, 0],
+        "an error adds no TCP flags"
+    );
+    assert_eq!(h.delta(Counter::IcmpErrors), 2);
+
+    // An error for a connection not seen: its entry is the quoted
+    // connection, opened by the quoted packet's sender (the error's
+    // receiver), not a flow from the error's sender.
+    h.dp.clear_flows().unwrap();
+    let (c, d) = (v4(10, 79, 5, 9), v4(10, 79, 2, 1));
+    let unseen = frame(
+        c,
+        d,
+        &L4::Udp {
+            sport: 7000,
+            dport: 9999,
+            payload: 4,
+        },
+        &Quirks::default(),
+    );
+    h.run(PROG_EGRESS, &icmp_error(d, c, 3, 3, &unseen, 28));
+    let e = h.only_flow();
+    assert_eq!(
+        (e.key.proto, addr_bytes(&e.key, true), e.key.port_lo),
+        (17, vec![10, 79, 2, 1], 9999),
+        "keyed as the quoted UDP connection"
+    );
+    assert_eq!(sent_by(&e, d), (1, 56));
+    assert_eq!(sent_by(&e, c), (0, 0));
+    assert_eq!(
+        e.stats.opener,
+        opener::HI,
+        "c (the hi end) sent the quoted packet: c opened"
+    );
+
+    // A quote too short to hold ports: the error is a flow of its own
+    // (ICMP, type/code), as any ICMP message.
+    h.dp.clear_flows().unwrap();
+    h.run(PROG_EGRESS, &icmp_error(d, c, 3, 1, &unseen, 20));
+    let e = h.only_flow();
+    assert_eq!((e.key.proto, e.stats.packets.iter().sum::<u64>()), (1, 1));
+    assert_eq!(h.delta(Counter::IcmpErrors), 3, "not counted as related");
+
+    // ICMPv6: packet too big (type 2) from a router and destination
+    // unreachable (type 1) from the peer, quoting TCP x → y.
+    h.dp.clear_flows().unwrap();
+    let (x, y, r6) = (v6(0x21), v6(0x22), v6(0x99));
+    let data = frame(
+        x,
+        y,
+        &L4::Tcp {
+            sport: 41000,
+            dport: 8443,
+            flags: tcp_flags::ACK,
+            payload: 1400,
+        },
+        &Quirks::default(),
+    );
+    h.run(PROG_INGRESS, &data);
+    h.run(PROG_EGRESS, &icmp_error(r6, x, 2, 0, &data, 48));
+    h.run(PROG_EGRESS, &icmp_error(y, x, 1, 4, &data, 48));
+    let e = h.only_flow();
+    assert_eq!((e.key.proto, e.key.ip_version), (6, 6));
+    assert_eq!(sent_by(&e, x), (1, 40 + 20 + 1400));
+    assert_eq!(
+        sent_by(&e, y),
+        (2, 2 * (40 + 8 + 48)),
+        "both errors, in y's direction"
+    );
+    assert_eq!(h.delta(Counter::IcmpErrors), 5);
+    // An echo request's error (v6) is counted with the echo flow.
+    h.dp.clear_flows().unwrap();
+    let ping = frame(
+        x,
+        y,
+        &L4::Icmp {
+            ty: 128,
+            code: 0,
+            id: 4242,
+            payload: 16,
+        },
+        &Quirks::default(),
+    );
+    h.run(PROG_INGRESS, &ping);
+    h.run(PROG_EGRESS, &icmp_error(r6, x, 3, 0, &ping, 48));
+    let e = h.only_flow();
+    assert_eq!(
+        (e.key.proto, e.key.port_lo, e.key.port_hi),
+        (58, 4242, 4242)
+    );
+    assert_eq!(e.stats.packets.iter().sum::<u64>(), 2);
+    assert_eq!(h.delta(Counter::IcmpErrors), 6);
+    assert_eq!(h.delta(Counter::Unparsable), 0);
+}
+
+/// An IPv6 fragment of `payload` bytes: fragment header (next header
+/// `next`, offset in 8-byte units, more-fragments flag, identification)
+/// followed by `data`.
+fn v6_fragment(
+    x: IpAddr,
+    y: IpAddr,
+    next: u8,
+    offset: u16,
+    more: bool,
+    id: u32,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut f = frame(
+        x,
+        y,
+        &L4::Raw {
+            proto: 44,
+            payload: 8 + data.len(),
+        },
+        &Quirks::default(),
+    );
+    let fh = 14 + 40;
+    let off = (offset << 3) | u16::from(more);
+    f[fh..fh + 2].copy_from_slice(&[next, 0]);
+    f[fh + 2..fh + 4].copy_from_slice(&off.to_be_bytes());
+    f[fh + 4..fh + 8].copy_from_slice(&id.to_be_bytes());
+    f[fh + 8..].copy_from_slice(data);
+    f
+}
+
+/// #15: later fragments are counted to their datagram's ports (from the
+/// first fragment), v4 and v6; without a first fragment they are port-less
+/// and counted as such.
+#[test]
+fn later_fragments_count_to_their_datagrams_ports() {
+    let mut h = Harness::new();
+    h.dp.clear_flows().unwrap();
+    let (a, b) = (v4(10, 80, 0, 2), v4(10, 80, 1, 3));
+
+    // A DNS-like answer b:53 → a:5353 of 8 + 104 + 50 bytes in two fragments.
+    let first = frame(
+        b,
+        a,
+        &L4::Udp {
+            sport: 53,
+            dport: 5353,
+            payload: 104,
+        },
+        &Quirks {
+            more_fragments: true,
+            ..Default::default()
+        },
+    );
+    let later = frame(
+        b,
+        a,
+        &L4::Raw {
+            proto: 17,
+            payload: 50,
+        },
+        &Quirks {
+            frag_offset: 14,
+            ..Default::default()
+        },
+    );
+    h.run(PROG_EGRESS, &first);
+    h.run(PROG_EGRESS, &later);
+    let e = h.only_flow();
+    assert_eq!(
+        (e.key.proto, e.key.port_lo, e.key.port_hi),
+        (17, 5353, 53),
+        "one flow, with the datagram's ports"
+    );
+    assert_eq!(sent_by(&e, b), (2, 132 + 70), "both fragments, exact bytes");
+    assert_eq!(h.delta(Counter::Fragments), 1);
+    assert_eq!(h.delta(Counter::FragmentNoPorts), 0);
+
+    // A later fragment of another datagram (identification 2) whose first
+    // fragment was never seen: port-less, and counted as such.
+    let mut orphan = later.clone();
+    orphan[14 + 4..14 + 6].copy_from_slice(&2u16.to_be_bytes());
+    h.run(PROG_EGRESS, &orphan);
+    assert_eq!(h.delta(Counter::FragmentNoPorts), 1);
+    let flows = h.flows();
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    let portless = flows
+        .iter()
+        .find(|e| e.key.port_lo == 0)
+        .expect("a port-less flow");
+    assert_eq!((portless.key.port_hi, sent_by(portless, b)), (0, (1, 70)));
+
+    // IPv6: y:53 → x:5353, UDP header + 96 bytes, then 40 bytes.
+    h.dp.clear_flows().unwrap();
+    let (x, y) = (v6(0x31), v6(0x32));
+    let mut udp = Vec::new();
+    udp.extend(53u16.to_be_bytes());
+    udp.extend(5353u16.to_be_bytes());
+    udp.extend((8u16 + 96 + 40).to_be_bytes());
+    udp.extend([0, 0]);
+    udp.resize(8 + 96, 0xCD);
+    let id = 0x0a0b_0c0d;
+    let f1 = v6_fragment(y, x, 17, 0, true, id, &udp);
+    let f2 = v6_fragment(y, x, 17, 13, false, id, &[0xCD; 40]);
+    h.run(PROG_EGRESS, &f1);
+    h.run(PROG_EGRESS, &f2);
+    let e = h.only_flow();
+    assert_eq!(
+        (e.key.proto, e.key.ip_version, e.key.port_lo, e.key.port_hi),
+        (17, 6, 5353, 53),
+        "one flow with the datagram's ports (x, ::31, sorts first)"
+    );
+    assert_eq!(
+        sent_by(&e, y),
+        (2, (40 + 8 + 104) + (40 + 8 + 40)),
+        "both fragments with their IPv6 and fragment headers"
+    );
+    assert_eq!(h.delta(Counter::Fragments), 3);
+    assert_eq!(h.delta(Counter::FragmentNoPorts), 1, "unchanged");
+    assert_eq!(h.delta(Counter::Unparsable), 0);
+}
+
+/// #15: IPv6 BIG TCP (payload length 0; the length in a hop-by-hop jumbo
+/// option, or in the skb alone on kernels that no longer insert it) is
+/// parsed, and a GSO packet with a segment size but no segment count is
+/// counted as its segments.
+#[test]
+fn big_tcp_and_gso_without_a_segment_count_are_counted() {
+    let mut h = Harness::new();
+    h.dp.clear_flows().unwrap();
+    let (x, y) = (v6(0x41), v6(0x42));
+
+    // A TCP segment x → y behind a jumbo hop-by-hop header.
+    let tcp = frame(
+        x,
+        y,
+        &L4::Tcp {
+            sport: 42000,
+            dport: 5201,
+            flags: tcp_flags::ACK,
+            payload: 1000,
+        },
+        &Quirks::default(),
+    );
+    let mut jumbo = Vec::new();
+    jumbo.extend(&tcp[..14 + 40]);
+    jumbo[14 + 4..14 + 6].copy_from_slice(&[0, 0]);
+    jumbo[14 + 6] = 0; // next header: hop-by-hop
+    jumbo.extend([6, 0, 0xC2, 4]);
+    jumbo.extend((8u32 + 20 + 1000).to_be_bytes());
+    jumbo.extend(&tcp[14 + 40..]);
+
+    h.run(PROG_INGRESS, &jumbo);
+    let e = h.only_flow();
+    assert_eq!(
+        (e.key.proto, e.key.port_lo, e.key.port_hi),
+        (6, 42000, 5201)
+    );
+    assert_eq!(
+        sent_by(&e, x),
+        (1, 40 + 8 + 20 + 1000),
+        "one jumbogram, its length from the option"
+    );
+    h.dp.clear_flows().unwrap();
+
+    // As a BIG TCP GSO packet of 2 segments of 500: GSO strips the jumbo
+    // header, each segment has IPv6 + TCP headers.
+    h.run_pkt(
+        PROG_INGRESS,
+        TestPacket {
+            frame: &jumbo,
+            gso_segs: 2,
+            gso_size: 500,
+            ..Default::default()
+        },
+    );
+    assert_eq!(sent_by(&h.only_flow(), x), (2, 1000 + 2 * 60));
+    h.dp.clear_flows().unwrap();
+
+    // Payload length 0 without the option (newer kernels), no segment
+    // count either: ceil(1000 / 400) = 3 segments.
+    let mut bare = tcp.clone();
+    bare[14 + 4..14 + 6].copy_from_slice(&[0, 0]);
+    h.run_pkt(
+        PROG_INGRESS,
+        TestPacket {
+            frame: &bare,
+            gso_size: 400,
+            ..Default::default()
+        },
+    );
+    assert_eq!(sent_by(&h.only_flow(), x), (3, 1000 + 3 * 60));
+    h.dp.clear_flows().unwrap();
+
+    // IPv4 TCP and UDP GSO from a tap device: segment size, no count.
+    let (a, b) = (v4(10, 81, 0, 2), v4(10, 81, 1, 3));
+    let t4 = frame(
+        a,
+        b,
+        &L4::Tcp {
+            sport: 42001,
+            dport: 80,
+            flags: tcp_flags::ACK,
+            payload: 2500,
+        },
+        &Quirks::default(),
+    );
+    h.run_pkt(
+        PROG_INGRESS,
+        TestPacket {
+            frame: &t4,
+            gso_size: 1000,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        sent_by(&h.only_flow(), a),
+        (3, 2500 + 3 * 40),
+        "ceil(2500 / 1000) segments, headers on each"
+    );
+    h.dp.clear_flows().unwrap();
+    let u4 = frame(
+        a,
+        b,
+        &L4::Udp {
+            sport: 4500,
+            dport: 4500,
+            payload: 3000,
+        },
+        &Quirks::default(),
+    );
+    h.run_pkt(
+        PROG_INGRESS,
+        TestPacket {
+            frame: &u4,
+            gso_size: 1400,
+            ..Default::default()
+        },
+    );
+    assert_eq!(sent_by(&h.only_flow(), a), (3, 3000 + 3 * 28));
+    h.dp.clear_flows().unwrap();
+    // A segment size larger than the payload: one packet.
+    h.run_pkt(
+        PROG_INGRESS,
+        TestPacket {
+            frame: &u4,
+            gso_size: 4000,
+            ..Default::default()
+        },
+    );
+    assert_eq!(sent_by(&h.only_flow(), a), (1, 3028));
+    assert_eq!(h.delta(Counter::Unparsable), 0);
+}
+
+/// #15: one interface spraying new tuples gets at most its budget of new
+/// entries per window; the rest is counted in its overflow record, and
+/// other interfaces still get theirs.
+#[test]
+fn a_spraying_interface_is_held_to_its_new_flow_budget() {
+    let mut h = Harness::new();
+    h.dp.clear_flows().unwrap();
+    h.dp.set_new_flow_budget(3).unwrap();
+    let other = std::fs::read_dir("/sys/class/net")
+        .expect("/sys/class/net")
+        .filter_map(|d| {
+            let p = d.ok()?.path().join("ifindex");
+            std::fs::read_to_string(p).ok()?.trim().parse::<u32>().ok()
+        })
+        .find(|i| *i != 1)
+        .expect("an interface besides loopback");
+    let (a, b) = (v4(10, 82, 0, 2), v4(10, 82, 1, 3));
+    let udp = |sport: u16| {
+        frame(
+            a,
+            b,
+            &L4::Udp {
+                sport,
+                dport: 53,
+                payload: 12,
+            },
+            &Quirks::default(),
+        )
+    };
+    // Interface 1 (test_run's loopback) sprays 5 tuples, then the first
+    // again; `other` starts 2.
+    for p in 1000..1005 {
+        h.run(PROG_INGRESS, &udp(p));
+    }
+    h.run(PROG_INGRESS, &udp(1000));
+    for p in 2000..2002 {
+        h.run_pkt(
+            PROG_INGRESS,
+            TestPacket {
+                frame: &udp(p),
+                ifindex: other,
+                ..Default::default()
+            },
+        );
+    }
+    // An over-budget tuple's next packet is counted in the overflow again.
+    h.run(PROG_INGRESS, &udp(1004));
+    let flows = h.flows();
+    let on = |i: u32| flows.iter().filter(|e| e.key.ifindex == i).count();
+    assert_eq!(on(1), 3, "the budget: {flows:#?}");
+    assert_eq!(on(other), 2, "the other interface is not starved");
+    let e1000 = flows
+        .iter()
+        .find(|e| [e.key.port_lo, e.key.port_hi].contains(&1000))
+        .expect("port 1000 has its entry");
+    assert_eq!(sent_by(e1000, a).0, 2, "an admitted connection counts on");
+    assert_eq!(h.delta(Counter::FlowBudget), 3, "two new tuples, one twice");
+    let budgets = h.dp.budgets().unwrap();
+    let lo = budgets
+        .iter()
+        .find(|(i, _)| *i == 1)
+        .expect("loopback's record")
+        .1;
+    assert_eq!(
+        (lo.packets, lo.bytes),
+        (3, 3 * 40),
+        "overflow packets and bytes"
+    );
+    assert_eq!(lo.windows_over, 1);
+    let o = budgets
+        .iter()
+        .find(|(i, _)| *i == other)
+        .expect("other's record")
+        .1;
+    assert_eq!(o.packets, 0);
+    // No budget: everything gets an entry.
+    h.dp.set_new_flow_budget(0).unwrap();
+    h.run(PROG_INGRESS, &udp(1003));
+    assert_eq!(h.flows().iter().filter(|e| e.key.ifindex == 1).count(), 4);
+    assert_eq!(h.delta(Counter::FlowBudget), 3);
+}

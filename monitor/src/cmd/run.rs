@@ -103,6 +103,12 @@ pub struct Args {
     /// Capacity of the kernel flow table (entries per node).
     #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_FLOWS, value_name = "N")]
     pub max_flows: u32,
+    /// New connections per second one interface (pod) may start in the
+    /// kernel flow table; connections past it are counted in the
+    /// interface's overflow metrics instead. 0: no budget. Default: an
+    /// eighth of --max-flows.
+    #[arg(long, value_name = "N")]
+    pub new_flow_budget: Option<u32>,
     /// Labels of segwatch's own agent pods (`k=v,k2=v2`, any namespace):
     /// a node with a running one reports the connections its pods open,
     /// so the other nodes leave them to it. Empty: no other node is known
@@ -346,6 +352,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             closed_linger_ns: NS,
         },
         max_flows: args.max_flows,
+        new_flow_budget: args
+            .new_flow_budget
+            .unwrap_or_else(|| crate::datapath::budget::default_new_flow_budget(args.max_flows)),
         attach_mode: args.attach_mode,
         flow_log_filter: args.flow_log_filter,
         export,

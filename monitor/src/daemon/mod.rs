@@ -47,6 +47,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     pub timeouts: Timeouts,
     pub max_flows: u32,
+    /// New connections per second one interface may start (0: no budget).
+    pub new_flow_budget: u32,
     pub attach_mode: crate::datapath::AttachMode,
     pub flow_log_filter: FlowLogFilter,
     pub export: crate::export::ExportConfig,
@@ -242,6 +244,8 @@ struct Daemon {
     announced: HashSet<ConnId>,
     /// Kernel counters at the last sweep, to export increments.
     last_counters: [u64; Counter::COUNT as usize],
+    /// New-flow budget overflow per interface at the last sweep.
+    budget_overflow: crate::datapath::budget::OverflowDeltas,
     health: Arc<http::Health>,
     /// The initial interface dump has been processed.
     links_synced: bool,
@@ -281,6 +285,21 @@ impl Daemon {
                     self.dp.detach(&name);
                     tracing::info!(interface = %name, index, "interface gone, detached");
                 }
+                // Its budget record goes with it (the series too: labels
+                // stay bounded by the interfaces present); the total
+                // stays in segwatch_events_lost_total{stage="new_flow_budget"}.
+                if let Err(e) = self.export_budget() {
+                    tracing::warn!(error = %e, "cannot export the new-flow budget overflow");
+                }
+                self.dp.forget_budget(index);
+                let _ = self
+                    .metrics
+                    .budget_overflow_packets
+                    .remove_label_values(&[&name]);
+                let _ = self
+                    .metrics
+                    .budget_overflow_bytes
+                    .remove_label_values(&[&name]);
             }
         }
         self.metrics
@@ -461,8 +480,35 @@ impl Daemon {
             .inc_by(delta(Counter::NonIp));
         p.with_label_values(&["fragment"])
             .inc_by(delta(Counter::Fragments));
+        p.with_label_values(&["icmp_error"])
+            .inc_by(delta(Counter::IcmpErrors));
+        lost.with_label_values(&[stage::FRAGMENT_PORTS_UNKNOWN])
+            .inc_by(delta(Counter::FragmentNoPorts));
+        lost.with_label_values(&[stage::NEW_FLOW_BUDGET])
+            .inc_by(delta(Counter::FlowBudget));
         self.metrics.new_flows.inc_by(delta(Counter::NewFlows));
         self.last_counters = now;
+        self.export_budget()
+    }
+
+    /// Exports what each interface counted over its new-flow budget.
+    fn export_budget(&mut self) -> Result<()> {
+        let records = self.dp.budgets().context("reading the new-flow budgets")?;
+        for o in self.budget_overflow.update(&records) {
+            let name = self
+                .names
+                .get(&o.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{}", o.ifindex));
+            self.metrics
+                .budget_overflow_packets
+                .with_label_values(&[&name])
+                .inc_by(o.packets);
+            self.metrics
+                .budget_overflow_bytes
+                .with_label_values(&[&name])
+                .inc_by(o.bytes);
+        }
         Ok(())
     }
 }
@@ -559,7 +605,9 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
             return Err(e);
         }
     };
-    tracing::info!(mode = ?dp.mode(), max_flows = dp.max_flows(), "programs loaded");
+    dp.set_new_flow_budget(cfg.new_flow_budget)
+        .context("setting the new-flow budget")?;
+    tracing::info!(mode = ?dp.mode(), max_flows = dp.max_flows(), new_flow_budget = cfg.new_flow_budget, "programs loaded");
     metrics.flow_table_capacity.set(i64::from(dp.max_flows()));
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<FlowEvent>(65_536);
@@ -583,6 +631,7 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
         names: HashMap::new(),
         announced: HashSet::new(),
         last_counters: [0; Counter::COUNT as usize],
+        budget_overflow: Default::default(),
         health: health.clone(),
         links_synced: false,
     };

@@ -12,6 +12,7 @@
 //!  take_events()  ─► the ring buffer, for an async reader
 //! ```
 
+pub mod budget;
 pub mod cache;
 pub mod caps;
 pub mod craft;
@@ -692,7 +693,7 @@ impl Datapath {
         ctx[SKB_CTX_GSO_SIZE..SKB_CTX_GSO_SIZE + 4].copy_from_slice(&pkt.gso_size.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(pkt.frame);
-        if pkt.ifindex != 0 || pkt.gso_segs != 0 {
+        if pkt.ifindex != 0 || pkt.gso_segs != 0 || pkt.gso_size != 0 {
             opts.ctx_in = Some(&ctx);
         }
         opts.repeat = repeat.max(1);
