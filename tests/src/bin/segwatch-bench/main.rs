@@ -13,7 +13,9 @@
 //!    ├─ latency   forbidden SYN → segwatch_violations_total
 //!    ├─ rss       daemon memory at 100,000 active flows, kernel maps' memlock
 //!    ├─ userspace attribution + verdict per flow record, one core
-//!    └─ scan      /metrics size after a 3,000-port scan, next to the budget
+//!    ├─ scan      /metrics size after a 3,000-port scan, next to the budget
+//!    └─ export    flows/s the IPFIX and OTLP exporters sustain on one core,
+//!                 and what the report path pays per report, export on vs off
 //!          ▼
 //!  target/bench/results.json + results.md (machine, min/median/max per figure)
 //! ```
@@ -23,6 +25,7 @@
 //! attach, a daemon that would not start); the results are written anyway,
 //! with the reason in place of the number.
 
+mod export;
 mod kernel;
 mod kernel_peer;
 mod latency;
@@ -97,6 +100,7 @@ enum Group {
     Rss,
     Userspace,
     Scan,
+    Export,
 }
 
 /// Repetitions and durations; `--quick` shrinks them to about a minute.
@@ -112,6 +116,7 @@ struct Plan {
     storm_secs: f64,
     latency_conns: usize,
     userspace_records: usize,
+    export_records: usize,
 }
 
 impl Plan {
@@ -129,6 +134,7 @@ impl Plan {
                 storm_secs: 1.0,
                 latency_conns: 60,
                 userspace_records: 200_000,
+                export_records: 20_000,
             }
         } else {
             Plan {
@@ -150,6 +156,7 @@ impl Plan {
                 storm_secs: 2.0,
                 latency_conns: 300,
                 userspace_records: 1_000_000,
+                export_records: 100_000,
             }
         }
     }
@@ -230,7 +237,7 @@ fn run(args: &Args) -> Result<bool> {
     };
 
     type Phase = fn(&mut Ctx) -> Result<Vec<Figure>>;
-    let phases: [(Group, &str, Phase, &[(&str, &str)]); 9] = [
+    let phases: [(Group, &str, Phase, &[(&str, &str)]); 10] = [
         (
             Group::TestRun,
             "test_run on crafted packets",
@@ -302,6 +309,17 @@ fn run(args: &Args) -> Result<bool> {
             &[
                 ("metrics_bytes_after_scan", "bytes"),
                 ("scan_series_over_budget", "x"),
+            ],
+        ),
+        (
+            Group::Export,
+            "flow export (IPFIX, OTLP)",
+            export::phase,
+            &[
+                ("export.ipfix_flows_per_cpu_sec", "flows/s"),
+                ("export.otlp_http_flows_per_cpu_sec", "flows/s"),
+                ("export.otlp_grpc_flows_per_cpu_sec", "flows/s"),
+                ("export.offer_ns_per_report", "ns"),
             ],
         ),
     ];
