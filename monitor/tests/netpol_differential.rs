@@ -42,14 +42,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use segwatch::inventory;
 use segwatch::netpol::ports::ConnSet;
 use segwatch::netpol::{Engine, Objects, Peer};
 
 mod netpol_gen;
-use netpol_gen::{find_nca, gen_case, parse_conns, parse_side, ports_only, Side};
+use netpol_gen::{find_nca, gen_case, nca_connectivity, parse_conns, parse_side, ports_only, Side};
 
 struct NcaResult {
     pods: HashMap<(String, String), ConnSet>,
@@ -246,26 +245,7 @@ fn engine_agrees_with_network_config_analyzer_on_random_clusters() {
                     chunk
                         .into_iter()
                         .map(|(seed, dir)| {
-                            let out = Command::new(&nca)
-                                .arg("--connectivity")
-                                .arg("-r")
-                                .arg(&dir)
-                                .args(["-o", "txt_no_fw_rules", "--output_endpoints", "pods"])
-                                .output();
-                            let res = match out {
-                                Ok(o) if o.status.success() => {
-                                    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-                                }
-                                Ok(o) => Err(format!(
-                                    "nca failed ({}): {}",
-                                    o.status,
-                                    String::from_utf8_lossy(&o.stderr)
-                                        .lines()
-                                        .last()
-                                        .unwrap_or_default()
-                                )),
-                                Err(e) => Err(format!("cannot run {}: {e}", nca.display())),
-                            };
+                            let res = nca_connectivity(&nca, &[("-r", &dir)]);
                             (seed, res)
                         })
                         .collect::<Vec<_>>()

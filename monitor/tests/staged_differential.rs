@@ -24,7 +24,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use segwatch::inventory;
@@ -35,7 +34,9 @@ use segwatch::report::StagedVerdict;
 use serde_json::{json, Value};
 
 mod netpol_gen;
-use netpol_gen::{find_nca, gen_case, parse_conns, parse_side, ports_only, Rng, Side};
+use netpol_gen::{
+    find_nca, gen_case, nca_connectivity, parse_conns, parse_side, ports_only, Rng, Side,
+};
 
 /// Ports every pair is judged on: the generator's port numbers, the ends
 /// of its ranges and their neighbours, named port numbers, the extremes.
@@ -360,30 +361,14 @@ fn staged_verdicts_agree_with_nca_on_the_applied_policy_set() {
                         .step_by(2)
                         .map(|(s, case)| {
                             let d = &case.dir;
-                            let out = Command::new(nca)
-                                .arg("--connectivity")
-                                .arg("-n")
-                                .arg(d.join("ns.yaml"))
-                                .arg("-p")
-                                .arg(d.join("pods.yaml"))
-                                .arg("-r")
-                                .arg(d.join("applied.yaml"))
-                                .args(["-o", "txt_no_fw_rules", "--output_endpoints", "pods"])
-                                .output();
-                            let res = match out {
-                                Ok(o) if o.status.success() => {
-                                    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-                                }
-                                Ok(o) => Err(format!(
-                                    "nca failed ({}): {}",
-                                    o.status,
-                                    String::from_utf8_lossy(&o.stderr)
-                                        .lines()
-                                        .last()
-                                        .unwrap_or_default()
-                                )),
-                                Err(e) => Err(format!("cannot run {}: {e}", nca.display())),
-                            };
+                            let res = nca_connectivity(
+                                nca,
+                                &[
+                                    ("-n", &d.join("ns.yaml")),
+                                    ("-p", &d.join("pods.yaml")),
+                                    ("-r", &d.join("applied.yaml")),
+                                ],
+                            );
                             (*s, res)
                         })
                         .collect::<Vec<_>>()

@@ -261,24 +261,12 @@ fn cluster_run(
     use crate::inventory::Object;
     let s = suggest::cluster::suggest(reports);
     let text = suggest::cluster::render(&s.objects, args.output);
-    match &args.out_dir {
-        None => {
-            use std::io::Write as _;
-            std::io::stdout()
-                .write_all(text.as_bytes())
-                .context("cannot write to stdout")?;
-        }
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create --out-dir {}", dir.display()))?;
-            let path = dir.join(match args.output {
-                Format::Yaml => "clusternetworkpolicies.yaml",
-                Format::Json => "clusternetworkpolicies.json",
-            });
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-    }
+    write_one(
+        args.out_dir.as_deref(),
+        "clusternetworkpolicies",
+        args.output,
+        &text,
+    )?;
     let mut objects: Vec<Object> = inventory.to_vec();
     objects.extend(netpols.iter().cloned().map(Object::NetworkPolicy));
     for o in &s.objects {
@@ -416,4 +404,33 @@ fn read_prometheus(
     let born = prometheus::parse_answer(&a2).with_context(|| format!("query {q2}"))?;
     let violations = prometheus::parse_violations(&a3).with_context(|| format!("query {q3}"))?;
     Ok(prometheus::samples(&increase, &born, &violations))
+}
+
+/// Writes one rendered document: to stdout, or as `STEM.yaml|json` in
+/// `--out-dir`.
+pub(super) fn write_one(
+    out_dir: Option<&std::path::Path>,
+    stem: &str,
+    format: Format,
+    text: &str,
+) -> anyhow::Result<()> {
+    match out_dir {
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("cannot write to stdout")?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create --out-dir {}", dir.display()))?;
+            let path = dir.join(match format {
+                Format::Yaml => format!("{stem}.yaml"),
+                Format::Json => format!("{stem}.json"),
+            });
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
 }

@@ -38,24 +38,12 @@ pub fn run(
             s
         }
     };
-    match &args.out_dir {
-        None => {
-            use std::io::Write as _;
-            std::io::stdout()
-                .write_all(text.as_bytes())
-                .context("cannot write to stdout")?;
-        }
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create --out-dir {}", dir.display()))?;
-            let path = dir.join(match args.output {
-                Format::Yaml => "segmentation-policy.yaml",
-                Format::Json => "segmentation-policy.json",
-            });
-            std::fs::write(&path, &text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-    }
+    super::suggest::write_one(
+        args.out_dir.as_deref(),
+        "segmentation-policy",
+        args.output,
+        &text,
+    )?;
 
     // Replay: the connections the baseline was learned from, judged with
     // it as the only SegmentationPolicy (the inventory's are left out).

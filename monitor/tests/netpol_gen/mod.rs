@@ -212,6 +212,34 @@ pub fn gen_case(seed: u64) -> Vec<Value> {
     docs
 }
 
+/// nca's connectivity report (`--connectivity ... -o txt_no_fw_rules
+/// --output_endpoints pods`) for `inputs` (flag and file: `-r`, `-n`,
+/// `-p`): its output, or why it failed (the last line nca wrote to stderr).
+/// Not every test that includes this module asks nca for connectivity.
+#[allow(dead_code)]
+pub fn nca_connectivity(nca: &Path, inputs: &[(&str, &Path)]) -> Result<String, String> {
+    let mut cmd = std::process::Command::new(nca);
+    cmd.arg("--connectivity");
+    for (flag, path) in inputs {
+        cmd.arg(flag).arg(path);
+    }
+    let out = cmd
+        .args(["-o", "txt_no_fw_rules", "--output_endpoints", "pods"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", nca.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nca failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn find_nca() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
