@@ -363,7 +363,8 @@ impl Metrics {
             "IP-layer bytes of those packets.",
             &["interface"],
         );
-        let staged = crate::staged::StagedMetrics::register(&registry);
+        let staged = crate::staged::StagedMetrics::register(&registry)
+            .counting_series_in(metric_series.clone());
         Metrics {
             registry,
             flows,

@@ -42,7 +42,17 @@ pub struct StagedMetrics {
     pub last_would_deny: IntGaugeVec,
     /// The series made so far, by the staged reference they belong to.
     series: Arc<Mutex<BTreeMap<String, PolicySeries>>>,
+    /// `segwatch_metric_series{family}`, told the three families' counts
+    /// after every change (absent: nobody asked, as in unit tests).
+    series_gauge: Option<IntGaugeVec>,
 }
+
+/// The staged families as `segwatch_metric_series{family}` names them.
+pub const SERIES_FAMILIES: [&str; 3] = [
+    "segwatch_staged_verdicts_total",
+    "segwatch_staged_selected_total",
+    "segwatch_staged_last_would_deny_timestamp_seconds",
+];
 
 /// The series of one staged object.
 #[derive(Default)]
@@ -117,6 +127,36 @@ impl StagedMetrics {
             selected,
             last_would_deny,
             series: Arc::default(),
+            series_gauge: None,
+        }
+    }
+
+    /// Reports the series held per family in `gauge`
+    /// (`segwatch_metric_series{family}`).
+    pub fn counting_series_in(mut self, gauge: IntGaugeVec) -> Self {
+        for f in SERIES_FAMILIES {
+            gauge.with_label_values(&[f]).set(0);
+        }
+        self.series_gauge = Some(gauge);
+        self
+    }
+
+    /// Sets `segwatch_metric_series` for the staged families from `series`.
+    fn publish(&self, series: &BTreeMap<String, PolicySeries>) {
+        let Some(gauge) = &self.series_gauge else {
+            return;
+        };
+        let counts = series.values().fold([0usize; 3], |[v, s, l], p| {
+            [
+                v + p.verdicts.len(),
+                s + usize::from(p.selected),
+                l + usize::from(p.last_would_deny),
+            ]
+        });
+        for (family, n) in SERIES_FAMILIES.iter().zip(counts) {
+            gauge
+                .with_label_values(&[family])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -163,6 +203,7 @@ impl StagedMetrics {
             }
             false
         });
+        self.publish(&series);
     }
 
     /// Counts one connection (call once, at its first report).
@@ -178,7 +219,10 @@ impl StagedMetrics {
         }
         let verdict = match s.verdict {
             StagedVerdict::WouldDeny | StagedVerdict::WouldAllow => s.verdict.as_str(),
-            StagedVerdict::Allowed | StagedVerdict::Denied => return,
+            StagedVerdict::Allowed | StagedVerdict::Denied => {
+                self.publish(&series);
+                return;
+            }
         };
         let reference = s.policy.as_deref().unwrap_or("");
         let (ns, name) = policy_labels(reference);
@@ -197,6 +241,7 @@ impl StagedMetrics {
                 .set(r.time.timestamp());
             entry.last_would_deny = true;
         }
+        self.publish(&series);
     }
 }
 

@@ -74,6 +74,7 @@ fn staged_series_are_dropped_with_their_staged_object_and_expired_ends() {
     assert_eq!(staged_lines(&m, "deny-all").len(), 2, "{}", m.render());
     assert_eq!(staged_lines(&m, "web-egress").len(), 3, "{}", m.render());
     assert_eq!(m.staged.series_count(), 5);
+    assert_eq!(staged_series_gauges(&m), [2, 2, 1], "{}", m.render());
 
     // The removal is withdrawn: its series go at the next sweep, the
     // other staged object's stay.
@@ -83,6 +84,7 @@ fn staged_series_are_dropped_with_their_staged_object_and_expired_ends() {
     assert_eq!(staged_lines(&m, "deny-all"), Vec::<String>::new());
     assert_eq!(staged_lines(&m, "web-egress").len(), 3, "{}", m.render());
     assert_eq!(m.staged.series_count(), 3);
+    assert_eq!(staged_series_gauges(&m), [1, 1, 1]);
 
     // The source workload goes: its edge's verdict series expire with the
     // TTL like the workload families; the policy's own series stay.
@@ -109,4 +111,10 @@ fn staged_series_are_dropped_with_their_staged_object_and_expired_ends() {
     obs.sweep(&m, &idx, t0 + Duration::from_secs(64));
     assert_eq!(staged_lines(&m, "web-egress"), Vec::<String>::new());
     assert_eq!(m.staged.series_count(), 0);
+    assert_eq!(staged_series_gauges(&m), [0, 0, 0]);
+}
+
+/// `segwatch_metric_series{family}` of the three staged families.
+fn staged_series_gauges(m: &Metrics) -> [i64; 3] {
+    crate::staged::SERIES_FAMILIES.map(|f| m.metric_series.with_label_values(&[f]).get())
 }
