@@ -31,6 +31,7 @@ mod api;
 mod capture;
 mod daemon;
 mod netns;
+mod objects;
 mod serve;
 mod traffic;
 
@@ -38,6 +39,7 @@ pub use api::*;
 pub use capture::*;
 pub use daemon::*;
 pub use netns::*;
+pub use objects::*;
 pub use serve::*;
 pub use traffic::*;
 

@@ -62,25 +62,22 @@ fn udp_echo(ns: &Netns, addr: SocketAddr) {
         .expect("udp echo up");
 }
 
-fn pod_json(ns: &str, name: &str, p: &Pod, ports: &[u16]) -> Value {
-    let ports: Vec<Value> = ports.iter().map(|p| json!({"containerPort": p})).collect();
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns,
-                     "labels": {"app": "segwatch-probe", "segwatch.dev/probe": "true"}},
-        "spec": {"nodeName": "n1", "serviceAccountName": "default",
-                 "containers": [{"name": "probe", "image": "segwatch", "ports": ports}]},
-        "status": {"phase": "Running", "podIP": p.ip4.to_string(),
-                   "podIPs": [{"ip": p.ip4.to_string()}, {"ip": p.ip6.to_string()}]}
-    })
+/// A pod of the probe's Job (the label the daemon tags probe flows by).
+fn probe_pod(ns: &str, name: &str, p: &Pod, ports: &[u16]) -> Value {
+    PodObject::new(ns, name)
+        .labels(json!({"app": "segwatch-probe", "segwatch.dev/probe": "true"}))
+        .service_account("default")
+        .tcp_ports(ports)
+        .ips(p)
+        .json()
 }
 
 fn inventory(topo: &Topo) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {"kubernetes.io/metadata.name": "team-a"}}},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-b", "labels": {"kubernetes.io/metadata.name": "team-b"}}},
-        pod_json("team-a", "probe-a", &topo.pods[0], &[]),
-        pod_json("team-b", "probe-b", &topo.pods[1], &[8080]),
+        probe_pod("team-a", "probe-a", &topo.pods[0], &[]),
+        probe_pod("team-b", "probe-b", &topo.pods[1], &[8080]),
         {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
          "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "team-b"},

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tests::*;
 
 const NODE_IP: &str = "10.97.0.1";
@@ -19,18 +19,6 @@ const BUDGET: usize = 16;
 /// /metrics after the scan must stay below this (bytes): about 70 scanner
 /// series of ~250 bytes next to the fixed families and their help texts.
 const METRICS_BOUND: usize = 64 * 1024;
-
-fn pod(ns: &str, name: &str, owner: (&str, &str), labels: Value, ports: Value, p: &Pod) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels,
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner.0, "name": owner.1,
-                                          "uid": name, "controller": true}]},
-        "spec": {"serviceAccountName": "default", "nodeName": "n1",
-                 "containers": [{"name": "c", "image": "x", "ports": ports}]},
-        "status": {"podIP": p.ip4.to_string(), "podIPs": [{"ip": p.ip4.to_string()}]}
-    })
-}
 
 /// Connects to every port in `ports` of `dst` from inside `from`'s netns;
 /// returns how many attempts were made (each one connection).
@@ -79,12 +67,21 @@ fn a_port_scan_stays_within_the_series_budget_with_exact_counts() {
     let inventory = json!({
         "apiVersion": "v1", "kind": "List",
         "items": [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "edge"}},
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "core"}},
-            pod("edge", "scanner-6f7d8-abcde", ("ReplicaSet", "scanner-6f7d8"),
-                json!({"app": "scanner", "pod-template-hash": "6f7d8"}), json!([]), scanner),
-            pod("core", "db-0", ("StatefulSet", "db"), json!({"app": "db"}),
-                json!([{"containerPort": 5432}]), db),
+            namespace_object("edge"),
+            namespace_object("core"),
+            PodObject::new("edge", "scanner-6f7d8-abcde")
+                .labels(json!({"app": "scanner", "pod-template-hash": "6f7d8"}))
+                .owner("ReplicaSet", "scanner-6f7d8")
+                .service_account("default")
+                .ip(scanner.ip4)
+                .json(),
+            PodObject::new("core", "db-0")
+                .labels(json!({"app": "db"}))
+                .owner("StatefulSet", "db")
+                .service_account("default")
+                .tcp_ports(&[5432])
+                .ip(db.ip4)
+                .json(),
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
              "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}}
         ]

@@ -27,22 +27,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tests::*;
 
-fn namespace(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace",
-           "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
-}
-
-/// A pod of StatefulSet `app` (workload label `StatefulSet/<app>`).
-fn pod(ns: &str, app: &str, p: &Pod) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{app}-0"), "namespace": ns, "labels": {"app": app},
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": app,
-                                          "uid": app, "controller": true}]},
-        "spec": {"serviceAccountName": "default", "nodeName": "n1",
-                 "containers": [{"name": "c", "image": "x"}]},
-        "status": {"podIP": p.ip4.to_string(), "podIPs": [{"ip": p.ip4.to_string()}]}
-    })
+/// Pod `<app>-0` of StatefulSet `app` (workload label `StatefulSet/<app>`).
+fn stateful_pod(ns: &str, app: &str, p: &Pod) -> Value {
+    PodObject::new(ns, &format!("{app}-0"))
+        .labels(json!({"app": app}))
+        .owner("StatefulSet", app)
+        .service_account("default")
+        .ip(p.ip4)
+        .json()
 }
 
 fn staged(ns: &str, name: &str, spec: Value) -> Value {
@@ -102,9 +94,9 @@ fn staged_policies_count_would_deny_and_would_allow_per_policy_exactly() {
     let inventory = json!({
         "apiVersion": "v1", "kind": "List",
         "items": [
-            namespace("shop"), namespace("ops"),
-            pod("shop", "web", web), pod("shop", "api", api), pod("shop", "db", db),
-            pod("ops", "tool", tool),
+            namespace_object("shop"), namespace_object("ops"),
+            stateful_pod("shop", "web", web), stateful_pod("shop", "api", api), stateful_pod("shop", "db", db),
+            stateful_pod("ops", "tool", tool),
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}},
             // Live: nothing may reach tool.
             {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -74,16 +74,6 @@ fn get_in(netns: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> 
     .expect("http thread")
 }
 
-fn pod(ns: &str, name: &str, labels: Value, owner: (&str, &str), p: &Pod, ports: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels,
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner.0, "name": owner.1, "uid": format!("uid-{name}"), "controller": true}]},
-        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x", "ports": ports}]},
-        "status": {"podIP": p.ip4.to_string(), "podIPs": [{"ip": p.ip4.to_string()}, {"ip": p.ip6.to_string()}]}
-    })
-}
-
 fn workload(kind: &str, ns: &str, name: &str, app: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": kind,
@@ -142,9 +132,9 @@ fn from_prometheus_gives_the_same_policies_as_the_flow_log() {
             workload("Deployment", "shop", "web", "web"),
             workload("StatefulSet", "shop", "db", "db"),
             workload("Deployment", "api", "api", "api"),
-            pod("shop", "web-5d8f7c9b6-abcde", json!({"app": "web", "pod-template-hash": "5d8f7c9b6"}), ("ReplicaSet", "web-5d8f7c9b6"), web, json!([])),
-            pod("shop", "db-0", json!({"app": "db", "controller-revision-hash": "db-7f9c", "statefulset.kubernetes.io/pod-name": "db-0"}), ("StatefulSet", "db"), db, json!([])),
-            pod("api", "api-6c7d8e9f0-xyz12", json!({"app": "api", "pod-template-hash": "6c7d8e9f0"}), ("ReplicaSet", "api-6c7d8e9f0"), api, http),
+            PodObject::new("shop", "web-5d8f7c9b6-abcde").labels(json!({"app": "web", "pod-template-hash": "5d8f7c9b6"})).owner("ReplicaSet", "web-5d8f7c9b6").ports(json!([])).ips(web).json(),
+            PodObject::new("shop", "db-0").labels(json!({"app": "db", "controller-revision-hash": "db-7f9c", "statefulset.kubernetes.io/pod-name": "db-0"})).owner("StatefulSet", "db").ports(json!([])).ips(db).json(),
+            PodObject::new("api", "api-6c7d8e9f0-xyz12").labels(json!({"app": "api", "pod-template-hash": "6c7d8e9f0"})).owner("ReplicaSet", "api-6c7d8e9f0").ports(http).ips(api).json(),
         ]
     });
     let inv_path = dir.0.join("inventory.json");

@@ -13,19 +13,6 @@ const NODE_IP: &str = "10.99.0.1";
 const NODE_IP6: &str = "fd99::1";
 const METADATA: &str = "169.254.169.254";
 
-fn pod(ns: &str, name: &str, sa: &str, labels: Value, p: &Pod) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"serviceAccountName": sa, "nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
-        "status": {"podIP": p.ip4.to_string(), "podIPs": [{"ip": p.ip4.to_string()}, {"ip": p.ip6.to_string()}]}
-    })
-}
-
-fn namespace(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
-}
-
 /// Sum of `segwatch_violations_total` samples of one kind.
 fn violations(metrics: &str, kind: &str) -> f64 {
     metrics
@@ -73,10 +60,10 @@ fn violations_are_counted_exactly_and_explained_in_the_flow_log() {
     let inventory = json!({
         "apiVersion": "v1", "kind": "List",
         "items": [
-            namespace("shop"), namespace("api"), namespace("kube-system"),
-            pod("shop", "web-0", "web", json!({"app": "web"}), web),
-            pod("api", "api-0", "api", json!({"app": "api"}), api),
-            pod("shop", "db-0", "db", json!({"app": "db"}), db),
+            namespace_object("shop"), namespace_object("api"), namespace_object("kube-system"),
+            PodObject::new("shop", "web-0").service_account("web").labels(json!({"app": "web"})).ips(web).json(),
+            PodObject::new("api", "api-0").service_account("api").labels(json!({"app": "api"})).ips(api).json(),
+            PodObject::new("shop", "db-0").service_account("db").labels(json!({"app": "db"})).ips(db).json(),
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
              "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}, {"type": "InternalIP", "address": NODE_IP6}]}}
         ]
@@ -241,9 +228,9 @@ fn an_established_connection_an_admin_tier_deny_forbids_is_a_netpol_bypass() {
         "apiVersion": "v1", "kind": "List",
         "items": [
             ns("shop", "a"), ns("api", "a"), ns("rival", "b"),
-            pod("shop", "web-0", "web", json!({"app": "web"}), web),
-            pod("api", "api-0", "api", json!({"app": "api"}), api),
-            pod("rival", "spy-0", "spy", json!({"app": "spy"}), spy),
+            PodObject::new("shop", "web-0").service_account("web").labels(json!({"app": "web"})).ips(web).json(),
+            PodObject::new("api", "api-0").service_account("api").labels(json!({"app": "api"})).ips(api).json(),
+            PodObject::new("rival", "spy-0").service_account("spy").labels(json!({"app": "spy"})).ips(spy).json(),
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
              "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}},
             {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",

@@ -10,8 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::{json, Value};
-use tests::{Daemon, TempDir};
+use serde_json::json;
+use tests::{namespace_object, Daemon, PodObject, TempDir};
 
 use crate::report::{Figure, Target};
 use crate::Ctx;
@@ -21,17 +21,6 @@ const BUDGET: usize = 16;
 /// Ports the inventory declares (the target pod's containerPort).
 const DECLARED: usize = 1;
 const FAMILIES: [&str; 2] = ["segwatch_violations_total", "segwatch_workload_flows_total"];
-
-fn pod(ns: &str, name: &str, owner: (&str, &str), ip: &str, ports: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": {"pod-template-hash": "6f7d8"},
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner.0, "name": owner.1,
-                                          "uid": name, "controller": true}]},
-        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x", "ports": ports}]},
-        "status": {"podIP": ip, "podIPs": [{"ip": ip}]}
-    })
-}
 
 fn series(metrics: &str, family: &str) -> usize {
     metrics
@@ -52,12 +41,19 @@ pub fn phase(ctx: &mut Ctx) -> Result<Vec<Figure>> {
     let (scanner, target) = (&ctx.topo.pods[0], &ctx.topo.pods[1]);
     let dir = TempDir::new("bench-scan");
     let inventory = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "edge"}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "core"}},
-        pod("edge", "scanner-6f7d8-abcde", ("ReplicaSet", "scanner-6f7d8"),
-            &scanner.ip4.to_string(), json!([])),
-        pod("core", "db-0", ("StatefulSet", "db"), &target.ip4.to_string(),
-            json!([{"containerPort": 5432}])),
+        namespace_object("edge"),
+        namespace_object("core"),
+        PodObject::new("edge", "scanner-6f7d8-abcde")
+            .labels(json!({"pod-template-hash": "6f7d8"}))
+            .owner("ReplicaSet", "scanner-6f7d8")
+            .ip(scanner.ip4)
+            .json(),
+        PodObject::new("core", "db-0")
+            .labels(json!({"pod-template-hash": "6f7d8"}))
+            .owner("StatefulSet", "db")
+            .tcp_ports(&[5432])
+            .ip(target.ip4)
+            .json(),
     ]});
     let inv = dir.0.join("inventory.json");
     std::fs::write(&inv, serde_json::to_vec(&inventory)?).context("writing the inventory")?;
