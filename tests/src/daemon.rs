@@ -126,28 +126,11 @@ impl Daemon {
     /// HTTP GET on the daemon's metrics address (inside its namespace);
     /// /healthz and /readyz on its probe address when it has one.
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        let ns = Path::new("/var/run/netns").join(&self.netns);
         let port = match self.probe_port {
             Some(p) if path == "/healthz" || path == "/readyz" => p,
             _ => self.metrics_port,
         };
-        let path = path.to_string();
-        std::thread::spawn(move || -> std::io::Result<(u16, String)> {
-            enter(&ns);
-            let mut s = TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf)?;
-            let code = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-            let body = buf
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default();
-            Ok((code, body))
-        })
-        .join()
-        .expect("http thread")
+        lab::http_get(&self.netns, port, path).map_err(std::io::Error::other)
     }
 
     /// HTTPS GET of `path` on the metrics address with curl (inside the

@@ -15,9 +15,8 @@
 //! (evidence annotations aside: flow logs carry first/last seen, metrics a
 //! window).
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -50,28 +49,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// HTTP GET to 127.0.0.1:`port` inside a network namespace.
-fn get_in(netns: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let ns = Path::new("/var/run/netns").join(netns);
-    let path = path.to_string();
-    std::thread::spawn(move || -> std::io::Result<(u16, String)> {
-        enter(&ns);
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        let code = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
-    })
-    .join()
-    .expect("http thread")
 }
 
 fn workload(kind: &str, ns: &str, name: &str, app: &str) -> Value {
@@ -180,7 +157,11 @@ fn from_prometheus_gives_the_same_policies_as_the_flow_log() {
     );
     assert!(
         wait_for(Duration::from_secs(30), || {
-            matches!(get_in(&topo.node.name, 9090, "/-/ready"), Ok((200, _))).then_some(())
+            matches!(
+                lab::http_get(&topo.node.name, 9090, "/-/ready"),
+                Ok((200, _))
+            )
+            .then_some(())
         })
         .is_some(),
         "prometheus not ready within 30 s"
@@ -228,7 +209,7 @@ fn from_prometheus_gives_the_same_policies_as_the_flow_log() {
         ),
     ];
     let seen = wait_for(Duration::from_secs(30), || {
-        let (_, body) = get_in(
+        let (_, body) = lab::http_get(
             &topo.node.name,
             9090,
             "/api/v1/query?query=segwatch_workload_flows_total",
