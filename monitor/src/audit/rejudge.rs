@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::judge::{NetpolJudge, NetpolJudgement, Reach, SegJudgement, SegmentationJudge};
 use crate::inventory::Object;
-use crate::netpol::{self, Engine, PodTemplateOwner as _};
+use crate::netpol::{self, Engine};
 use crate::report::{Endpoint, EndpointKind, FlowReport};
 use crate::segpolicy::{CompiledPolicy, Decision, End, FlowView, PodFacts, L4};
 
@@ -226,25 +226,7 @@ pub struct EngineJudge {
 impl EngineJudge {
     /// Builds the engine; returns its warnings (invalid policies skipped).
     pub fn new(objects: &[Object]) -> (Self, Vec<String>) {
-        let mut o = netpol::Objects::default();
-        for obj in objects {
-            match obj {
-                Object::Namespace(n) => o.namespaces.push(n),
-                Object::Pod(p) => o.pods.push(p),
-                Object::NetworkPolicy(p) => o.policies.push(p),
-                Object::Deployment(w) => o.workloads.push(w.workload_ref()),
-                Object::ReplicaSet(w) => o.workloads.push(w.workload_ref()),
-                Object::StatefulSet(w) => o.workloads.push(w.workload_ref()),
-                Object::DaemonSet(w) => o.workloads.push(w.workload_ref()),
-                Object::Job(w) => o.workloads.push(w.workload_ref()),
-                Object::CronJob(w) => o.workloads.push(w.workload_ref()),
-                Object::ReplicationController(w) => o.workloads.push(w.workload_ref()),
-                Object::Node(n) => o.nodes.push(n),
-                other => o
-                    .cluster_policies
-                    .extend(netpol::ClusterPolicyRef::of(other)),
-            }
-        }
+        let o = netpol::Objects::from_inventory(objects);
         let (engine, warnings) = Engine::build(&o);
         (
             EngineJudge {

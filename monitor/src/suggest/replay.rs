@@ -30,9 +30,7 @@ use super::{Proto, L4};
 use crate::inventory::Object;
 use crate::netpol::engine::ConnSide;
 use crate::netpol::ports::{PortRange, PortSet};
-use crate::netpol::{
-    Decision, EndpointId, Engine, Objects, Peer, PodTemplateOwner, Protocol, Query,
-};
+use crate::netpol::{Decision, EndpointId, Engine, Objects, Peer, Protocol, Query};
 
 /// The verdict for one observed connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,22 +125,12 @@ fn build_engine(
     suggested: &[NetworkPolicy],
     extra_pods: &[Pod],
 ) -> (Engine, Vec<String>) {
-    let mut o = Objects::default();
-    for obj in objects {
-        match obj {
-            Object::Namespace(n) => o.namespaces.push(n),
-            Object::Pod(p) => o.pods.push(p),
-            Object::NetworkPolicy(p) => o.policies.push(p),
-            Object::Deployment(w) => o.workloads.push(w.workload_ref()),
-            Object::ReplicaSet(w) => o.workloads.push(w.workload_ref()),
-            Object::StatefulSet(w) => o.workloads.push(w.workload_ref()),
-            Object::DaemonSet(w) => o.workloads.push(w.workload_ref()),
-            Object::Job(w) => o.workloads.push(w.workload_ref()),
-            Object::CronJob(w) => o.workloads.push(w.workload_ref()),
-            Object::ReplicationController(w) => o.workloads.push(w.workload_ref()),
-            _ => {}
-        }
-    }
+    let mut o = Objects::from_inventory(objects);
+    // The replay asks what the NetworkPolicies (inventory's and suggested)
+    // decide; the cluster tiers are judged apart (suggest --format
+    // clusternetworkpolicy).
+    o.nodes.clear();
+    o.cluster_policies.clear();
     o.pods.extend(extra_pods.iter());
     o.policies.extend(suggested.iter());
     let (engine, warnings) = Engine::build(&o);
