@@ -282,6 +282,7 @@ pub const CACHE_BUSY: u64 = 1 << 8;
 impl CacheSlot {
     /// The two words an IPv4 [`TupleKey`] is cached as: `addr_lo | addr_hi
     /// << 32` and `port_lo | port_hi << 16 | proto << 32 | ip_version << 40`.
+    #[inline(always)]
     pub fn v4_key(t: &TupleKey) -> [u64; 2] {
         [
             u64::from(t.addr_lo[0]) | u64::from(t.addr_hi[0]) << 32,
@@ -292,7 +293,25 @@ impl CacheSlot {
         ]
     }
 
+    /// The slot of a key in the slot's form (five words, an IPv4 key's last
+    /// three zero): a multiplicative hash. Zero words add nothing, so an
+    /// IPv4 key's slot is `slot_index(k0 ^ k1.rotate_left(17))`, which is
+    /// what the kernel's IPv4 fast path computes.
+    #[inline(always)]
+    pub fn slot_of(k: &[u64; 5]) -> u32 {
+        Self::slot_index(
+            k[0] ^ k[1].rotate_left(17) ^ k[2].rotate_left(31) ^ k[3] ^ k[4].rotate_left(47),
+        )
+    }
+
+    /// The slot of mixed key words (see [`CacheSlot::slot_of`]).
+    #[inline(always)]
+    pub fn slot_index(mixed: u64) -> u32 {
+        ((mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32) & (CACHE_SLOTS - 1)
+    }
+
     /// The [`TupleKey`] of an IPv4 slot key ([`CacheSlot::v4_key`]'s inverse).
+    #[inline(always)]
     pub fn v4_tuple(k: [u64; 2]) -> TupleKey {
         TupleKey {
             addr_lo: [k[0] as u32, 0, 0, 0],

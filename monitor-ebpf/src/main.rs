@@ -36,10 +36,9 @@ use aya_ebpf::{
 };
 use monitor_common::{
     config, event_kind, opener, proto, tcp_flags, BudgetValue, CacheSlot, Counter, FinalStats,
-    CACHE_BUSY, CACHE_EMPTY, CACHE_V4, CACHE_V6,
-    FlowEvent, FlowValue, FragKey, FragPorts, TupleKey, BUDGET_ENTRIES, CACHE_SLOTS,
-    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, FLUSH_CHUNK, FRAGS_ENTRIES, GEN_ROTATING, IP_V4,
-    IP_V6, MARK_ISN, MARK_SECOND_IF,
+    FlowEvent, FlowValue, FragKey, FragPorts, TupleKey, BUDGET_ENTRIES, CACHE_BUSY, CACHE_EMPTY,
+    CACHE_SLOTS, CACHE_V4, CACHE_V6, DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, FLUSH_CHUNK,
+    FRAGS_ENTRIES, GEN_ROTATING, IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
 };
 
 /// "Continue with the next program": `TCX_NEXT` (include/uapi/linux/bpf.h,
@@ -370,10 +369,7 @@ fn fast_v4(ctx: &TcContext) -> bool {
     let (dir, lo, hi) = if b < a { (1u64, b, a) } else { (0u64, a, b) };
     // CacheSlot::v4_key.
     let k0 = (lo >> 16) | (hi >> 16) << 32;
-    let k1 = (lo & 0xFFFF)
-        | (hi & 0xFFFF) << 16
-        | u64::from(proto) << 32
-        | u64::from(IP_V4) << 40;
+    let k1 = (lo & 0xFFFF) | (hi & 0xFFFF) << 16 | u64::from(proto) << 32 | u64::from(IP_V4) << 40;
     let Some(sl) = CACHE.get_ptr_mut(slot_index(k0 ^ k1.rotate_left(17))) else {
         return false;
     };
@@ -1219,17 +1215,14 @@ fn same_key(a: &[u64; 5], b: &[u64; 5]) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
 }
 
-/// The cache slot of a key in the slot's form: a multiplicative hash of
-/// its words. Zero words add nothing, so an IPv4 key's slot is
-/// `slot_index(k0 ^ k1.rotate_left(17))`, as [`fast_v4`] computes it.
 #[inline(always)]
 fn slot_of(k: &[u64; 5]) -> u32 {
-    slot_index(k[0] ^ k[1].rotate_left(17) ^ k[2].rotate_left(31) ^ k[3] ^ k[4].rotate_left(47))
+    CacheSlot::slot_of(k)
 }
 
 #[inline(always)]
 fn slot_index(mixed: u64) -> u32 {
-    ((mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32) & (CACHE_SLOTS - 1)
+    CacheSlot::slot_index(mixed)
 }
 
 /// Adds one packet to this CPU's cached delta (plain stores: the slot is
