@@ -2,13 +2,17 @@
 //! kernels before 6.6) to ingress and egress of the host side of pod veths.
 //!
 //! ```text
-//!  skb ─► parse (Ethernet, 802.1Q, IPv4 | IPv6 + ext headers, TCP/UDP/SCTP/ICMP)
+//!  skb ─► fast_v4: IPv4 TCP (no SYN/FIN/RST) or UDP of a connection this
+//!         CPU's CACHE slot holds ─► plain adds to the slot, done
+//!          │ anything else
+//!          ▼ (global functions from here: the verifier checks each once)
+//!        segwatch_parse (Ethernet, 802.1Q, IPv4 | IPv6 + ext headers, TCP/UDP/SCTP/ICMP)
 //!          │ non-IP ─► COUNTERS[NonIp]         bad headers ─► COUNTERS[Unparsable]
 //!          │ ICMP error ─► the quoted connection's tuple, reversed
 //!          │ first fragment ─► FRAGS (ports)    later fragment ◄─ FRAGS
 //!          │ GSO ─► wire segments (gso_segs, or ceil(payload / gso_size))
 //!          ▼
-//!        canonical TupleKey ─► FLOWS (one shared hash):
+//!        segwatch_track: canonical TupleKey ─► CACHE slot (fill / evict) ─► FLOWS (one shared hash):
 //!            hit, same interface ─► atomic adds (jiffies for the last-seen time)
 //!            hit, TCP SYN on an ended connection / new ISN ─► rotate: EVENTS(final totals)
 //!            hit, other interface ─► skipped (counted once per node)
