@@ -374,17 +374,26 @@ fn fast_v4(ctx: &TcContext) -> bool {
     // CacheSlot::v4_key.
     let k0 = (lo >> 16) | (hi >> 16) << 32;
     let k1 = (lo & 0xFFFF) | (hi & 0xFFFF) << 16 | u64::from(proto) << 32 | u64::from(IP_V4) << 40;
-    let Some(sl) = CACHE.get_ptr_mut(slot_index(k0 ^ k1.rotate_left(17))) else {
+    // Two ways per set: the set's first slot, then its second.
+    let base = slot_index(k0 ^ k1.rotate_left(17)) & !1;
+    let Some(mut sl) = CACHE.get_ptr_mut(base) else {
         return false;
     };
     // SAFETY: the context pointer as above; `sl` is this CPU's slot, which
     // no other program changes while this one runs (a tc program is not
-    // interrupted by another; the flush program marks slots busy).
+    // interrupted by another; the flush program marks slots busy). An
+    // emptied slot's key[1] is zero, never an IPv4 key's.
     unsafe {
-        let ifindex = (*skb).ifindex;
         if (*sl).key[0] != k0 || (*sl).key[1] != k1 {
-            return false;
+            let Some(other) = CACHE.get_ptr_mut(base | 1) else {
+                return false;
+            };
+            if (*other).key[0] != k0 || (*other).key[1] != k1 {
+                return false;
+            }
+            sl = other;
         }
+        let ifindex = (*skb).ifindex;
         let state = (*sl).state;
         if state != CACHE_V4 | u64::from(ifindex) << 32 {
             if state & (CACHE_KIND | CACHE_BUSY) == CACHE_V4 && (*sl).second_if != 0 {
@@ -1116,20 +1125,22 @@ fn track(ctx: &TcContext, pkt: &Packet) {
     } else {
         CACHE_NO_FILL
     };
-    if cached == CACHE_COUNTED {
+    let (outcome, idx) = (cached & 0xFF, (cached >> 8) as u32);
+    if outcome == CACHE_COUNTED {
         return;
     }
 
     if let Some(v) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a live element of FLOWS (RCU keeps it valid for this run).
         unsafe { hit(v, &key, ifindex, dir, pkt) };
-        if cached != CACHE_NO_FILL {
+        if outcome != CACHE_NO_FILL {
             // SAFETY: as above.
             unsafe {
                 cache_fill(
                     &key,
                     v,
-                    u64::from(ifindex) << 1 | u64::from(cached == CACHE_SAME),
+                    u64::from(ifindex) << 1 | u64::from(outcome == CACHE_SAME),
+                    idx,
                 )
             };
         }
@@ -1167,8 +1178,12 @@ fn slot_key(key: &TupleKey) -> ([u64; 5], u64) {
 
 /// The per-CPU cache in front of [`FLOWS`] (see [`CACHE`]) for what
 /// [`fast_v4`] did not count: IPv6, a slot to fill or to evict, TCP
-/// SYN/FIN/RST. Its own function: the verifier then walks the shared path
-/// once, not once per cache outcome.
+/// SYN/FIN/RST. Two-way set associative: a key may sit in either slot of
+/// its set (`slot_of & !1` and the one after); a new key takes an empty
+/// slot of the set, else the one whose last packet is older (its delta
+/// goes to [`FLOWS`] first). Returns the outcome in bits 0-7 and the
+/// slot for [`cache_fill`] above them. Its own function: the verifier
+/// then walks the shared path once, not once per cache outcome.
 #[inline(never)]
 fn cache_try(key: &TupleKey, if_dir: u64, pkt: &Packet) -> u64 {
     let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
@@ -1177,22 +1192,34 @@ fn cache_try(key: &TupleKey, if_dir: u64, pkt: &Packet) -> u64 {
     // are decided there, after this CPU's earlier packets.
     let special = pkt.proto == proto::TCP
         && pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0;
-    let idx = slot_of(&words);
-    let Some(s) = CACHE.get_ptr_mut(idx) else {
+    let base = slot_of(&words) & !1;
+    let Some(s0) = CACHE.get_ptr_mut(base) else {
         return CACHE_NO_FILL;
     };
-    // SAFETY: this CPU's slot; a tc program is not interrupted by another
-    // on the same CPU, and the flush program marks it busy.
+    let Some(s1) = CACHE.get_ptr_mut(base | 1) else {
+        return CACHE_NO_FILL;
+    };
+    // SAFETY: this CPU's slots; a tc program is not interrupted by another
+    // on the same CPU, and the flush program marks them busy.
     unsafe {
-        let state = read_volatile(addr_of!((*s).state));
-        if state & CACHE_BUSY != 0 {
+        let st0 = read_volatile(addr_of!((*s0).state));
+        let st1 = read_volatile(addr_of!((*s1).state));
+        if (st0 | st1) & CACHE_BUSY != 0 {
             return CACHE_NO_FILL;
         }
-        if state & CACHE_KIND == CACHE_EMPTY {
-            return if special { CACHE_NO_FILL } else { CACHE_FILL };
-        }
-        let same = state & CACHE_KIND == kind && same_key(&(*s).key, &words);
-        if same && !special {
+        let m0 = st0 & CACHE_KIND == kind && same_key(&(*s0).key, &words);
+        let m1 = !m0 && st1 & CACHE_KIND == kind && same_key(&(*s1).key, &words);
+        if m0 || m1 {
+            let (s, state, idx) = if m0 {
+                (s0, st0, base)
+            } else {
+                (s1, st1, base | 1)
+            };
+            if special {
+                // The delta goes first.
+                segwatch_flush_slot(idx);
+                return CACHE_NO_FILL;
+            }
             if (state >> 32) as u32 == ifindex {
                 cache_add(s, dir, pkt);
                 return CACHE_COUNTED;
@@ -1201,15 +1228,25 @@ fn cache_try(key: &TupleKey, if_dir: u64, pkt: &Packet) -> u64 {
                 count(Counter::SecondInterface, pkt.segs as u64);
                 return CACHE_COUNTED;
             }
-            return CACHE_SAME;
+            return CACHE_SAME | u64::from(idx) << 8;
         }
-        // Evicted, or a SYN/FIN/RST: the delta goes first.
-        segwatch_flush_slot(idx);
         if special {
-            CACHE_NO_FILL
-        } else {
-            CACHE_FILL
+            return CACHE_NO_FILL;
         }
+        let (victim, state) = if st0 & CACHE_KIND == CACHE_EMPTY {
+            (base, st0)
+        } else if st1 & CACHE_KIND == CACHE_EMPTY {
+            (base | 1, st1)
+        } else if (*s1).last_jiffies < (*s0).last_jiffies {
+            (base | 1, st1)
+        } else {
+            (base, st0)
+        };
+        if state & CACHE_KIND != CACHE_EMPTY {
+            // Evicted: the delta goes first.
+            segwatch_flush_slot(victim);
+        }
+        CACHE_FILL | u64::from(victim) << 8
     }
 }
 
@@ -1252,17 +1289,17 @@ unsafe fn cache_add(s: *mut CacheSlot, dir: usize, pkt: &Packet) {
 }
 
 /// Caches the entry `v` (just counted on the shared path) in this CPU's
-/// slot: the next packets of it on this CPU stay on this CPU. With `same`
+/// slot `idx` ([`cache_try`]'s choice): the next packets of it on this CPU stay on this CPU. With `same`
 /// (bit 0 of `if_same`) the slot already holds this key (a packet of a
 /// second interface): only the second-interface mark is added.
 ///
 /// # Safety
 /// `v` is a live element of [`FLOWS`].
 #[inline(never)]
-unsafe fn cache_fill(key: &TupleKey, v: *mut FlowValue, if_same: u64) {
+unsafe fn cache_fill(key: &TupleKey, v: *mut FlowValue, if_same: u64, idx: u32) {
     let (ifindex, same) = ((if_same >> 1) as u32, if_same & 1 != 0);
     let (words, kind) = slot_key(key);
-    let Some(s) = CACHE.get_ptr_mut(slot_of(&words)) else {
+    let Some(s) = CACHE.get_ptr_mut(idx) else {
         return;
     };
     // SAFETY: per the caller; `s` is this CPU's slot.
@@ -1323,16 +1360,19 @@ pub extern "C" fn segwatch_flush_slot(idx: u32) -> i32 {
     unsafe {
         let state = (*s).state;
         (*s).state = state & CACHE_BUSY;
-        let p0 = (*s).packets[0];
-        let p1 = (*s).packets[1];
-        if p0 | p1 == 0 {
-            return 0;
-        }
         let key = if state & CACHE_KIND == CACHE_V4 {
             CacheSlot::v4_tuple([(*s).key[0], (*s).key[1]])
         } else {
             *((*s).key.as_ptr() as *const TupleKey)
         };
+        // No IPv4 key has a zero second word: the fast path's key compare
+        // then never matches an emptied slot.
+        (*s).key[1] = 0;
+        let p0 = (*s).packets[0];
+        let p1 = (*s).packets[1];
+        if p0 | p1 == 0 {
+            return 0;
+        }
         let Some(v) = FLOWS.get_ptr_mut(&key) else {
             reinsert(s, &key, (state >> 32) as u32);
             return 0;

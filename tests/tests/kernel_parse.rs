@@ -1392,8 +1392,8 @@ fn the_flow_cache_counts_steady_packets_exactly() {
     assert!(e.second_if);
     assert_eq!(h.delta(Counter::SecondInterface) - skipped_before, 500);
 
-    // Two UDP connections in the same slot take it from each other: each
-    // switch moves the other's delta to the shared table first.
+    // Three UDP connections in one two-slot set take the slots from each
+    // other: each eviction moves the delta to the shared table first.
     h.dp.clear_flows().unwrap();
     let word = |ip: IpAddr| match ip {
         IpAddr::V4(v) => u32::from_ne_bytes(v.octets()),
@@ -1410,17 +1410,19 @@ fn the_flow_cache_counts_steady_packets_exactly() {
             _pad: [0; 2],
         };
         let [k0, k1] = CacheSlot::v4_key(&t);
-        CacheSlot::slot_of(&[k0, k1, 0, 0, 0])
+        CacheSlot::slot_of(&[k0, k1, 0, 0, 0]) & !1
     };
     let first = 40000;
-    let twin = (40001..u16::MAX)
-        .find(|p| slot(*p) == slot(first))
-        .expect("another port in the same slot");
-    let f1 = udp(a, b, first, 53);
-    let f2 = udp(a, b, twin, 53);
+    let mut twins = (40001..u16::MAX).filter(|p| slot(*p) == slot(first));
+    let (t1, t2) = (
+        twins.next().expect("another port in the same set"),
+        twins.next().expect("a third port in the same set"),
+    );
+    let (f1, f2, f3) = (udp(a, b, first, 53), udp(a, b, t1, 53), udp(a, b, t2, 53));
     for _ in 0..5 {
         repeat(&mut h, PROG_INGRESS, &f1, 100, 0);
         repeat(&mut h, PROG_INGRESS, &f2, 30, 0);
+        repeat(&mut h, PROG_INGRESS, &f3, 20, 0);
     }
     let mut flows = h.flows();
     flows.sort_by_key(|e| e.key.port_lo);
@@ -1428,7 +1430,10 @@ fn the_flow_cache_counts_steady_packets_exactly() {
         .iter()
         .map(|e| (e.key.port_lo, e.stats.packets))
         .collect();
-    assert_eq!(counts, vec![(first, [500, 0]), (twin, [150, 0])]);
+    assert_eq!(
+        counts,
+        vec![(first, [500, 0]), (t1, [150, 0]), (t2, [100, 0])]
+    );
 
     // IPv6 (the general path's slots, five-word keys).
     h.dp.clear_flows().unwrap();
