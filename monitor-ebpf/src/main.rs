@@ -94,7 +94,8 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Per-CPU direct-mapped flow cache in front of [`FLOWS`]: a packet of a
+/// Per-CPU two-way set-associative flow cache in front of [`FLOWS`] (see
+/// [`cache_try`] for the sets): a packet of a
 /// cached connection is added to its CPU's slot with plain stores (no hash,
 /// no atomics, no shared cache line). What a slot holds is a delta not yet in
 /// [`FLOWS`]; it reaches FLOWS exactly once, when
