@@ -239,25 +239,23 @@ pub const FLUSH_CHUNK: u32 = 128;
 
 /// One slot of the kernel's per-CPU flow cache (`CACHE`, kernel side only):
 /// a connection's packets on one CPU not yet added to its [`FlowValue`].
-/// Kernel memory: `CACHE_SLOTS × 112` bytes per possible CPU.
+/// Kernel memory: `CACHE_SLOTS × 104` bytes per possible CPU.
+///
+/// The key is held in the slot's own form: an IPv4 connection in two words
+/// ([`CacheSlot::v4_key`]: addresses, then ports, protocol and version; the
+/// other three zero), an IPv6 one as the [`TupleKey`]'s five words. The
+/// kind in `state` tells them apart, so the IPv4 fast path compares three
+/// words: `state` (kind, not busy, interface) and the two key words.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CacheSlot {
-    /// The [`TupleKey`] as five words (compared as words).
+    /// Bits 0-7: [`CACHE_EMPTY`], [`CACHE_V4`] or [`CACHE_V6`]; bit 8:
+    /// [`CACHE_BUSY`] while the flush program works on the slot (a tc
+    /// program that interrupts it on the same CPU leaves the slot alone);
+    /// bits 32-63: the interface that counts the connection
+    /// ([`FlowValue::ifindex`]).
+    pub state: u64,
     pub key: [u64; 5],
-    /// Interface that counts the connection ([`FlowValue::ifindex`]).
-    pub ifindex: u32,
-    /// Generation of the connection the delta belongs to.
-    pub gen: u32,
-    /// 1: `key` is cached (the delta may still be zero).
-    pub valid: u32,
-    /// 1 while the flush program works on the slot (a tc program that
-    /// interrupts it on the same CPU leaves the slot alone).
-    pub busy: u32,
-    /// 1: packets of the connection on another interface were seen (and
-    /// marked in the shared entry); they are counted as skipped here.
-    pub second_if: u32,
-    pub _pad: u32,
     /// Delta per direction, as in [`FlowValue`].
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
@@ -265,6 +263,66 @@ pub struct CacheSlot {
     pub tcp_flags: u64,
     /// `bpf_jiffies64()` of the slot's last packet.
     pub last_jiffies: u64,
+    /// Generation of the connection the delta belongs to.
+    pub gen: u32,
+    /// 1: packets of the connection on another interface were seen (and
+    /// marked in the shared entry); they are counted as skipped here.
+    pub second_if: u32,
+}
+
+/// [`CacheSlot::state`] kind: the slot holds nothing.
+pub const CACHE_EMPTY: u64 = 0;
+/// [`CacheSlot::state`] kind: an IPv4 connection (two key words).
+pub const CACHE_V4: u64 = IP_V4 as u64;
+/// [`CacheSlot::state`] kind: an IPv6 connection (five key words).
+pub const CACHE_V6: u64 = IP_V6 as u64;
+/// [`CacheSlot::state`]: the flush program works on the slot.
+pub const CACHE_BUSY: u64 = 1 << 8;
+
+impl CacheSlot {
+    /// The two words an IPv4 [`TupleKey`] is cached as: `addr_lo | addr_hi
+    /// << 32` and `port_lo | port_hi << 16 | proto << 32 | ip_version << 40`.
+    #[inline(always)]
+    pub fn v4_key(t: &TupleKey) -> [u64; 2] {
+        [
+            u64::from(t.addr_lo[0]) | u64::from(t.addr_hi[0]) << 32,
+            u64::from(t.port_lo)
+                | u64::from(t.port_hi) << 16
+                | u64::from(t.proto) << 32
+                | u64::from(t.ip_version) << 40,
+        ]
+    }
+
+    /// The slot of a key in the slot's form (five words, an IPv4 key's last
+    /// three zero): a multiplicative hash. Zero words add nothing, so an
+    /// IPv4 key's slot is `slot_index(k0 ^ k1.rotate_left(17))`, which is
+    /// what the kernel's IPv4 fast path computes.
+    #[inline(always)]
+    pub fn slot_of(k: &[u64; 5]) -> u32 {
+        Self::slot_index(
+            k[0] ^ k[1].rotate_left(17) ^ k[2].rotate_left(31) ^ k[3] ^ k[4].rotate_left(47),
+        )
+    }
+
+    /// The slot of mixed key words (see [`CacheSlot::slot_of`]).
+    #[inline(always)]
+    pub fn slot_index(mixed: u64) -> u32 {
+        ((mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32) & (CACHE_SLOTS - 1)
+    }
+
+    /// The [`TupleKey`] of an IPv4 slot key ([`CacheSlot::v4_key`]'s inverse).
+    #[inline(always)]
+    pub fn v4_tuple(k: [u64; 2]) -> TupleKey {
+        TupleKey {
+            addr_lo: [k[0] as u32, 0, 0, 0],
+            addr_hi: [(k[0] >> 32) as u32, 0, 0, 0],
+            port_lo: k[1] as u16,
+            port_hi: (k[1] >> 16) as u16,
+            proto: (k[1] >> 32) as u8,
+            ip_version: (k[1] >> 40) as u8,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// A fragmented datagram as its fragments all name it (RFC 791 §3.2:
@@ -505,7 +563,17 @@ mod tests {
         assert_eq!(size_of::<FlowStats>(), 56, "FlowStats layout changed");
         assert_eq!(size_of::<FinalStats>(), 64, "FinalStats layout changed");
         assert_eq!(size_of::<FlowEvent>(), 128, "FlowEvent layout changed");
-        assert_eq!(size_of::<CacheSlot>(), 112, "CacheSlot layout changed");
+        assert_eq!(size_of::<CacheSlot>(), 104, "CacheSlot layout changed");
+        let t = TupleKey {
+            addr_lo: [0x0100_000a, 0, 0, 0],
+            addr_hi: [0x0200_000a, 0, 0, 0],
+            port_lo: 53,
+            port_hi: 40000,
+            proto: 17,
+            ip_version: IP_V4,
+            _pad: [0; 2],
+        };
+        assert_eq!(CacheSlot::v4_tuple(CacheSlot::v4_key(&t)), t);
         assert_eq!(size_of::<FragKey>(), 40, "FragKey layout changed");
         assert_eq!(size_of::<FragPorts>(), 8, "FragPorts layout changed");
         assert_eq!(size_of::<BudgetValue>(), 40, "BudgetValue layout changed");

@@ -2,13 +2,17 @@
 //! kernels before 6.6) to ingress and egress of the host side of pod veths.
 //!
 //! ```text
-//!  skb ─► parse (Ethernet, 802.1Q, IPv4 | IPv6 + ext headers, TCP/UDP/SCTP/ICMP)
+//!  skb ─► fast_v4: IPv4 TCP (no SYN/FIN/RST) or UDP of a connection this
+//!         CPU's CACHE slot holds ─► plain adds to the slot, done
+//!          │ anything else
+//!          ▼ (global functions from here: the verifier checks each once)
+//!        segwatch_parse (Ethernet, 802.1Q, IPv4 | IPv6 + ext headers, TCP/UDP/SCTP/ICMP)
 //!          │ non-IP ─► COUNTERS[NonIp]         bad headers ─► COUNTERS[Unparsable]
 //!          │ ICMP error ─► the quoted connection's tuple, reversed
 //!          │ first fragment ─► FRAGS (ports)    later fragment ◄─ FRAGS
 //!          │ GSO ─► wire segments (gso_segs, or ceil(payload / gso_size))
 //!          ▼
-//!        canonical TupleKey ─► FLOWS (one shared hash):
+//!        segwatch_track: canonical TupleKey ─► CACHE slot (fill / evict) ─► FLOWS (one shared hash):
 //!            hit, same interface ─► atomic adds (jiffies for the last-seen time)
 //!            hit, TCP SYN on an ended connection / new ISN ─► rotate: EVENTS(final totals)
 //!            hit, other interface ─► skipped (counted once per node)
@@ -24,13 +28,11 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
-use core::mem::size_of;
-
 use core::arch::asm;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -38,9 +40,9 @@ use aya_ebpf::{
 };
 use monitor_common::{
     config, event_kind, opener, proto, tcp_flags, BudgetValue, CacheSlot, Counter, FinalStats,
-    FlowEvent, FlowValue, FragKey, FragPorts, TupleKey, BUDGET_ENTRIES, CACHE_SLOTS,
-    DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, FLUSH_CHUNK, FRAGS_ENTRIES, GEN_ROTATING, IP_V4,
-    IP_V6, MARK_ISN, MARK_SECOND_IF,
+    FlowEvent, FlowValue, FragKey, FragPorts, TupleKey, BUDGET_ENTRIES, CACHE_BUSY, CACHE_EMPTY,
+    CACHE_SLOTS, CACHE_V4, CACHE_V6, DEFAULT_EVENTS_BYTES, DEFAULT_MAX_FLOWS, FLUSH_CHUNK,
+    FRAGS_ENTRIES, GEN_ROTATING, IP_V4, IP_V6, MARK_ISN, MARK_SECOND_IF,
 };
 
 /// "Continue with the next program": `TCX_NEXT` (include/uapi/linux/bpf.h,
@@ -92,7 +94,8 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Per-CPU direct-mapped flow cache in front of [`FLOWS`]: a packet of a
+/// Per-CPU two-way set-associative flow cache in front of [`FLOWS`] (see
+/// [`cache_try`] for the sets): a packet of a
 /// cached connection is added to its CPU's slot with plain stores (no hash,
 /// no atomics, no shared cache line). What a slot holds is a delta not yet in
 /// [`FLOWS`]; it reaches FLOWS exactly once, when
@@ -123,13 +126,17 @@ fn cache_enabled() -> bool {
 
 #[classifier]
 pub fn segwatch_ingress(ctx: TcContext) -> i32 {
-    account(&ctx);
+    if !fast_v4(&ctx) {
+        general(&ctx);
+    }
     TCX_NEXT
 }
 
 #[classifier]
 pub fn segwatch_egress(ctx: TcContext) -> i32 {
-    account(&ctx);
+    if !fast_v4(&ctx) {
+        general(&ctx);
+    }
     TCX_NEXT
 }
 
@@ -147,7 +154,8 @@ pub fn segwatch_noop(_ctx: TcContext) -> i32 {
 /// (softirq); it leaves a slot marked busy alone.
 ///
 /// One run flushes [`FLUSH_CHUNK`] slots, the chunk number in the first
-/// byte of the frame (the verifier walks every iteration of a loop).
+/// byte of the frame (the verifier walks every iteration of a loop; the
+/// flush itself is a global function, checked once).
 #[classifier]
 pub fn segwatch_flush(ctx: TcContext) -> i32 {
     let Ok(chunk) = ctx.load::<u8>(0) else {
@@ -160,13 +168,16 @@ pub fn segwatch_flush(ctx: TcContext) -> i32 {
         let i = base + n;
         n += 1;
         if let Some(s) = CACHE.get_ptr_mut(i) {
-            // SAFETY: this CPU's slot; only programs on this CPU touch it.
+            // SAFETY: this CPU's slot. The busy bit is set with one atomic
+            // instruction (a tc program may interrupt this one between a
+            // load and a store); while it is set no tc program touches the
+            // slot, so plain stores follow.
             unsafe {
-                write_volatile(addr_of_mut!((*s).busy), 1);
-                if read_volatile(addr_of!((*s).valid)) != 0 {
-                    flush_slot(s);
+                atomic_or(addr_of_mut!((*s).state), CACHE_BUSY);
+                if read_volatile(addr_of!((*s).state)) & CACHE_KIND != CACHE_EMPTY {
+                    segwatch_flush_slot(i);
                 }
-                write_volatile(addr_of_mut!((*s).busy), 0);
+                write_volatile(addr_of_mut!((*s).state), CACHE_EMPTY);
             }
         }
     }
@@ -254,38 +265,211 @@ enum Skip {
     Ipv6ExtLimit,
 }
 
-/// What the parser extracts from one packet.
-struct Packet {
+/// What the parser extracts from one packet. `repr(C)` without implicit
+/// padding: global functions take it by pointer (BTF describes it).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Packet {
     src: [u32; 4],
     dst: [u32; 4],
-    sport: u16,
-    dport: u16,
-    proto: u8,
-    ip_version: u8,
-    tcp_flags: u8,
-    /// 1: an ICMP error standing for the connection it quotes (see [`quoted`]).
-    related: u8,
     /// TCP sequence number (identifies a connection by its SYN's ISN).
     seq: u32,
     /// Wire packets this skb stands for (GSO super-packets are many).
     segs: u32,
     /// IP-layer bytes of all those wire packets.
     bytes: u64,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    ip_version: u8,
+    tcp_flags: u8,
+    /// 1: an ICMP error standing for the connection it quotes (see
+    /// [`segwatch_quoted`]).
+    related: u8,
 }
 
-fn account(ctx: &TcContext) {
-    // One call site of `track`: the verifier walks a callee once per call
-    // site, and the flow update is most of the program.
-    let pkt = match parse_fast(ctx) {
-        Some(pkt) => pkt,
-        None => match parse(ctx) {
-            Ok(pkt) => pkt,
-            Err(Skip::NonIp) => return count(Counter::NonIp, 1),
-            Err(Skip::Unparsable) => return count(Counter::Unparsable, 1),
-            Err(Skip::Ipv6ExtLimit) => return count(Counter::Ipv6ExtLimit, 1),
-        },
+impl Packet {
+    const EMPTY: Packet = Packet {
+        src: [0; 4],
+        dst: [0; 4],
+        seq: 0,
+        segs: 1,
+        bytes: 0,
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        ip_version: 0,
+        tcp_flags: 0,
+        related: 0,
     };
-    track(ctx, &pkt);
+}
+
+/// [`CacheSlot::state`]'s kind bits.
+const CACHE_KIND: u64 = 0xFF;
+
+/// The steady path: an IPv4 TCP (no SYN, FIN or RST) or UDP packet of a
+/// connection this CPU's [`CACHE`] holds, counted with one bounds check,
+/// word loads and plain adds to the slot (no call, no hash, no atomics).
+/// `false`: anything else, for [`segwatch_general`] (which parses again
+/// from the start: the fast path leaves no state behind).
+///
+/// The slot key and index are computed exactly as [`slot_key`] and
+/// [`slot_of`] do for the general path's [`TupleKey`].
+#[inline(always)]
+fn fast_v4(ctx: &TcContext) -> bool {
+    let start = ctx.data();
+    if start + FAST_V4 > ctx.data_end() {
+        return false;
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the whole program run.
+    if unsafe { (*skb).gso_size } != 0 {
+        return false;
+    }
+    // SAFETY (all loads below): inside start..start + FAST_V4, checked
+    // against data_end above.
+    if unsafe { load::<u16>(start + 12) } != ETH_P_IP.to_be() {
+        return false;
+    }
+    // RFC 791 §3.1, as words: version/IHL, TOS, total length | id,
+    // flags/fragment offset | TTL, protocol, checksum | source | destination.
+    let w0: u32 = unsafe { load(start + ETH_HLEN) };
+    let w1: u32 = unsafe { load(start + ETH_HLEN + 4) };
+    let w2: u32 = unsafe { load(start + ETH_HLEN + 8) };
+    // No options, no fragment (offset or more-fragments: bytes 6-7 masked
+    // with 0x3FFF, as this little-endian word holds them).
+    if w0 as u8 != 0x45 || w1 & 0xFF3F_0000 != 0 {
+        return false;
+    }
+    let tot_len = u16::from_be((w0 >> 16) as u16) as u32;
+    if tot_len < 40 || ETH_HLEN as u32 + tot_len > ctx.len() {
+        return false;
+    }
+    let proto = (w2 >> 8) as u8;
+    let flags = if proto == proto::TCP {
+        // RFC 9293 §3.1: data offset (high nibble) and flags.
+        let doff_flags: u16 = unsafe { load(start + ETH_HLEN + 20 + 12) };
+        let doff = u32::from((doff_flags as u8) >> 4) * 4;
+        let f = (doff_flags >> 8) as u8;
+        // SYN, FIN and RST take the shared path (see `CACHE`).
+        if doff < 20
+            || 20 + doff > tot_len
+            || f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
+        {
+            return false;
+        }
+        u64::from(f)
+    } else if proto == proto::UDP {
+        0
+    } else {
+        return false;
+    };
+    let s: u32 = unsafe { load(start + ETH_HLEN + 12) };
+    let d: u32 = unsafe { load(start + ETH_HLEN + 16) };
+    let ports: u32 = unsafe { load(start + ETH_HLEN + 20) };
+    // The canonical order of `less`: address word, then port.
+    let a = u64::from(s) << 16 | u64::from(u16::from_be(ports as u16));
+    let b = u64::from(d) << 16 | u64::from(u16::from_be((ports >> 16) as u16));
+    // Direction 0 is lo → hi.
+    let (dir, lo, hi) = if b < a { (1u64, b, a) } else { (0u64, a, b) };
+    // CacheSlot::v4_key.
+    let k0 = (lo >> 16) | (hi >> 16) << 32;
+    let k1 = (lo & 0xFFFF) | (hi & 0xFFFF) << 16 | u64::from(proto) << 32 | u64::from(IP_V4) << 40;
+    // Two ways per set: the set's first slot, then its second.
+    let base = slot_index(k0 ^ k1.rotate_left(17)) & !1;
+    let Some(mut sl) = CACHE.get_ptr_mut(base) else {
+        return false;
+    };
+    // SAFETY: the context pointer as above; `sl` is this CPU's slot, which
+    // no other program changes while this one runs (a tc program is not
+    // interrupted by another; the flush program marks slots busy). An
+    // emptied slot's key[1] is zero, never an IPv4 key's.
+    unsafe {
+        if (*sl).key[0] != k0 || (*sl).key[1] != k1 {
+            let Some(other) = CACHE.get_ptr_mut(base | 1) else {
+                return false;
+            };
+            if (*other).key[0] != k0 || (*other).key[1] != k1 {
+                return false;
+            }
+            sl = other;
+        }
+        let ifindex = (*skb).ifindex;
+        let state = (*sl).state;
+        if state != CACHE_V4 | u64::from(ifindex) << 32 {
+            if state & (CACHE_KIND | CACHE_BUSY) == CACHE_V4 && (*sl).second_if != 0 {
+                // Counted on the interface that saw it first.
+                count(Counter::SecondInterface, 1);
+                return true;
+            }
+            return false;
+        }
+        let d = dir as usize;
+        *(*sl).packets.as_mut_ptr().add(d) += 1;
+        *(*sl).bytes.as_mut_ptr().add(d) += u64::from(tot_len);
+        (*sl).tcp_flags |= flags << (dir * 8);
+        (*sl).last_jiffies = bpf_jiffies64();
+    }
+    true
+}
+
+/// Everything [`fast_v4`] leaves: [`segwatch_parse`], then
+/// [`segwatch_track`]. Two global functions (BTF linkage global): the
+/// verifier checks each once on its own, with its arguments unknown,
+/// instead of the flow update once per way the parser can end. Called one
+/// after the other, not nested: the 512-byte stack bound holds for the
+/// deepest chain of calls.
+#[inline(always)]
+fn general(ctx: &TcContext) {
+    let mut pkt = Packet::EMPTY;
+    if segwatch_parse(ctx.skb.skb, &mut pkt) == 0 {
+        segwatch_track(ctx.skb.skb, &pkt);
+    }
+}
+
+/// Parses the packet into `out`: 0, or 1 when it is in no flow (counted
+/// here, by the reason).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn segwatch_parse(skb: *mut __sk_buff, out: *mut Packet) -> i32 {
+    // SAFETY: null or the caller's Packet (see `segwatch_track`).
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return 1;
+    };
+    let ctx = TcContext::new(skb);
+    if let Some(pkt) = parse_fast(&ctx) {
+        *out = pkt;
+        return 0;
+    }
+    match parse(&ctx, out) {
+        Ok(()) => 0,
+        Err(Skip::NonIp) => {
+            count(Counter::NonIp, 1);
+            1
+        }
+        Err(Skip::Unparsable) => {
+            count(Counter::Unparsable, 1);
+            1
+        }
+        Err(Skip::Ipv6ExtLimit) => {
+            count(Counter::Ipv6ExtLimit, 1);
+            1
+        }
+    }
+}
+
+/// The flow update of a parsed packet (cache, shared table, new entries,
+/// hand-over). A global function: checked once, whatever the parser found.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn segwatch_track(skb: *mut __sk_buff, pkt: *const Packet) -> i32 {
+    // SAFETY: a global function's pointer may be null (the verifier says
+    // so); otherwise it points to the caller's Packet.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return 0;
+    };
+    track(&TcContext::new(skb), pkt);
+    0
 }
 
 /// Bytes the fast path needs in the linear area: Ethernet, a 20-byte IPv4
@@ -417,18 +601,14 @@ fn parse_fast(ctx: &TcContext) -> Option<Packet> {
     Some(pkt)
 }
 
-/// Reads a `T` at `off` bytes from the start of the frame: directly from the
-/// linear area when it is there (the common case), otherwise through
-/// `bpf_skb_load_bytes`, which also reaches paged data. Never changes the skb
-/// (no `bpf_skb_pull_data`).
+/// Reads a `T` at `off` bytes from the start of the frame with
+/// `bpf_skb_load_bytes` (which also reaches paged data, and never changes
+/// the skb). The general parser only (the fast paths load words
+/// directly): the helper takes any offset, so the verifier tracks no range
+/// of it, and the parser's paths (IPv6 extension headers of every length)
+/// merge instead of multiplying.
 #[inline(always)]
 fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Skip> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() <= end {
-        // SAFETY: bounds checked against data_end just above.
-        return Ok(unsafe { ((start + off) as *const T).read_unaligned() });
-    }
     ctx.load::<T>(off).map_err(|_| Skip::Unparsable)
 }
 
@@ -440,8 +620,12 @@ fn be16(v: u16) -> u16 {
 /// The general parser (every shape the fast path leaves out). Its own
 /// function: its stack frame then does not add to the flow-update chain's
 /// under the verifier's 512-byte bound.
+///
+/// Writes the packet to `out` and returns a scalar: a static function must
+/// not hand a stack pointer back to its caller, which a returned `Packet`
+/// (`sret`) may compile to.
 #[inline(never)]
-fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
+fn parse(ctx: &TcContext, out: &mut Packet) -> Result<(), Skip> {
     // Ethernet, then up to two VLAN tags still in the frame (the stack usually
     // moves them to skb->vlan_tci before tc ingress, but not always on egress).
     let mut l3 = ETH_HLEN;
@@ -620,7 +804,7 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
     match l4 {
         None => {
             count(Counter::Fragments, 1);
-            fragment_ports(&mut pkt, frag_id);
+            segwatch_frag_ports(&mut pkt, frag_id);
         }
         Some(off) => match pkt.proto {
             proto::TCP => {
@@ -673,7 +857,7 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
                 l4_hdr = 8;
                 // An error quotes the packet that caused it after its 8-byte
                 // header: counted with that packet's connection.
-                if error && quoted(ctx, off + 8, &mut pkt) {
+                if error && segwatch_quoted(ctx.skb.skb, (off + 8) as u32, &mut pkt) != 0 {
                     count(Counter::IcmpErrors, 1);
                 }
             }
@@ -688,7 +872,7 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
         }
     }
     if l4.is_some() && frag_more != 0 {
-        remember_fragment_ports(&pkt, frag_id);
+        segwatch_frag_remember(&pkt, frag_id);
     }
 
     // Bytes as the wire carries them. A GSO super-packet: the payload once
@@ -711,7 +895,8 @@ fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
     } else {
         total
     };
-    Ok(pkt)
+    *out = pkt;
+    Ok(())
 }
 
 /// Wire packets of an skb: `gso_segs` when the stack set it; a GSO packet
@@ -743,7 +928,20 @@ fn gso_segments(gso_segs: u32, gso_size: u32, payload: u64) -> u32 {
 /// the error's sender. `false` (pkt unchanged) when the quote is truncated
 /// or names no ports (a later fragment, IPv6 extension headers): the error
 /// is then a flow of its own, keyed by type and code.
+///
+/// A global function (checked once on its own); `1` when `pkt` now stands
+/// for the quoted connection.
+#[unsafe(no_mangle)]
 #[inline(never)]
+pub extern "C" fn segwatch_quoted(skb: *mut __sk_buff, off: u32, pkt: *mut Packet) -> i32 {
+    // SAFETY: null or the caller's Packet (see `segwatch_track`).
+    let Some(pkt) = (unsafe { pkt.as_mut() }) else {
+        return 0;
+    };
+    i32::from(quoted(&TcContext::new(skb), off as usize, pkt))
+}
+
+#[inline(always)]
 fn quoted(ctx: &TcContext, off: usize, pkt: &mut Packet) -> bool {
     // Through `bpf_skb_load_bytes` only (a rare path): the verifier then
     // needs no range of `off`, and walks this function once for every way
@@ -831,8 +1029,14 @@ fn frag_key(pkt: &Packet, id: u32) -> FragKey {
 }
 
 /// A first fragment of several: remembers its ports for the later ones.
+/// A global function (checked once on its own).
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn remember_fragment_ports(pkt: &Packet, id: u32) {
+pub extern "C" fn segwatch_frag_remember(pkt: *const Packet, id: u32) -> i32 {
+    // SAFETY: null or the caller's Packet (see `segwatch_track`).
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return 0;
+    };
     let key = frag_key(pkt, id);
     let value = FragPorts {
         sport: pkt.sport,
@@ -843,12 +1047,19 @@ fn remember_fragment_ports(pkt: &Packet, id: u32) {
     // LRU: a full map evicts the oldest datagram, whose later fragments
     // (if any are still to come) are then counted port-less.
     let _ = FRAGS.insert(&key, &value, 0);
+    0
 }
 
 /// A later fragment: its datagram's ports (and, for IPv6, upper-layer
 /// protocol) from the first fragment, or port-less and counted as such.
+/// A global function (checked once on its own).
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn fragment_ports(pkt: &mut Packet, id: u32) {
+pub extern "C" fn segwatch_frag_ports(pkt: *mut Packet, id: u32) -> i32 {
+    // SAFETY: null or the caller's Packet (see `segwatch_track`).
+    let Some(pkt) = (unsafe { pkt.as_mut() }) else {
+        return 0;
+    };
     let key = frag_key(pkt, id);
     match FRAGS.get_ptr(&key) {
         Some(v) => {
@@ -860,6 +1071,7 @@ fn fragment_ports(pkt: &mut Packet, id: u32) {
         }
         None => count(Counter::FragmentNoPorts, 1),
     }
+    0
 }
 
 #[inline(always)]
@@ -914,20 +1126,22 @@ fn track(ctx: &TcContext, pkt: &Packet) {
     } else {
         CACHE_NO_FILL
     };
-    if cached == CACHE_COUNTED {
+    let (outcome, idx) = (cached & 0xFF, (cached >> 8) as u32);
+    if outcome == CACHE_COUNTED {
         return;
     }
 
     if let Some(v) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a live element of FLOWS (RCU keeps it valid for this run).
         unsafe { hit(v, &key, ifindex, dir, pkt) };
-        if cached != CACHE_NO_FILL {
+        if outcome != CACHE_NO_FILL {
             // SAFETY: as above.
             unsafe {
                 cache_fill(
                     &key,
                     v,
-                    u64::from(ifindex) << 1 | u64::from(cached == CACHE_SAME),
+                    u64::from(ifindex) << 1 | u64::from(outcome == CACHE_SAME),
+                    idx,
                 )
             };
         }
@@ -947,33 +1161,67 @@ const CACHE_SAME: u64 = 2;
 /// [`cache_try`]: take the shared path, leave the slot alone.
 const CACHE_NO_FILL: u64 = 3;
 
-/// The per-CPU cache in front of [`FLOWS`] (see [`CACHE`]). Its own
-/// function: the verifier then walks the shared path once, not once per
-/// cache outcome.
+/// A key in the cache slot's form ([`CacheSlot`]): the words and the kind.
+#[inline(always)]
+fn slot_key(key: &TupleKey) -> ([u64; 5], u64) {
+    if key.ip_version == IP_V4 {
+        let [k0, k1] = CacheSlot::v4_key(key);
+        ([k0, k1, 0, 0, 0], CACHE_V4)
+    } else {
+        // SAFETY: TupleKey is 40 bytes of plain integers, 4-byte aligned
+        // (read as 4-byte words: the verifier rejects misaligned stack
+        // access).
+        let w = unsafe { *(key as *const TupleKey as *const [u32; 10]) };
+        let word = |i: usize| u64::from(w[2 * i]) | u64::from(w[2 * i + 1]) << 32;
+        ([word(0), word(1), word(2), word(3), word(4)], CACHE_V6)
+    }
+}
+
+/// The per-CPU cache in front of [`FLOWS`] (see [`CACHE`]) for what
+/// [`fast_v4`] did not count: IPv6, a slot to fill or to evict, TCP
+/// SYN/FIN/RST. Two-way set associative: a key may sit in either slot of
+/// its set (`slot_of & !1` and the one after); a new key takes an empty
+/// slot of the set, else the one whose last packet is older (its delta
+/// goes to [`FLOWS`] first). Returns the outcome in bits 0-7 and the
+/// slot for [`cache_fill`] above them. Its own function: the verifier
+/// then walks the shared path once, not once per cache outcome.
 #[inline(never)]
 fn cache_try(key: &TupleKey, if_dir: u64, pkt: &Packet) -> u64 {
     let (ifindex, dir) = ((if_dir >> 1) as u32, (if_dir & 1) as usize);
-    // SAFETY: TupleKey is 40 bytes of plain integers, 8-byte aligned.
-    let words: &[u64; 5] = unsafe { &*(key as *const TupleKey as *const [u64; 5]) };
+    let (words, kind) = slot_key(key);
     // SYN, FIN and RST always take the shared path: rotation and end states
     // are decided there, after this CPU's earlier packets.
     let special = pkt.proto == proto::TCP
         && pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0;
-    let Some(s) = CACHE.get_ptr_mut(slot_of(words)) else {
+    let base = slot_of(&words) & !1;
+    let Some(s0) = CACHE.get_ptr_mut(base) else {
         return CACHE_NO_FILL;
     };
-    // SAFETY: this CPU's slot; a tc program is not interrupted by another
-    // on the same CPU, and the flush program marks it busy.
+    let Some(s1) = CACHE.get_ptr_mut(base | 1) else {
+        return CACHE_NO_FILL;
+    };
+    // SAFETY: this CPU's slots; a tc program is not interrupted by another
+    // on the same CPU, and the flush program marks them busy.
     unsafe {
-        if read_volatile(addr_of!((*s).busy)) != 0 {
+        let st0 = read_volatile(addr_of!((*s0).state));
+        let st1 = read_volatile(addr_of!((*s1).state));
+        if (st0 | st1) & CACHE_BUSY != 0 {
             return CACHE_NO_FILL;
         }
-        if (*s).valid == 0 {
-            return if special { CACHE_NO_FILL } else { CACHE_FILL };
-        }
-        let same = same_key(&(*s).key, words);
-        if same && !special {
-            if (*s).ifindex == ifindex {
+        let m0 = st0 & CACHE_KIND == kind && same_key(&(*s0).key, &words);
+        let m1 = !m0 && st1 & CACHE_KIND == kind && same_key(&(*s1).key, &words);
+        if m0 || m1 {
+            let (s, state, idx) = if m0 {
+                (s0, st0, base)
+            } else {
+                (s1, st1, base | 1)
+            };
+            if special {
+                // The delta goes first.
+                segwatch_flush_slot(idx);
+                return CACHE_NO_FILL;
+            }
+            if (state >> 32) as u32 == ifindex {
                 cache_add(s, dir, pkt);
                 return CACHE_COUNTED;
             }
@@ -981,15 +1229,25 @@ fn cache_try(key: &TupleKey, if_dir: u64, pkt: &Packet) -> u64 {
                 count(Counter::SecondInterface, pkt.segs as u64);
                 return CACHE_COUNTED;
             }
-            return CACHE_SAME;
+            return CACHE_SAME | u64::from(idx) << 8;
         }
-        // Evicted, or a SYN/FIN/RST: the delta goes first.
-        flush_slot(s);
         if special {
-            CACHE_NO_FILL
-        } else {
-            CACHE_FILL
+            return CACHE_NO_FILL;
         }
+        let (victim, state) = if st0 & CACHE_KIND == CACHE_EMPTY {
+            (base, st0)
+        } else if st1 & CACHE_KIND == CACHE_EMPTY {
+            (base | 1, st1)
+        } else if (*s1).last_jiffies < (*s0).last_jiffies {
+            (base | 1, st1)
+        } else {
+            (base, st0)
+        };
+        if state & CACHE_KIND != CACHE_EMPTY {
+            // Evicted: the delta goes first.
+            segwatch_flush_slot(victim);
+        }
+        CACHE_FILL | u64::from(victim) << 8
     }
 }
 
@@ -999,12 +1257,14 @@ fn same_key(a: &[u64; 5], b: &[u64; 5]) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
 }
 
-/// The cache slot of a key: a multiplicative hash of its words.
 #[inline(always)]
 fn slot_of(k: &[u64; 5]) -> u32 {
-    let h = (k[0] ^ k[1].rotate_left(17) ^ k[2].rotate_left(31) ^ k[3] ^ k[4].rotate_left(47))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    ((h >> 40) as u32) & (CACHE_SLOTS - 1)
+    CacheSlot::slot_of(k)
+}
+
+#[inline(always)]
+fn slot_index(mixed: u64) -> u32 {
+    CacheSlot::slot_index(mixed)
 }
 
 /// Adds one packet to this CPU's cached delta (plain stores: the slot is
@@ -1030,23 +1290,22 @@ unsafe fn cache_add(s: *mut CacheSlot, dir: usize, pkt: &Packet) {
 }
 
 /// Caches the entry `v` (just counted on the shared path) in this CPU's
-/// slot: the next packets of it on this CPU stay on this CPU. With `same`
+/// slot `idx` ([`cache_try`]'s choice): the next packets of it on this CPU stay on this CPU. With `same`
 /// (bit 0 of `if_same`) the slot already holds this key (a packet of a
 /// second interface): only the second-interface mark is added.
 ///
 /// # Safety
 /// `v` is a live element of [`FLOWS`].
 #[inline(never)]
-unsafe fn cache_fill(key: &TupleKey, v: *mut FlowValue, if_same: u64) {
+unsafe fn cache_fill(key: &TupleKey, v: *mut FlowValue, if_same: u64, idx: u32) {
     let (ifindex, same) = ((if_same >> 1) as u32, if_same & 1 != 0);
-    // SAFETY: as in `cache_try`.
-    let words: &[u64; 5] = unsafe { &*(key as *const TupleKey as *const [u64; 5]) };
-    let Some(s) = CACHE.get_ptr_mut(slot_of(words)) else {
+    let (words, kind) = slot_key(key);
+    let Some(s) = CACHE.get_ptr_mut(idx) else {
         return;
     };
     // SAFETY: per the caller; `s` is this CPU's slot.
     unsafe {
-        if read_volatile(addr_of!((*s).busy)) != 0 {
+        if read_volatile(addr_of!((*s).state)) & CACHE_BUSY != 0 {
             return;
         }
         let owner = (*v).ifindex;
@@ -1060,15 +1319,14 @@ unsafe fn cache_fill(key: &TupleKey, v: *mut FlowValue, if_same: u64) {
         if g & GEN_ROTATING != 0 {
             return;
         }
-        (*s).key = *words;
-        (*s).ifindex = owner;
+        (*s).key = words;
         (*s).gen = g as u32;
         (*s).second_if = u32::from(owner != ifindex);
         (*s).packets = [0; 2];
         (*s).bytes = [0; 2];
         (*s).tcp_flags = 0;
         (*s).last_jiffies = 0;
-        (*s).valid = 1;
+        (*s).state = kind | u64::from(owner) << 32;
     }
 }
 
@@ -1082,30 +1340,43 @@ fn count_sync(counter: Counter, n: u64) {
     }
 }
 
-/// Moves a slot's delta into its [`FLOWS`] entry and empties the slot. An
-/// entry the daemon removed since the slot was filled is created again
-/// with the delta (a later part of the connection, as a packet after the
-/// removal would). A delta of a connection that another CPU handed over
-/// since is added to the current one and counted as
-/// [`Counter::HandoverRace`].
+/// Moves the delta of this CPU's slot `idx` into its [`FLOWS`] entry and
+/// empties the slot (the busy bit, if set, stays). An entry the daemon
+/// removed since the slot was filled is created again with the delta (a
+/// later part of the connection, as a packet after the removal would). A
+/// delta of a connection that another CPU handed over since is added to
+/// the current one and counted as [`Counter::HandoverRace`].
 ///
-/// # Safety
-/// `s` is this CPU's slot, not being changed by another program meanwhile.
+/// A global function, checked once: the flush program calls it for every
+/// slot of its chunk. The caller makes sure no other program changes the
+/// slot meanwhile (a tc program's own slot, or one the flush program marked
+/// busy).
+#[unsafe(no_mangle)]
 #[inline(never)]
-unsafe fn flush_slot(s: *mut CacheSlot) {
-    // SAFETY: per the caller.
+pub extern "C" fn segwatch_flush_slot(idx: u32) -> i32 {
+    let Some(s) = CACHE.get_ptr_mut(idx) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, per the above.
     unsafe {
-        (*s).valid = 0;
+        let state = (*s).state;
+        (*s).state = state & CACHE_BUSY;
+        let key = if state & CACHE_KIND == CACHE_V4 {
+            CacheSlot::v4_tuple([(*s).key[0], (*s).key[1]])
+        } else {
+            *((*s).key.as_ptr() as *const TupleKey)
+        };
+        // No IPv4 key has a zero second word: the fast path's key compare
+        // then never matches an emptied slot.
+        (*s).key[1] = 0;
         let p0 = (*s).packets[0];
         let p1 = (*s).packets[1];
         if p0 | p1 == 0 {
-            return;
+            return 0;
         }
-        // The key in place (a map value pointer is a valid lookup key).
-        let key = &*((*s).key.as_ptr() as *const TupleKey);
-        let Some(v) = FLOWS.get_ptr_mut(key) else {
-            reinsert(s);
-            return;
+        let Some(v) = FLOWS.get_ptr_mut(&key) else {
+            reinsert(s, &key, (state >> 32) as u32);
+            return 0;
         };
         let b0 = (*s).bytes[0];
         let b1 = (*s).bytes[1];
@@ -1133,29 +1404,29 @@ unsafe fn flush_slot(s: *mut CacheSlot) {
             write_volatile(addr_of_mut!((*v).last_jiffies), j);
         }
     }
+    0
 }
 
-/// [`flush_slot`] for an entry no longer in [`FLOWS`]: a new entry with
-/// the delta (the daemon finds it at its next sweep), its opener inferred
-/// from the ports as for any connection first seen mid-stream.
+/// [`segwatch_flush_slot`] for an entry no longer in [`FLOWS`]: a new entry
+/// with the delta (the daemon finds it at its next sweep), its opener
+/// inferred from the ports as for any connection first seen mid-stream.
 ///
 /// # Safety
-/// As [`flush_slot`]; empties the slot's delta.
-#[inline(never)]
-unsafe fn reinsert(s: *mut CacheSlot) {
+/// As [`segwatch_flush_slot`]; empties the slot's delta.
+#[inline(always)]
+unsafe fn reinsert(s: *mut CacheSlot, key: &TupleKey, ifindex: u32) {
     // SAFETY: the helpers have no preconditions; `s` per the caller.
     let (now, gen) = unsafe { (bpf_ktime_get_ns(), u64::from(bpf_get_prandom_u32())) };
     // SAFETY: per the caller.
-    let (key, packets, bytes) = unsafe {
+    let (packets, bytes) = unsafe {
         let p = (*s).packets;
         let b = (*s).bytes;
         (*s).packets = [0; 2];
         (*s).bytes = [0; 2];
-        (&*((*s).key.as_ptr() as *const TupleKey), p, b)
+        (p, b)
     };
     // SAFETY: as above.
-    let (ifindex, last_jiffies, tcp_flags) =
-        unsafe { ((*s).ifindex, (*s).last_jiffies, (*s).tcp_flags) };
+    let (last_jiffies, tcp_flags) = unsafe { ((*s).last_jiffies, (*s).tcp_flags) };
     // SAFETY: as above.
     unsafe { (*s).tcp_flags = 0 };
     let value = FlowValue {

@@ -1248,3 +1248,202 @@ fn a_spraying_interface_is_held_to_its_new_flow_budget() {
     assert_eq!(h.flows().iter().filter(|e| e.key.ifindex == 1).count(), 4);
     assert_eq!(h.delta(Counter::FlowBudget), 3);
 }
+
+/// Pins the calling thread to one CPU: `BPF_PROG_TEST_RUN` runs the program
+/// on the calling CPU, so every run below shares that CPU's cache slots.
+fn pin_to_first_cpu() {
+    let cpu = aya::util::online_cpus().expect("online CPUs")[0] as usize;
+    // SAFETY: cpu_set_t is plain data (all zero: empty); `cpu` is an online
+    // CPU number, below CPU_SETSIZE on any machine this runs on.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread"
+        );
+    }
+}
+
+/// #15: the per-CPU flow cache counts every packet exactly: the IPv4 fast
+/// path in the program (thousands of runs per direction), TCP FIN after
+/// cached packets (the slot's delta goes first), a second interface's
+/// copies, two connections that share a slot evicting each other, and
+/// IPv6 through the general path's slots.
+#[test]
+fn the_flow_cache_counts_steady_packets_exactly() {
+    use monitor_common::{CacheSlot, TupleKey, IP_V4};
+    let mut h = Harness::new();
+    assert!(
+        h.dp.cache_enabled(),
+        "the cache is on when the test may run on every CPU"
+    );
+    // After the load: pinned before, the datapath would turn the cache off.
+    pin_to_first_cpu();
+    h.dp.clear_flows().unwrap();
+    let repeat = |h: &mut Harness, prog: &str, f: &[u8], n: u32, ifindex: u32| {
+        let (ret, _) =
+            h.dp.test_run(
+                prog,
+                TestPacket {
+                    frame: f,
+                    ifindex,
+                    ..Default::default()
+                },
+                n,
+            )
+            .expect("test_run");
+        assert_eq!(ret, TCX_NEXT);
+    };
+    let udp = |src, dst, sport, dport| {
+        frame(
+            src,
+            dst,
+            &L4::Udp {
+                sport,
+                dport,
+                payload: 100,
+            },
+            &Quirks::default(),
+        )
+    };
+    let (a, b) = (v4(10, 78, 0, 2), v4(10, 78, 1, 3));
+    let fwd = udp(a, b, 40000, 53);
+    let back = udp(b, a, 53, 40000);
+    let len = ip_len(&fwd, 0) as u64;
+    assert_eq!(len, 128);
+
+    // UDP both ways: the first packet creates the entry, the second fills
+    // the slot, the rest are counted in the slot.
+    repeat(&mut h, PROG_INGRESS, &fwd, 3000, 0);
+    repeat(&mut h, PROG_EGRESS, &back, 1500, 0);
+    let e = h.only_flow();
+    assert_eq!(e.stats.packets, [3000, 1500], "every run counted once");
+    assert_eq!(e.stats.bytes, [3000 * len, 1500 * len]);
+    // Read again: the flush emptied the slots, nothing counted twice.
+    repeat(&mut h, PROG_INGRESS, &fwd, 7, 0);
+    assert_eq!(h.only_flow().stats.packets, [3007, 1500]);
+
+    // TCP: handshake on the shared path, data in the slot, then a FIN
+    // (shared path, after the slot's delta).
+    h.dp.clear_flows().unwrap();
+    let tcp = |fwd: bool, flags: u8, payload: usize| {
+        let (s, d, sp, dp) = if fwd {
+            (a, b, 41000, 8080)
+        } else {
+            (b, a, 8080, 41000)
+        };
+        frame(
+            s,
+            d,
+            &L4::Tcp {
+                sport: sp,
+                dport: dp,
+                flags,
+                payload,
+            },
+            &Quirks::default(),
+        )
+    };
+    h.run(PROG_INGRESS, &tcp(true, tcp_flags::SYN, 0));
+    h.run(PROG_EGRESS, &tcp(false, tcp_flags::SYN | tcp_flags::ACK, 0));
+    repeat(
+        &mut h,
+        PROG_INGRESS,
+        &tcp(true, tcp_flags::ACK | tcp_flags::PSH, 500),
+        2000,
+        0,
+    );
+    repeat(&mut h, PROG_EGRESS, &tcp(false, tcp_flags::ACK, 0), 1000, 0);
+    h.run(PROG_INGRESS, &tcp(true, tcp_flags::FIN | tcp_flags::ACK, 0));
+    let e = h.only_flow();
+    assert_eq!(e.stats.packets, [2002, 1001]);
+    assert_eq!(e.stats.bytes, [40 + 2000 * 540 + 40, 40 + 1000 * 40]);
+    assert_eq!(
+        e.stats.tcp_flags,
+        [
+            tcp_flags::SYN | tcp_flags::ACK | tcp_flags::PSH | tcp_flags::FIN,
+            tcp_flags::SYN | tcp_flags::ACK
+        ]
+    );
+
+    // A second interface's copies of the cached connection: skipped, each
+    // counted as such.
+    let other = std::fs::read_dir("/sys/class/net")
+        .expect("/sys/class/net")
+        .filter_map(|d| {
+            let p = d.ok()?.path().join("ifindex");
+            std::fs::read_to_string(p).ok()?.trim().parse::<u32>().ok()
+        })
+        .find(|i| *i != 1)
+        .expect("an interface besides loopback");
+    let skipped_before = h.delta(Counter::SecondInterface);
+    repeat(
+        &mut h,
+        PROG_EGRESS,
+        &tcp(false, tcp_flags::ACK, 0),
+        500,
+        other,
+    );
+    repeat(&mut h, PROG_EGRESS, &tcp(false, tcp_flags::ACK, 0), 10, 0);
+    let e = h.only_flow();
+    assert_eq!(e.stats.packets, [2002, 1011], "not counted again");
+    assert!(e.second_if);
+    assert_eq!(h.delta(Counter::SecondInterface) - skipped_before, 500);
+
+    // Three UDP connections in one two-slot set take the slots from each
+    // other: each eviction moves the delta to the shared table first.
+    h.dp.clear_flows().unwrap();
+    let word = |ip: IpAddr| match ip {
+        IpAddr::V4(v) => u32::from_ne_bytes(v.octets()),
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let slot = |sport: u16| {
+        let t = TupleKey {
+            addr_lo: [word(a), 0, 0, 0],
+            addr_hi: [word(b), 0, 0, 0],
+            port_lo: sport,
+            port_hi: 53,
+            proto: 17,
+            ip_version: IP_V4,
+            _pad: [0; 2],
+        };
+        let [k0, k1] = CacheSlot::v4_key(&t);
+        CacheSlot::slot_of(&[k0, k1, 0, 0, 0]) & !1
+    };
+    let first = 40000;
+    let mut twins = (40001..u16::MAX).filter(|p| slot(*p) == slot(first));
+    let (t1, t2) = (
+        twins.next().expect("another port in the same set"),
+        twins.next().expect("a third port in the same set"),
+    );
+    let (f1, f2, f3) = (udp(a, b, first, 53), udp(a, b, t1, 53), udp(a, b, t2, 53));
+    for _ in 0..5 {
+        repeat(&mut h, PROG_INGRESS, &f1, 100, 0);
+        repeat(&mut h, PROG_INGRESS, &f2, 30, 0);
+        repeat(&mut h, PROG_INGRESS, &f3, 20, 0);
+    }
+    let mut flows = h.flows();
+    flows.sort_by_key(|e| e.key.port_lo);
+    let counts: Vec<(u16, [u64; 2])> = flows
+        .iter()
+        .map(|e| (e.key.port_lo, e.stats.packets))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![(first, [500, 0]), (t1, [150, 0]), (t2, [100, 0])]
+    );
+
+    // IPv6 (the general path's slots, five-word keys).
+    h.dp.clear_flows().unwrap();
+    let (x, y) = (v6(0x21), v6(0x22));
+    repeat(&mut h, PROG_INGRESS, &udp(x, y, 5000, 6000), 2000, 0);
+    repeat(&mut h, PROG_EGRESS, &udp(y, x, 6000, 5000), 900, 0);
+    let e = h.only_flow();
+    assert_eq!(e.key.ip_version, 6);
+    assert_eq!(e.stats.packets, [2000, 900]);
+    assert_eq!(e.stats.bytes, [2000 * 148, 900 * 148]);
+    assert_eq!(h.delta(Counter::HandoverRace), 0, "one CPU: no race");
+    assert_eq!(h.delta(Counter::FlowMapFull), 0);
+}

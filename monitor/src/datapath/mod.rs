@@ -281,6 +281,17 @@ pub struct Datapath {
     max_flows: u32,
     /// The per-CPU flow cache is on (see [`Datapath::flush`]).
     cache: bool,
+    loads: Vec<ProgramLoad>,
+}
+
+/// One program's verification at [`Datapath::load`].
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramLoad {
+    pub name: &'static str,
+    /// Wall time of `BPF_PROG_LOAD` (almost all of it the verifier).
+    pub load: std::time::Duration,
+    /// Instructions the verifier processed (kernel ≥ 5.16).
+    pub verified_insns: Option<u32>,
 }
 
 impl Datapath {
@@ -305,13 +316,26 @@ impl Datapath {
             .override_global(CACHE_ENABLED_GLOBAL, &u32::from(cache), true)
             .load(OBJECT)
             .map_err(|source| DatapathError::Load { kernel, source })?;
+        let mut loads = Vec::with_capacity(3);
         for name in [PROG_INGRESS, PROG_EGRESS, PROG_FLUSH] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DatapathError::Map { name })?;
+            let t = std::time::Instant::now();
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
+            let load = t.elapsed();
+            let verified_insns = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count());
+            tracing::debug!(program = name, ?load, ?verified_insns, "program verified");
+            loads.push(ProgramLoad {
+                name,
+                load,
+                verified_insns,
+            });
         }
         let flows = match ebpf.take_map(FLOWS_MAP) {
             Some(Map::HashMap(data)) => data,
@@ -346,7 +370,14 @@ impl Datapath {
             extra: BTreeMap::new(),
             max_flows,
             cache,
+            loads,
         })
+    }
+
+    /// How long the kernel took to verify and load each program, and the
+    /// instructions its verifier processed (`bpf_prog_info.verified_insns`).
+    pub fn program_loads(&self) -> &[ProgramLoad] {
+        &self.loads
     }
 
     pub fn mode(&self) -> Mode {

@@ -243,6 +243,7 @@ fn run(args: &Args) -> Result<bool> {
             "test_run on crafted packets",
             phase_test_run,
             &[
+                ("verifier.load_s", "s"),
                 ("ns_per_packet.test_run_steady", "x floor"),
                 ("ns_per_packet.test_run_new_flow", "x floor"),
             ],

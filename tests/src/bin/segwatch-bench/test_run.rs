@@ -79,7 +79,30 @@ pub(super) fn phase_test_run(ctx: &mut Ctx) -> Result<Vec<Figure>> {
         "new_flows_per_repetition": fresh.len(),
         "frame": "64-byte Ethernet frame, IPv4 UDP, 18-byte payload",
     });
+    // The verifier's work at the bench's own load (one sample per run).
+    let loads = ctx.dp.program_loads();
+    let load_s: f64 = loads.iter().map(|l| l.load.as_secs_f64()).sum();
+    let per_program: serde_json::Map<String, serde_json::Value> = loads
+        .iter()
+        .map(|l| {
+            (
+                l.name.to_string(),
+                json!({ "load_s": l.load.as_secs_f64(), "verified_insns": l.verified_insns }),
+            )
+        })
+        .collect();
     Ok(vec![
+        Figure::new("verifier.load_s", "s", None, vec![load_s])
+            .what(format!(
+                "BPF_PROG_LOAD of {} (verification), verified instructions {}",
+                loads.iter().map(|l| l.name).collect::<Vec<_>>().join(", "),
+                loads
+                    .iter()
+                    .map(|l| l.verified_insns.map_or("?".to_string(), |n| n.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ))
+            .detail(json!(per_program)),
         Figure::new(
             "ns_per_packet.test_run_steady",
             "x floor",
