@@ -13,11 +13,18 @@ thread_local! {
     /// another thread than the one that allocated it shows on the freeing
     /// thread; the tests that measure allocate and free on one thread.
     static LIVE: Cell<i64> = const { Cell::new(0) };
+    /// The highest `LIVE` since [`reset_peak`].
+    static PEAK: Cell<i64> = const { Cell::new(0) };
 }
 
 fn add(n: i64) {
-    // `try_with`: during thread teardown the slot may be gone already.
-    let _ = LIVE.try_with(|l| l.set(l.get() + n));
+    // `try_with`: during thread teardown the slots may be gone already.
+    if let Ok(live) = LIVE.try_with(|l| {
+        l.set(l.get() + n);
+        l.get()
+    }) {
+        let _ = PEAK.try_with(|p| p.set(p.get().max(live)));
+    }
 }
 
 // SAFETY: every call is forwarded to the system allocator unchanged; the
@@ -64,4 +71,14 @@ static COUNTING: Counting = Counting;
 /// Bytes live on this thread now (allocated here and not yet freed).
 pub fn live() -> i64 {
     LIVE.with(Cell::get)
+}
+
+/// The most bytes live on this thread since the last [`reset_peak`].
+pub fn peak() -> i64 {
+    PEAK.with(Cell::get)
+}
+
+/// Starts measuring [`peak`] from what is live now.
+pub fn reset_peak() {
+    PEAK.with(|p| p.set(live()));
 }

@@ -14,8 +14,6 @@
 
 #[cfg(test)]
 mod alloc_count;
-#[cfg(test)]
-mod mem_scratch;
 pub mod audit;
 pub mod cli;
 pub mod cmd;
