@@ -755,6 +755,33 @@ mod tests {
     }
 
     #[test]
+    fn a_table_read_that_fails_part_way_forgets_nothing() {
+        let mut t = Tracker::new(timeouts());
+        let a = entry(
+            key(7, proto::UDP),
+            stats([1, 0], S, S, [0, 0], opener::LO),
+            1,
+        );
+        let mut kb = key(7, proto::UDP);
+        kb.port_lo = 40001;
+        let b = entry(kb, stats([1, 0], S, S, [0, 0], opener::LO), 1);
+        t.sweep(&[a, b], 2 * S, false);
+        assert_eq!(t.open(), 2);
+        // The read stopped after `a`: `b` is still in the table.
+        let mut pass = t.start(3 * S, false);
+        pass.visit(&a);
+        pass.finish(false);
+        assert!(
+            t.tracks(&(ConnKey::from(&kb), 1)),
+            "not visited because the read failed, not because it ended"
+        );
+        // A complete read without `b`: its entry is gone.
+        t.sweep(&[a], 4 * S, false);
+        assert_eq!(t.open(), 1);
+        assert!(t.tracks_tuple(&ConnKey::from(&a.key)) && !t.tracks_tuple(&ConnKey::from(&kb)));
+    }
+
+    #[test]
     fn tcp_states_follow_the_handshake() {
         use tcp_flags::*;
         assert_eq!(tcp_state(SYN, 0, false), TcpState::Attempted);
