@@ -13,7 +13,8 @@
 //!  handed_over(ev) ─► final report of a connection a SYN replaced (kernel event)
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use monitor_common::{opener, proto, tcp_flags, FlowKey, FlowStats, IP_V4};
@@ -70,10 +71,22 @@ pub struct RawReport {
 /// One connection: a tuple and its generation.
 pub type ConnId = (ConnKey, u32);
 
+/// Bits of [`ConnState::flags`].
+mod flag {
+    /// A report was made already.
+    pub const REPORTED: u8 = 1;
+    /// The connection's second interface was counted.
+    pub const DUPLICATE_COUNTED: u8 = 2;
+    /// In the snapshot of the sweep running now.
+    pub const SEEN: u8 = 4;
+}
+
+/// What is kept per connection between sweeps: 56 bytes, next to its
+/// 40-byte tuple in [`Tracker`]'s map (the tuple is stored once; the
+/// interface and the counts of the last snapshot are not kept: each sweep
+/// brings them).
 #[derive(Clone, Copy, Debug)]
 struct ConnState {
-    /// Interface the connection is counted on.
-    ifindex: u32,
     /// Cumulative counts at the last report.
     packets: [u64; 2],
     bytes: [u64; 2],
@@ -81,36 +94,32 @@ struct ConnState {
     last_report_ns: u64,
     /// End of the last reported interval (start of the next).
     next_start_ns: u64,
-    /// A report was made already.
-    reported: bool,
-    duplicate_counted: bool,
-    /// The last snapshot of it (for a final report when the entry vanishes).
-    last: FlowStats,
-    /// Not in the last snapshot: a newer connection took its tuple and the
-    /// kernel's hand-over event (its final totals) is on the way.
-    awaiting_handover_since: Option<u64>,
+    /// The connection's generation on its tuple.
+    gen: u32,
+    /// [`flag`] bits.
+    flags: u8,
 }
 
 impl ConnState {
     fn new(e: &Entry) -> Self {
         ConnState {
-            ifindex: e.key.ifindex,
             packets: [0; 2],
             bytes: [0; 2],
             last_report_ns: e.stats.first_ns,
             next_start_ns: e.stats.first_ns,
-            reported: false,
-            duplicate_counted: false,
-            last: e.stats,
-            awaiting_handover_since: None,
+            gen: e.gen,
+            flags: 0,
         }
+    }
+
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
     }
 
     /// The report of what `stats` holds beyond the last report, if anything.
     fn report(
         &mut self,
         key: FlowKey,
-        gen: u32,
         stats: &FlowStats,
         now: u64,
         ended: bool,
@@ -134,25 +143,152 @@ impl ConnState {
             start_ns: self.next_start_ns.max(stats.first_ns),
             end_ns: stats.last_ns,
             ended,
-            generation: gen,
-            first: !self.reported,
+            generation: self.gen,
+            first: !self.has(flag::REPORTED),
         };
         self.packets = stats.packets;
         self.bytes = stats.bytes;
         self.last_report_ns = now;
         self.next_start_ns = stats.last_ns;
-        self.reported = true;
+        self.flags |= flag::REPORTED;
         Some(r)
     }
 }
 
+/// A connection whose tuple a newer connection took: it waits for the
+/// kernel's hand-over event (its final totals).
+#[derive(Clone, Copy, Debug)]
+struct Awaiting {
+    state: ConnState,
+    /// Monotonic ns since it waits.
+    since: u64,
+}
+
 /// Tracks what has been reported of each open connection.
+///
+/// Memory: one [`HashMap`] entry per tuple in the kernel table (the
+/// tuple's current connection: 96 bytes and a control byte, in a table
+/// between half and 7/8 full), plus the rare connections that wait for a
+/// hand-over. A sweep visits the kernel's entries one at a time
+/// ([`Sweep::visit`]): nothing is sized by the table per sweep.
 #[derive(Debug)]
 pub struct Tracker {
     timeouts: Timeouts,
-    conns: HashMap<ConnId, ConnState>,
+    /// The current connection of each tuple of the last snapshot.
+    conns: HashMap<ConnKey, ConnState>,
+    /// Older connections of a tuple, waiting for their hand-over.
+    older: BTreeMap<ConnId, Awaiting>,
     /// Ended in the last sweep, removal pending: the snapshot's entry.
     ending: HashMap<ConnKey, Entry>,
+}
+
+/// One pass over the kernel table in progress (see [`Tracker::start`]).
+pub struct Sweep<'a> {
+    tracker: &'a mut Tracker,
+    now: u64,
+    shutdown: bool,
+    out: SweepOutput,
+    /// Entries visited.
+    visited: usize,
+}
+
+impl Sweep<'_> {
+    /// One entry of the kernel table (each tuple at most once per sweep).
+    pub fn visit(&mut self, e: &Entry) {
+        self.visited += 1;
+        let t = &mut *self.tracker;
+        let ck = ConnKey::from(&e.key);
+        let st = match t.conns.entry(ck) {
+            MapEntry::Occupied(o) => {
+                let st = o.into_mut();
+                if st.gen != e.gen {
+                    // A newer connection took the tuple: the one tracked
+                    // waits for its hand-over (or is the one waiting).
+                    let next = match t.older.remove(&(ck, e.gen)) {
+                        Some(a) => a.state,
+                        None => ConnState::new(e),
+                    };
+                    let prev = std::mem::replace(st, next);
+                    t.older.insert(
+                        (ck, prev.gen),
+                        Awaiting {
+                            state: prev,
+                            since: self.now,
+                        },
+                    );
+                }
+                st
+            }
+            MapEntry::Vacant(v) => v.insert(match t.older.remove(&(ck, e.gen)) {
+                Some(a) => a.state,
+                None => ConnState::new(e),
+            }),
+        };
+        st.flags |= flag::SEEN;
+        if e.second_if && !st.has(flag::DUPLICATE_COUNTED) {
+            st.flags |= flag::DUPLICATE_COUNTED;
+            self.out.new_duplicates += 1;
+        }
+        let now = self.now;
+        let quiet = now.saturating_sub(e.stats.last_ns);
+        let closed = ck.proto == proto::TCP && tcp_closed(&e.stats);
+        let ended = quiet >= t.timeouts.idle_ns || (closed && quiet >= t.timeouts.closed_linger_ns);
+        if ended && !self.shutdown {
+            self.out.remove.push(e.key);
+            t.ending.insert(ck, *e);
+            return;
+        }
+        let due = now.saturating_sub(st.last_report_ns) >= t.timeouts.active_ns;
+        if due || self.shutdown {
+            if let Some(r) = st.report(e.key, &e.stats, now, ended) {
+                self.out.reports.push(r);
+            } else if due {
+                st.last_report_ns = now;
+            }
+        }
+    }
+
+    /// Entries visited so far.
+    pub fn visited(&self) -> usize {
+        self.visited
+    }
+
+    /// Ends the pass. With `complete` (every entry of the table was
+    /// visited), connections not visited are forgotten: either a newer
+    /// connection took the tuple (the kernel's hand-over event brings the
+    /// final totals; if that event was lost the kernel counted it, and
+    /// the state goes after the idle timeout), or the entry vanished (its
+    /// interface was deleted): nothing more to report. After a partial
+    /// pass (the table could not be read to the end) nothing is forgotten.
+    pub fn finish(self, complete: bool) -> SweepOutput {
+        let t = self.tracker;
+        let now = self.now;
+        let idle = t.timeouts.idle_ns;
+        if complete {
+            t.conns.retain(|_, st| {
+                let seen = st.has(flag::SEEN);
+                st.flags &= !flag::SEEN;
+                seen
+            });
+            let conns = &t.conns;
+            t.older
+                .retain(|(ck, _), a| conns.contains_key(ck) && now.saturating_sub(a.since) < idle);
+        } else {
+            for st in t.conns.values_mut() {
+                st.flags &= !flag::SEEN;
+            }
+        }
+        shrink(&mut t.conns);
+        self.out
+    }
+}
+
+/// Gives memory back after a burst: a table less than a quarter full is
+/// cut to twice what it holds.
+fn shrink<K: Eq + std::hash::Hash, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 4096 && m.len() < m.capacity() / 4 {
+        m.shrink_to(m.len() * 2);
+    }
 }
 
 impl Tracker {
@@ -160,81 +296,62 @@ impl Tracker {
         Tracker {
             timeouts,
             conns: HashMap::new(),
+            older: BTreeMap::new(),
             ending: HashMap::new(),
         }
     }
 
     /// Connections currently tracked.
     pub fn open(&self) -> usize {
-        self.conns.len()
+        self.conns.len() + self.older.len()
     }
 
     /// Is this connection (tuple and generation) still tracked?
     pub fn tracks(&self, id: &ConnId) -> bool {
-        self.conns.contains_key(id)
+        self.conns.get(&id.0).is_some_and(|st| st.gen == id.1) || self.older.contains_key(id)
     }
 
-    /// The tuples of every tracked connection.
-    pub fn open_tuples(&self) -> HashSet<ConnKey> {
-        self.conns.keys().map(|(ck, _)| *ck).collect()
+    /// Is a connection on this tuple tracked?
+    pub fn tracks_tuple(&self, ck: &ConnKey) -> bool {
+        self.conns.contains_key(ck)
+            || self
+                .older
+                .range((*ck, 0)..=(*ck, u32::MAX))
+                .next()
+                .is_some()
     }
 
-    /// One pass over the kernel table at monotonic time `now`. Running
+    /// Starts one pass over the kernel table at monotonic time `now`:
+    /// [`Sweep::visit`] each entry, then [`Sweep::finish`]. Running
     /// connections due for a report are reported; ended ones are listed in
-    /// `remove` and reported by [`Tracker::removed`]. With `shutdown`, every
-    /// open connection is reported (as not ended unless it did end) and
-    /// nothing is removed.
-    pub fn sweep(&mut self, entries: &[Entry], now: u64, shutdown: bool) -> SweepOutput {
-        let mut out = SweepOutput::default();
-        let mut seen: HashSet<ConnId> = HashSet::with_capacity(entries.len());
-        let mut tuples: HashSet<ConnKey> = HashSet::with_capacity(entries.len());
-        for e in entries {
-            let ck = ConnKey::from(&e.key);
-            let id = (ck, e.gen);
-            seen.insert(id);
-            tuples.insert(ck);
-            let st = self.conns.entry(id).or_insert_with(|| ConnState::new(e));
-            st.last = e.stats;
-            st.ifindex = e.key.ifindex;
-            if e.second_if && !st.duplicate_counted {
-                st.duplicate_counted = true;
-                out.new_duplicates += 1;
-            }
-            let quiet = now.saturating_sub(e.stats.last_ns);
-            let closed = ck.proto == proto::TCP && tcp_closed(&e.stats);
-            let ended = quiet >= self.timeouts.idle_ns
-                || (closed && quiet >= self.timeouts.closed_linger_ns);
-            if ended && !shutdown {
-                out.remove.push(e.key);
-                self.ending.insert(ck, *e);
-                continue;
-            }
-            let due = now.saturating_sub(st.last_report_ns) >= self.timeouts.active_ns;
-            if due || shutdown {
-                if let Some(r) = st.report(e.key, e.gen, &e.stats, now, ended) {
-                    out.reports.push(r);
-                } else if due {
-                    st.last_report_ns = now;
-                }
-            }
+    /// `remove` and reported by [`Tracker::removed`]. With `shutdown`,
+    /// every open connection is reported (as not ended unless it did end)
+    /// and nothing is removed.
+    pub fn start(&mut self, now: u64, shutdown: bool) -> Sweep<'_> {
+        Sweep {
+            tracker: self,
+            now,
+            shutdown,
+            out: SweepOutput::default(),
+            visited: 0,
         }
-        // Connections not in this snapshot: either a newer connection took
-        // the tuple (the kernel's hand-over event brings the final totals;
-        // if that event was lost the kernel counted it, and the state goes
-        // after the idle timeout), or the entry vanished (its interface was
-        // deleted): nothing more to report.
-        let idle = self.timeouts.idle_ns;
-        self.conns.retain(|(ck, gen), st| {
-            if seen.contains(&(*ck, *gen)) {
-                return true;
-            }
-            if !tuples.contains(ck) {
-                return false;
-            }
-            let since = *st.awaiting_handover_since.get_or_insert(now);
-            now.saturating_sub(since) < idle
-        });
-        out
+    }
+
+    /// One pass over a whole snapshot (see [`Tracker::start`]).
+    pub fn sweep(&mut self, entries: &[Entry], now: u64, shutdown: bool) -> SweepOutput {
+        let mut s = self.start(now, shutdown);
+        for e in entries {
+            s.visit(e);
+        }
+        s.finish(true)
+    }
+
+    /// Takes the state of connection `(ck, gen)` out of the tracker.
+    fn take_state(&mut self, ck: &ConnKey, gen: u32) -> Option<ConnState> {
+        match self.conns.get(ck) {
+            Some(st) if st.gen == gen => self.conns.remove(ck),
+            _ => self.older.remove(&(*ck, gen)).map(|a| a.state),
+        }
     }
 
     /// The entries [`SweepOutput::remove`] listed, as the kernel returned
@@ -250,19 +367,20 @@ impl Tracker {
                 continue;
             };
             if t.gen == snap.gen {
-                if let Some(mut st) = self.conns.remove(&(ck, t.gen)) {
-                    out.extend(st.report(t.key, t.gen, &t.stats, now, true));
+                if let Some(mut st) = self.take_state(&ck, t.gen) {
+                    out.extend(st.report(t.key, &t.stats, now, true));
                 }
             } else {
                 // A SYN rotated the entry between the snapshot and the
                 // removal: the old connection's final totals come with the
                 // hand-over event (its state waits for it); the new one is
                 // reported with what it had.
-                if let Some(st) = self.conns.get_mut(&(ck, snap.gen)) {
-                    st.awaiting_handover_since = Some(now);
+                if let Some(state) = self.take_state(&ck, snap.gen) {
+                    self.older
+                        .insert((ck, snap.gen), Awaiting { state, since: now });
                 }
                 let mut st = ConnState::new(t);
-                out.extend(st.report(t.key, t.gen, &t.stats, now, false));
+                out.extend(st.report(t.key, &t.stats, now, false));
             }
         }
         // Already gone from the kernel (or torn at that instant): what the
@@ -271,10 +389,11 @@ impl Tracker {
             if done.contains(&ck) {
                 continue;
             }
-            if let Some(mut st) = self.conns.remove(&(ck, snap.gen)) {
-                out.extend(st.report(snap.key, snap.gen, &snap.stats, now, true));
+            if let Some(mut st) = self.take_state(&ck, snap.gen) {
+                out.extend(st.report(snap.key, &snap.stats, now, true));
             }
         }
+        shrink(&mut self.conns);
         out
     }
 
@@ -289,7 +408,7 @@ impl Tracker {
         now: u64,
     ) -> Option<RawReport> {
         let ck = ConnKey::from(&key);
-        let mut st = self.conns.remove(&(ck, gen)).unwrap_or_else(|| {
+        let mut st = self.take_state(&ck, gen).unwrap_or_else(|| {
             ConnState::new(&Entry {
                 key,
                 stats: *prev,
@@ -297,7 +416,7 @@ impl Tracker {
                 second_if: false,
             })
         });
-        st.report(key, gen, prev, now, true)
+        st.report(key, prev, now, true)
     }
 }
 
@@ -633,6 +752,33 @@ mod tests {
         assert_eq!((r.packets, r.generation), ([1, 1], 11));
         assert!(r.ended && r.first, "its first and last report");
         assert_eq!(t.open(), 0);
+    }
+
+    #[test]
+    fn a_table_read_that_fails_part_way_forgets_nothing() {
+        let mut t = Tracker::new(timeouts());
+        let a = entry(
+            key(7, proto::UDP),
+            stats([1, 0], S, S, [0, 0], opener::LO),
+            1,
+        );
+        let mut kb = key(7, proto::UDP);
+        kb.port_lo = 40001;
+        let b = entry(kb, stats([1, 0], S, S, [0, 0], opener::LO), 1);
+        t.sweep(&[a, b], 2 * S, false);
+        assert_eq!(t.open(), 2);
+        // The read stopped after `a`: `b` is still in the table.
+        let mut pass = t.start(3 * S, false);
+        pass.visit(&a);
+        pass.finish(false);
+        assert!(
+            t.tracks(&(ConnKey::from(&kb), 1)),
+            "not visited because the read failed, not because it ended"
+        );
+        // A complete read without `b`: its entry is gone.
+        t.sweep(&[a], 4 * S, false);
+        assert_eq!(t.open(), 1);
+        assert!(t.tracks_tuple(&ConnKey::from(&a.key)) && !t.tracks_tuple(&ConnKey::from(&kb)));
     }
 
     #[test]

@@ -224,48 +224,132 @@ impl NotOurs {
     }
 }
 
+/// A connection's key in the judge's maps: the 64 bits its `connection`
+/// id spells in 16 hex digits (see [`crate::reporter::connection_id`]);
+/// an id of another form (or none: the 5-tuple) is hashed to 64 bits.
+type ConnTag = u64;
+
+/// Bits of [`ConnState::flags`].
+mod flag {
+    /// Violations and workload edge counted (at the announcement, or at a
+    /// published report).
+    pub const COUNTED: u8 = 1;
+    /// `segwatch_service_flows_without_backend_total` counted.
+    pub const BACKENDLESS_COUNTED: u8 = 2;
+    /// A report (or the announcement) was seen at the last sweep or since.
+    pub const SEEN: u8 = 4;
+    /// [`super::ConnState::key`] is set.
+    pub const HAS_KEY: u8 = 8;
+    /// Conntrack knows the connection, without address translation.
+    pub const NAT_NONE: u8 = 16;
+}
+
 /// What the judge keeps per open connection (keyed by its `connection`
 /// id). Bounded by the kernel flow table: removed when the connection
 /// ends, and after every sweep for connections no longer in the table.
+///
+/// 56 bytes: what every connection needs is inline; what few need (a
+/// Service translation, held reports, a remembered bypass) is boxed.
 struct ConnState {
-    key: Option<crate::flows::ConnKey>,
-    /// NAT found in conntrack (looked up again while `None`: the entry may
-    /// not be confirmed yet when the first packet is announced).
-    nat: Option<crate::conntrack::Nat>,
-    not_ours: Option<NotOurs>,
+    /// The connection's tuple (with [`flag::HAS_KEY`]): its state lives
+    /// as long as the kernel table holds the tuple.
+    key: crate::flows::ConnKey,
     /// Reports published so far (the next one's `seq` is this + 1).
     published: u32,
-    /// Violations and workload edge counted (at the announcement, or at a
-    /// published report).
-    counted: bool,
-    /// `segwatch_service_flows_without_backend_total` counted.
-    backendless_counted: bool,
+    not_ours: Option<NotOurs>,
+    /// [`flag`] bits.
+    flags: u8,
+    rare: Option<Box<Rare>>,
+}
+
+/// The part of a connection's state few connections have.
+#[derive(Default)]
+struct Rare {
+    /// Address translation found in conntrack (looked up again while
+    /// neither this nor [`flag::NAT_NONE`] is set: the entry may not be
+    /// confirmed yet when the first packet is announced).
+    nat: Option<crate::conntrack::Nat>,
     /// The Service translation applied to the connection's reports:
     /// (client end, backend end, the Service addressed).
     translated: Option<(Endpoint, Endpoint, Option<ServiceRef>)>,
-    /// The observer's key for it (to forget it when the state goes).
+    /// The observer's key for it, while the observer remembers it (to
+    /// forget it when the state goes).
     obs_id: Option<ConnId>,
     /// Reports held until the index names both ends.
     held: Vec<FlowReport>,
     held_since: Option<Instant>,
-    /// A report (or the announcement) was seen at the last sweep or since.
-    seen: bool,
 }
 
 impl ConnState {
     fn new() -> Self {
         ConnState {
-            key: None,
-            nat: None,
-            not_ours: None,
+            key: crate::flows::ConnKey {
+                addr_lo: [0; 4],
+                addr_hi: [0; 4],
+                port_lo: 0,
+                port_hi: 0,
+                proto: 0,
+                ip_version: 0,
+            },
             published: 0,
-            counted: false,
-            backendless_counted: false,
-            translated: None,
-            obs_id: None,
-            held: Vec::new(),
-            held_since: None,
-            seen: true,
+            not_ours: None,
+            flags: flag::SEEN,
+            rare: None,
+        }
+    }
+
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    /// Sets flag `f`; returns whether it was set before.
+    fn set(&mut self, f: u8) -> bool {
+        let was = self.has(f);
+        self.flags |= f;
+        was
+    }
+
+    fn key(&self) -> Option<&crate::flows::ConnKey> {
+        self.has(flag::HAS_KEY).then_some(&self.key)
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// What conntrack said, once it knew the connection.
+    fn nat(&self) -> Option<crate::conntrack::Nat> {
+        if self.has(flag::NAT_NONE) {
+            return Some(crate::conntrack::Nat::None);
+        }
+        self.rare.as_ref().and_then(|r| r.nat)
+    }
+
+    fn set_nat(&mut self, n: crate::conntrack::Nat) {
+        match n {
+            crate::conntrack::Nat::None => self.flags |= flag::NAT_NONE,
+            n => self.rare_mut().nat = Some(n),
+        }
+    }
+
+    fn translated(&self) -> Option<&(Endpoint, Endpoint, Option<ServiceRef>)> {
+        self.rare.as_ref().and_then(|r| r.translated.as_ref())
+    }
+
+    fn held(&self) -> &[FlowReport] {
+        self.rare.as_ref().map_or(&[], |r| &r.held)
+    }
+
+    /// Drops the boxed part when nothing is left in it.
+    fn tidy(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| {
+            r.nat.is_none()
+                && r.translated.is_none()
+                && r.obs_id.is_none()
+                && r.held.is_empty()
+                && r.held_since.is_none()
+        }) {
+            self.rare = None;
         }
     }
 }
@@ -285,7 +369,7 @@ pub struct ClusterJudge {
     health: crate::sources::SourceHealth,
     observer: Observer,
     conntrack: Option<Box<dyn crate::conntrack::Lookup + Send>>,
-    conns: HashMap<String, ConnState>,
+    conns: HashMap<ConnTag, ConnState>,
     held: usize,
     /// How long a report waits for the index to name its ends.
     identity_wait: Duration,
@@ -294,12 +378,28 @@ pub struct ClusterJudge {
     /// [`MAX_DONE`]): a kernel announcement that arrives after the
     /// connection's final report (the event queue lags behind the sweep
     /// under a burst of short connections) must not count it again.
-    done: std::collections::VecDeque<String>,
-    done_set: std::collections::HashSet<String>,
+    done: std::collections::VecDeque<ConnTag>,
+    done_set: std::collections::HashSet<ConnTag>,
 }
 
 /// Forgotten connections remembered against late announcements.
 const MAX_DONE: usize = 65_536;
+
+/// The [`ConnTag`] of a connection id: the 64 bits of an id as
+/// [`crate::reporter::connection_id`] writes it (16 lowercase hex digits),
+/// else a SHA-256 of the text cut to 64 bits.
+fn conn_tag(id: &str) -> ConnTag {
+    if id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if let Ok(v) = u64::from_str_radix(id, 16) {
+            return v;
+        }
+    }
+    use sha2::{Digest as _, Sha256};
+    let d = Sha256::digest(id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
 
 impl ClusterJudge {
     pub fn new(index: SharedIndex, ready: ReadyFlag, metrics_ttl: Duration) -> Self {
@@ -348,24 +448,25 @@ impl ClusterJudge {
         self.conns.len()
     }
 
-    fn conn_key(report: &FlowReport) -> String {
-        report.connection.clone().unwrap_or_else(|| {
-            format!(
+    fn conn_key(report: &FlowReport) -> ConnTag {
+        match &report.connection {
+            Some(id) => conn_tag(id),
+            None => conn_tag(&format!(
                 "{}:{}>{}:{}/{}",
                 report.src.ip,
                 report.src.port.unwrap_or(0),
                 report.dst.ip,
                 report.dst.port.unwrap_or(0),
                 report.protocol
-            )
-        })
+            )),
+        }
     }
 
     /// What conntrack says about the connection, once found.
     fn nat(&mut self, report: &FlowReport, metrics: Option<&Metrics>) -> crate::conntrack::Nat {
         use crate::conntrack::{Nat, Tuple};
         let id = Self::conn_key(report);
-        if let Some(n) = self.conns.get(&id).and_then(|s| s.nat) {
+        if let Some(n) = self.conns.get(&id).and_then(ConnState::nat) {
             return n;
         }
         let proto = match report.protocol.as_str() {
@@ -392,7 +493,10 @@ impl ClusterJudge {
                 // while it does not (the entry is confirmed only after
                 // the first packet passed the hooks).
                 if tracked {
-                    self.conns.entry(id).or_insert_with(ConnState::new).nat = Some(n);
+                    self.conns
+                        .entry(id)
+                        .or_insert_with(ConnState::new)
+                        .set_nat(n);
                 }
                 n
             }
@@ -414,7 +518,7 @@ impl ClusterJudge {
     fn judge_one(&mut self, report: &mut FlowReport, metrics: Option<&Metrics>) -> Option<NotOurs> {
         use crate::conntrack::Nat;
         let id = Self::conn_key(report);
-        let done = self.conns.get(&id).and_then(|s| s.translated.clone());
+        let done = self.conns.get(&id).and_then(|s| s.translated().cloned());
         let nat = if done.is_some() {
             Nat::None
         } else {
@@ -474,6 +578,7 @@ impl ClusterJudge {
             self.conns
                 .entry(id)
                 .or_insert_with(ConnState::new)
+                .rare_mut()
                 .translated
                 .clone_from(&translated);
         }
@@ -519,14 +624,14 @@ impl ClusterJudge {
     }
 
     /// Drops a connection's state unless reports of it are still held.
-    fn forget_if_done(&mut self, id: &str) {
-        if self.conns.get(id).is_some_and(|s| s.held.is_empty()) {
-            if let Some(st) = self.conns.remove(id) {
-                if let Some(o) = st.obs_id {
+    fn forget_if_done(&mut self, id: ConnTag) {
+        if self.conns.get(&id).is_some_and(|s| s.held().is_empty()) {
+            if let Some(st) = self.conns.remove(&id) {
+                if let Some(o) = st.rare.and_then(|r| r.obs_id) {
                     self.observer.forget_id(&o);
                 }
-                if st.counted && self.done_set.insert(id.to_owned()) {
-                    self.done.push_back(id.to_owned());
+                if st.flags & flag::COUNTED != 0 && self.done_set.insert(id) {
+                    self.done.push_back(id);
                     if self.done.len() > MAX_DONE {
                         if let Some(old) = self.done.pop_front() {
                             self.done_set.remove(&old);
@@ -549,29 +654,40 @@ impl ClusterJudge {
         st.published += 1;
         r.seq = Some(st.published);
         let first = st.published == 1;
-        let announced = st.counted;
-        st.obs_id = Some(Observer::conn_id(&r));
-        st.counted = true;
-        if first
-            && r.dst.kind == Some(EndpointKind::Service)
-            && !std::mem::replace(&mut st.backendless_counted, true)
+        let announced = st.set(flag::COUNTED);
+        if first && r.dst.kind == Some(EndpointKind::Service) && !st.set(flag::BACKENDLESS_COUNTED)
         {
             metrics.service_without_backend.inc();
         }
         self.observer
             .observe(metrics, &*self.index, &r, first, announced);
+        // The observer's key is kept while the observer remembers the
+        // connection (a counted bypass), to forget it with the state.
+        let obs_id = Observer::conn_id(&r);
+        let remembered = self.observer.remembers(&obs_id);
+        if let Some(st) = self.conns.get_mut(&id) {
+            if remembered {
+                st.rare_mut().obs_id = Some(obs_id);
+            } else if let Some(rare) = st.rare.as_mut() {
+                rare.obs_id = None;
+                st.tidy();
+            }
+        }
         r.scan = self.observer.scan_of(&r);
         r
     }
 
     /// Publishes the held reports of a connection (re-judged with what the
     /// index knows now).
-    fn release(&mut self, metrics: &Metrics, id: &str, out: &mut Vec<FlowReport>) {
-        let Some(st) = self.conns.get_mut(id) else {
+    fn release(&mut self, metrics: &Metrics, id: ConnTag, out: &mut Vec<FlowReport>) {
+        let Some(st) = self.conns.get_mut(&id) else {
             return;
         };
-        let held = std::mem::take(&mut st.held);
-        st.held_since = None;
+        let held = st.rare.as_mut().map_or_else(Vec::new, |r| {
+            r.held_since = None;
+            std::mem::take(&mut r.held)
+        });
+        st.tidy();
         self.held -= held.len();
         for mut r in held {
             let _ = self.judge_one(&mut r, Some(metrics));
@@ -599,9 +715,10 @@ impl crate::daemon::Judge for ClusterJudge {
         let id = Self::conn_key(report);
         let not_ours = self.judge_one(report, None);
         let st = self.conns.entry(id).or_insert_with(ConnState::new);
-        st.seen = true;
-        if st.key.is_none() {
-            st.key = report.conn;
+        st.flags |= flag::SEEN;
+        if let (false, Some(k)) = (st.has(flag::HAS_KEY), report.conn) {
+            st.key = k;
+            st.flags |= flag::HAS_KEY;
         }
         st.not_ours = not_ours;
     }
@@ -614,10 +731,10 @@ impl crate::daemon::Judge for ClusterJudge {
     ) -> Option<FlowReport> {
         let id = Self::conn_key(&report);
         let ended = report.ended;
-        let st = self.conns.entry(id.clone()).or_insert_with(ConnState::new);
-        st.seen = true;
+        let st = self.conns.entry(id).or_insert_with(ConnState::new);
+        st.flags |= flag::SEEN;
         let out = if let Some(why) = st.not_ours {
-            if st.published == 0 && !std::mem::replace(&mut st.counted, true) {
+            if st.published == 0 && !st.set(flag::COUNTED) {
                 metrics
                     .flows_not_reported
                     .with_label_values(&[why.label()])
@@ -625,19 +742,19 @@ impl crate::daemon::Judge for ClusterJudge {
             }
             None
         } else if Self::unattributed(&report)
-            && (!st.held.is_empty() || st.published == 0)
+            && (!st.held().is_empty() || st.published == 0)
             && self.held < MAX_HELD
         {
             // Held until the index names the end (or the wait is over):
             // its violations count then, once, with the identity. What is
             // a violation whoever the pod is (metadata API, node ports)
             // counts now, for the alert.
-            if !report.violations.is_empty() && !st.counted {
-                st.counted = true;
+            if !report.violations.is_empty() && !st.set(flag::COUNTED) {
                 self.observer.announce(metrics, &*self.index, &report);
             }
-            st.held_since.get_or_insert_with(Instant::now);
-            st.held.push(report);
+            let rare = st.rare_mut();
+            rare.held_since.get_or_insert_with(Instant::now);
+            rare.held.push(report);
             self.held += 1;
             metrics.flows_awaiting_identity.set(self.held as i64);
             None
@@ -646,31 +763,31 @@ impl crate::daemon::Judge for ClusterJudge {
         };
         self.observer.maintain(metrics, &*self.index);
         if ended {
-            self.forget_if_done(&id);
+            self.forget_if_done(id);
         }
         out
     }
 
-    fn announce(&mut self, metrics: &Metrics, report: &FlowReport) -> bool {
+    fn announce(&mut self, metrics: &Metrics, report: &FlowReport) {
         let id = Self::conn_key(report);
         if self.done_set.contains(&id) {
             // Announced after its final report: counted then.
-            return false;
+            return;
         }
         let st = self.conns.entry(id).or_insert_with(ConnState::new);
-        st.seen = true;
+        st.flags |= flag::SEEN;
         // Not ours, or not judged on its final identity yet (an unknown
         // end, a Service whose backend conntrack does not show yet): the
         // report counts it.
         if st.not_ours.is_some()
-            || st.counted
+            || st.has(flag::COUNTED)
             || (Self::unattributed(report) && report.violations.is_empty())
             || report.dst.kind == Some(EndpointKind::Service)
         {
-            return false;
+            return;
         }
-        st.counted = true;
-        self.observer.announce(metrics, &*self.index, report)
+        st.flags |= flag::COUNTED;
+        self.observer.announce(metrics, &*self.index, report);
     }
 
     fn after_sweep(
@@ -681,37 +798,47 @@ impl crate::daemon::Judge for ClusterJudge {
     ) -> Vec<FlowReport> {
         let mut out = Vec::new();
         let now = Instant::now();
-        let waiting: Vec<String> = self
+        let waiting: Vec<ConnTag> = self
             .conns
             .iter()
-            .filter(|(_, s)| !s.held.is_empty())
-            .map(|(id, _)| id.clone())
+            .filter(|(_, s)| !s.held().is_empty())
+            .map(|(id, _)| *id)
             .collect();
         for id in waiting {
             let due = {
                 let st = &self.conns[&id];
                 let expired = st
-                    .held_since
+                    .rare
+                    .as_ref()
+                    .and_then(|r| r.held_since)
                     .is_some_and(|t| now.duration_since(t) >= self.identity_wait);
-                let mut probe = st.held[0].clone();
+                let mut probe = st.held()[0].clone();
                 let _ = self.judge_one(&mut probe, Some(metrics));
                 shutdown || expired || !Self::unattributed(&probe)
             };
             if due {
-                self.release(metrics, &id, &mut out);
+                self.release(metrics, id, &mut out);
             }
         }
         // Per-connection state lives as long as the kernel tracks the
         // connection (flows that end without a final report included).
         let mut gone = Vec::new();
         for (id, st) in &mut self.conns {
-            let alive = st.key.as_ref().is_some_and(open) || std::mem::take(&mut st.seen);
-            if !alive && st.held.is_empty() {
-                gone.push(id.clone());
+            let alive = st.key().is_some_and(open) || {
+                let seen = st.has(flag::SEEN);
+                st.flags &= !flag::SEEN;
+                seen
+            };
+            if !alive && st.held().is_empty() {
+                gone.push(*id);
             }
         }
         for id in gone {
-            self.forget_if_done(&id);
+            self.forget_if_done(id);
+        }
+        if self.conns.capacity() > 4096 && self.conns.len() < self.conns.capacity() / 4 {
+            // Memory back after a burst of connections.
+            self.conns.shrink_to(self.conns.len() * 2);
         }
         out
     }

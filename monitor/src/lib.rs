@@ -12,6 +12,8 @@
 //! The pure core (reports, policies, the cluster index) has no tokio, kube or
 //! aya in it; the datapath, watchers and HTTP are adapters around it.
 
+#[cfg(test)]
+mod alloc_count;
 pub mod audit;
 pub mod cli;
 pub mod cmd;

@@ -331,6 +331,11 @@ impl Observer {
         self.bypass_counted.remove(id);
     }
 
+    /// Is the connection `id` remembered (its bypass counted)?
+    pub fn remembers(&self, id: &ConnId) -> bool {
+        self.bypass_counted.contains(id)
+    }
+
     /// Connections remembered (bypass counted), for bounds checks.
     pub fn remembered(&self) -> usize {
         self.bypass_counted.len()

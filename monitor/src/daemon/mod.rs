@@ -15,7 +15,7 @@ pub mod auth;
 pub mod http;
 pub mod tls;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::datapath::links::{self, LinkEvent, Selector};
 use crate::datapath::Datapath;
-use crate::flows::{self, ConnId, ConnKey, Timeouts, Tracker};
+use crate::flows::{self, ConnKey, Timeouts, Tracker};
 use crate::metrics::{stage, Metrics};
 use crate::report::FlowReport;
 
@@ -96,10 +96,11 @@ pub trait Judge: Send {
         Vec::new()
     }
     /// A new connection announced by the kernel, judged before any counts
-    /// exist so that alerts fire within milliseconds. Returns whether the
-    /// violation metrics were updated for it (then the final report does not
-    /// count them again).
-    fn announce(&mut self, metrics: &Metrics, report: &FlowReport) -> bool;
+    /// exist so that alerts fire within milliseconds. A judge that counts
+    /// the connection's violations now remembers it, and does not count
+    /// them again with the connection's reports (the daemon keeps nothing
+    /// per announced connection).
+    fn announce(&mut self, metrics: &Metrics, report: &FlowReport);
     /// The cluster view is complete enough to judge (for /readyz).
     fn ready(&self) -> bool;
     /// Why the cluster view is running on its last good state, if it is
@@ -137,9 +138,7 @@ impl Judge for NoJudge {
             .inc_by(report.bytes.received);
         Some(report)
     }
-    fn announce(&mut self, _metrics: &Metrics, _report: &FlowReport) -> bool {
-        false
-    }
+    fn announce(&mut self, _metrics: &Metrics, _report: &FlowReport) {}
     fn ready(&self) -> bool {
         true
     }
@@ -193,6 +192,23 @@ impl FlowLog {
     }
 }
 
+/// How often at most freed heap memory is given back to the kernel.
+const TRIM_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Gives the pages the C allocator holds free back to the kernel. A burst
+/// (a spray of new connections announced faster than they are judged, a
+/// sweep that ends many connections at once) leaves freed memory spread
+/// over the allocator's arenas, which glibc keeps resident otherwise: the
+/// daemon's RSS would stay at the burst's peak. Cheap next to a sweep
+/// (it walks the free lists, not the live memory).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; 0 keeps no padding.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Monotonic (CLOCK_MONOTONIC, what bpf_ktime_get_ns reads) now, in ns.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -238,10 +254,6 @@ struct Daemon {
     /// ifindex → name of every interface we attached to (kept after it goes,
     /// for the reports of its last flows).
     names: HashMap<u32, String>,
-    /// Connections (tuple and generation) announced through the ring buffer
-    /// whose violations were already counted (so the report does not count
-    /// them twice). Emptied as connections end.
-    announced: HashSet<ConnId>,
     /// Kernel counters at the last sweep, to export increments.
     last_counters: [u64; Counter::COUNT as usize],
     /// New-flow budget overflow per interface at the last sweep.
@@ -249,6 +261,8 @@ struct Daemon {
     health: Arc<http::Health>,
     /// The initial interface dump has been processed.
     links_synced: bool,
+    /// When freed heap pages were last given back to the kernel.
+    last_trim: std::time::Instant,
 }
 
 impl Daemon {
@@ -309,7 +323,6 @@ impl Daemon {
 
     fn on_event(&mut self, ev: FlowEvent) {
         let key = FlowKey::new(&ev.key, ev.ifindex);
-        let ck = ConnKey::from(&key);
         if ev.kind == event_kind::ROTATED {
             // A SYN started a new connection on this tuple: the old one's
             // final totals, exactly as the kernel held them.
@@ -320,32 +333,8 @@ impl Daemon {
             {
                 self.emit(&[raw]);
             }
-            self.announced.remove(&(ck, ev.prev.gen));
         }
-        let mut stats = monitor_common::FlowStats {
-            opener: ev.opener,
-            first_ns: ev.ts_ns,
-            last_ns: ev.ts_ns,
-            ..Default::default()
-        };
-        let dir = usize::from(
-            ev.opener == monitor_common::opener::HI
-                || ev.opener == monitor_common::opener::HI_INFERRED,
-        );
-        stats.tcp_flags[dir] = ev.tcp_flags;
-        stats.packets[dir] = 1;
-        stats.bytes[dir] = u64::from(ev.bytes);
-        let raw = flows::RawReport {
-            key,
-            stats,
-            packets: stats.packets,
-            bytes: stats.bytes,
-            start_ns: ev.ts_ns,
-            end_ns: ev.ts_ns,
-            ended: false,
-            generation: ev.gen,
-            first: true,
-        };
+        let raw = announcement(&ev);
         let clock = Clock::now();
         let iface = self
             .names
@@ -356,9 +345,7 @@ impl Daemon {
         report.observer.clone_from(&self.observer);
         crate::reporter::stamp(&mut report, &raw, self.observer.as_deref());
         self.judge.judge(&mut report);
-        if self.judge.announce(&self.metrics, &report) {
-            self.announced.insert((ck, ev.gen));
-        }
+        self.judge.announce(&self.metrics, &report);
     }
 
     /// Judges, counts and logs raw reports (a report the judge holds for a
@@ -367,7 +354,6 @@ impl Daemon {
         let clock = Clock::now();
         let wall_now = chrono::Utc::now();
         for raw in raws {
-            let id = (ConnKey::from(&raw.key), raw.generation);
             let iface = self
                 .names
                 .get(&raw.key.ifindex)
@@ -379,16 +365,14 @@ impl Daemon {
             crate::reporter::stamp(&mut report, raw, self.observer.as_deref());
             self.judge.judge(&mut report);
             // Violations count once per connection: at the announcement if
-            // the judge counted them then, else with the first report.
-            let first = raw.first && !self.announced.contains(&id);
+            // the judge counted them then (it remembers), else with the
+            // first report.
+            let first = raw.first;
             self.metrics
                 .packets
                 .with_label_values(&["accounted"])
                 .inc_by(raw.packets[0] + raw.packets[1]);
             let published = self.judge.observe(&self.metrics, report, first);
-            if raw.ended {
-                self.announced.remove(&id);
-            }
             if let Some(report) = published {
                 self.write_report(&report);
             }
@@ -399,14 +383,20 @@ impl Daemon {
     }
 
     /// One pass over the kernel table; with `shutdown`, flush everything.
+    /// The table is read in batches straight into the tracker: memory per
+    /// sweep does not grow with the table.
     fn sweep(&mut self, shutdown: bool) -> Result<()> {
-        let entries = self
-            .dp
-            .snapshot()
-            .context("reading the kernel flow table")?;
-        self.metrics.flow_table_entries.set(entries.len() as i64);
         let now = monotonic_ns();
-        let out = self.tracker.sweep(&entries, now, shutdown);
+        let mut pass = self.tracker.start(now, shutdown);
+        let read = self.dp.snapshot_each(|e| pass.visit(e));
+        let visited = pass.visited();
+        // A table read that failed part-way still made reports of what it
+        // visited (their counts are taken): they are written, and nothing
+        // the read did not reach is forgotten.
+        let out = pass.finish(read.is_ok());
+        if read.is_ok() {
+            self.metrics.flow_table_entries.set(visited as i64);
+        }
         self.metrics.flows_deduplicated.inc_by(out.new_duplicates);
         self.emit(&out.reports);
         // Removing returns the last counts (nothing is lost between the
@@ -416,6 +406,11 @@ impl Daemon {
         let finals = self.tracker.removed(&taken, now);
         self.emit(&finals);
         self.after_sweep(shutdown);
+        if self.last_trim.elapsed() >= TRIM_INTERVAL {
+            self.last_trim = std::time::Instant::now();
+            release_free_memory();
+        }
+        read.context("reading the kernel flow table")?;
         self.export_counters()?;
         Ok(())
     }
@@ -441,10 +436,8 @@ impl Daemon {
     /// that are due go to the flow log.
     fn after_sweep(&mut self, shutdown: bool) {
         let tracker = &self.tracker;
-        let tuples = tracker.open_tuples();
-        let open = |k: &ConnKey| tuples.contains(k);
+        let open = |k: &ConnKey| tracker.tracks_tuple(k);
         let released = self.judge.after_sweep(&self.metrics, &open, shutdown);
-        self.announced.retain(|id| tracker.tracks(id));
         for r in &released {
             self.write_report(r);
         }
@@ -510,6 +503,35 @@ impl Daemon {
                 .inc_by(o.bytes);
         }
         Ok(())
+    }
+}
+
+/// The first report of a connection the kernel announced: its first
+/// packet, as the event describes it.
+fn announcement(ev: &FlowEvent) -> flows::RawReport {
+    let key = FlowKey::new(&ev.key, ev.ifindex);
+    let mut stats = monitor_common::FlowStats {
+        opener: ev.opener,
+        first_ns: ev.ts_ns,
+        last_ns: ev.ts_ns,
+        ..Default::default()
+    };
+    let dir = usize::from(
+        ev.opener == monitor_common::opener::HI || ev.opener == monitor_common::opener::HI_INFERRED,
+    );
+    stats.tcp_flags[dir] = ev.tcp_flags;
+    stats.packets[dir] = 1;
+    stats.bytes[dir] = u64::from(ev.bytes);
+    flows::RawReport {
+        key,
+        stats,
+        packets: stats.packets,
+        bytes: stats.bytes,
+        start_ns: ev.ts_ns,
+        end_ns: ev.ts_ns,
+        ended: false,
+        generation: ev.gen,
+        first: true,
     }
 }
 
@@ -629,11 +651,11 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
         exporters,
         observer: cfg.node_name.clone(),
         names: HashMap::new(),
-        announced: HashSet::new(),
         last_counters: [0; Counter::COUNT as usize],
         budget_overflow: Default::default(),
         health: health.clone(),
         links_synced: false,
+        last_trim: std::time::Instant::now(),
     };
     daemon.last_counters = daemon.dp.counters()?;
 
@@ -691,3 +713,6 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
     tracing::info!("detached from every interface; bye");
     Ok(())
 }
+
+#[cfg(test)]
+mod memory_tests;

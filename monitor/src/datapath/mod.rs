@@ -6,7 +6,7 @@
 //!                 └► jiffies calibrated against the monotonic clock (segwatch_clock)
 //!  attach(ifname) ─► tcx ingress + egress, LinkOrder::first()   (kernel ≥ 6.6)
 //!                 └► clsact qdisc + direct-action filters        (older kernels)
-//!  snapshot()     ─► every FLOWS entry (batched), current connection's counts
+//!  snapshot_each()─► every FLOWS entry (batched), current connection's counts
 //!  take(keys)     ─► lookup-and-delete: the last counts of ended entries
 //!  counters()     ─► COUNTERS summed over CPUs
 //!  take_events()  ─► the ring buffer, for an async reader
@@ -586,16 +586,26 @@ impl Datapath {
     /// current connection. A copy torn by a rotation running at that moment
     /// is left out: counts are cumulative, the next sweep has them.
     pub fn snapshot(&self) -> Result<Vec<Entry>, DatapathError> {
+        let mut out = Vec::new();
+        self.snapshot_each(|e| out.push(*e))?;
+        Ok(out)
+    }
+
+    /// Like [`Datapath::snapshot`], one entry at a time, without holding
+    /// the whole table: what the daemon's sweep uses (its memory does not
+    /// grow with the table). Returns how many entries the table held (torn
+    /// copies included). On an error, `f` has seen part of the table.
+    pub fn snapshot_each(&self, mut f: impl FnMut(&Entry)) -> Result<usize, DatapathError> {
         self.flush()?;
-        let all: Vec<(TupleKey, FlowValue)> =
-            table::lookup_all(self.flows.fd().as_fd()).map_err(|source| DatapathError::Batch {
-                name: FLOWS_MAP,
-                source,
-            })?;
-        Ok(all
-            .iter()
-            .filter_map(|(k, v)| Entry::from_value(k, v, &self.clock))
-            .collect())
+        table::lookup_each(self.flows.fd().as_fd(), |k: &TupleKey, v: &FlowValue| {
+            if let Some(e) = Entry::from_value(k, v, &self.clock) {
+                f(&e);
+            }
+        })
+        .map_err(|source| DatapathError::Batch {
+            name: FLOWS_MAP,
+            source,
+        })
     }
 
     /// Removes ended connections from the kernel table and returns what each

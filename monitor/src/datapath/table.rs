@@ -58,10 +58,22 @@ fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> std::io::Resu
 /// Every entry of a hash map, in batches.
 pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(K, V)>> {
     let mut out = Vec::new();
+    lookup_each(fd, |k: &K, v: &V| out.push((*k, *v)))?;
+    Ok(out)
+}
+
+/// Calls `f` with every entry of a hash map, read in batches into buffers
+/// of [`BATCH`] entries (the memory used does not grow with the map).
+/// Returns how many entries there were.
+pub fn lookup_each<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    mut f: impl FnMut(&K, &V),
+) -> std::io::Result<usize> {
     let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(BATCH);
     let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(BATCH);
     let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
     let mut first = true;
+    let mut total = 0;
     loop {
         let mut attr = BatchAttr {
             in_batch: if first {
@@ -90,15 +102,17 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(K,
         for i in 0..n {
             // SAFETY: the kernel wrote `count` keys and values; both types
             // are Pod (every bit pattern valid).
-            out.push(unsafe {
+            let (k, v) = unsafe {
                 (
                     keys.as_ptr().add(i).read().assume_init(),
                     values.as_ptr().add(i).read().assume_init(),
                 )
-            });
+            };
+            f(&k, &v);
         }
+        total += n;
         if done {
-            return Ok(out);
+            return Ok(total);
         }
         cursor_in = cursor_out;
         first = false;

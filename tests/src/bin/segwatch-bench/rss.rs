@@ -5,8 +5,21 @@ use super::*;
 pub(super) fn phase_rss(ctx: &mut Ctx) -> Result<Vec<Figure>> {
     const FLOWS: u64 = 100_000;
     let p0 = &ctx.topo.pods[0];
-    // Long timeouts: every flow stays active while we look.
-    let d = daemon(ctx, &["--idle-timeout", "600", "--active-timeout", "600"]);
+    // Long timeouts: every flow stays active while we look. No new-flow
+    // budget: the spray is one pod's 100,000 new tuples in about a second
+    // (the default budget, 16,384 per second and interface, would stop it
+    // near 33,000).
+    let d = daemon(
+        ctx,
+        &[
+            "--idle-timeout",
+            "600",
+            "--active-timeout",
+            "600",
+            "--new-flow-budget",
+            "0",
+        ],
+    );
     let pid = daemon_pid(&d)?;
     let mport = d.metrics_port;
     std::thread::sleep(Duration::from_secs(1));
