@@ -855,4 +855,6 @@ impl crate::daemon::Judge for ClusterJudge {
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
+mod memory_tests;
+#[cfg(test)]
 pub(crate) mod tests;

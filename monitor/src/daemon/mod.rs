@@ -222,20 +222,20 @@ fn monotonic_ns() -> u64 {
 
 /// Maps kernel monotonic timestamps to wall-clock time.
 #[derive(Clone, Copy)]
-struct Clock {
+pub(crate) struct Clock {
     /// Wall ns minus monotonic ns, measured now.
     offset_ns: i128,
 }
 
 impl Clock {
-    fn now() -> Self {
+    pub(crate) fn now() -> Self {
         let wall = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as i128;
         Clock {
             offset_ns: wall - monotonic_ns() as i128,
         }
     }
 
-    fn wall(&self, mono_ns: u64) -> chrono::DateTime<chrono::Utc> {
+    pub(crate) fn wall(&self, mono_ns: u64) -> chrono::DateTime<chrono::Utc> {
         let ns = (mono_ns as i128 + self.offset_ns).clamp(0, i64::MAX as i128) as i64;
         chrono::DateTime::from_timestamp_nanos(ns)
     }
@@ -508,7 +508,7 @@ impl Daemon {
 
 /// The first report of a connection the kernel announced: its first
 /// packet, as the event describes it.
-fn announcement(ev: &FlowEvent) -> flows::RawReport {
+pub(crate) fn announcement(ev: &FlowEvent) -> flows::RawReport {
     let key = FlowKey::new(&ev.key, ev.ifindex);
     let mut stats = monitor_common::FlowStats {
         opener: ev.opener,
@@ -713,6 +713,3 @@ pub async fn run(cfg: Config, judge: Box<dyn Judge>, metrics: Metrics) -> Result
     tracing::info!("detached from every interface; bye");
     Ok(())
 }
-
-#[cfg(test)]
-mod memory_tests;

@@ -4,10 +4,16 @@
 //! (announced by the kernel, then seen by sweeps). The bound is the
 //! daemon's memory formula in the README ("Performance").
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::alloc_count;
+use crate::daemon::{announcement, Clock, Judge as _};
 use crate::datapath::Entry;
+use crate::flows::{self, ConnKey, Timeouts, Tracker};
 use crate::judge::{ClusterJudge, ReadyFlag};
+use crate::metrics::Metrics;
+use monitor_common::{event_kind, FlowEvent, FlowKey};
 use monitor_common::{opener, proto, FlowStats, TupleKey};
 
 const FLOWS: u32 = 100_000;
