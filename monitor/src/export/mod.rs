@@ -180,7 +180,10 @@ pub async fn run_worker<S: Sink>(mut sink: S, queue: Arc<Queue>, outcome: Outcom
                         outcome.count(result::FAILED, n);
                         queue.finish(&mut batch, n);
                     } else {
-                        let delay = backoff.next_delay();
+                        // Never sleep past the retry timeout: the next
+                        // attempt is the last one if it fails too.
+                        let left = policy.retry_timeout.saturating_sub(started.elapsed());
+                        let delay = backoff.next_delay().min(left);
                         tracing::debug!(exporter = S::NAME, attempts, error = %p.error, ?delay, "export failed; retrying");
                         tokio::time::sleep(delay).await;
                     }
