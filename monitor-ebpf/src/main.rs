@@ -643,19 +643,7 @@ fn parse(ctx: &TcContext, out: &mut Packet) -> Result<(), Skip> {
     // header describes one segment (or nothing: BIG TCP), the skb all of them.
     let gso = gso_size != 0 || gso_segs > 1;
 
-    let mut pkt = Packet {
-        src: [0; 4],
-        dst: [0; 4],
-        sport: 0,
-        dport: 0,
-        proto: 0,
-        ip_version: 0,
-        tcp_flags: 0,
-        related: 0,
-        seq: 0,
-        segs: 1,
-        bytes: 0,
-    };
+    let mut pkt = Packet::EMPTY;
 
     // Offset of the L4 header, or None for a non-first fragment.
     let l4: Option<usize>;
