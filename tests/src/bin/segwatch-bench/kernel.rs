@@ -83,6 +83,28 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
+/// Busy CPU seconds of the whole machine so far: user, nice, system, irq
+/// and softirq of the `cpu` line of `/proc/stat` (proc(5); idle, iowait,
+/// steal and guest time left out), in clock ticks.
+pub fn machine_busy_seconds() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat: no cpu line")?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<f64>())
+        .collect::<Result<_, _>>()
+        .context("/proc/stat: cpu line")?;
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let busy = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((busy(0) + busy(1) + busy(2) + busy(5) + busy(6)) / hz)
+}
+
 /// Resident set size in MiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_mib(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/status");

@@ -19,6 +19,11 @@ pub(super) fn phase_small(ctx: &mut Ctx) -> Result<Vec<Figure>> {
     let (mut base, mut mon) = (Vec::new(), Vec::new());
     let (mut base_cpu, mut mon_cpu) = (Vec::new(), Vec::new());
     let (mut base_sent, mut mon_sent) = (Vec::new(), Vec::new());
+    let mut daemon_cpu_per_million = Vec::new();
+    // The hook floor: segwatch_noop on both directions of every pod veth,
+    // where segwatch attaches its programs. What it costs is the kernel's
+    // tcx hooks themselves, which any tc-based monitor pays.
+    let (mut noop_pps, mut noop_cpu) = (Vec::new(), Vec::new());
     for i in 0..=ctx.plan.reps {
         let b = blast(ctx)?;
         base.push(b.pps());
@@ -33,8 +38,22 @@ pub(super) fn phase_small(ctx: &mut Ctx) -> Result<Vec<Figure>> {
             let daemon_cpu = kernel::cpu_seconds(pid)? - c0;
             mon.push(m.pps());
             mon_cpu.push(m.received as f64 / (m.cpu_s + daemon_cpu));
+            daemon_cpu_per_million.push(daemon_cpu / (m.received.max(1) as f64 / 1e6));
             mon_sent.push(m.sent as f64 / m.secs);
             stop(d)?;
+            let ifaces: Vec<String> = ctx.topo.pods.iter().map(|p| p.host_if.clone()).collect();
+            for i in &ifaces {
+                ctx.dp
+                    .attach_program(PROG_NOOP, i)
+                    .with_context(|| format!("attaching {PROG_NOOP} to {i}"))?;
+            }
+            let h = blast(ctx);
+            for i in &ifaces {
+                ctx.dp.detach(i);
+            }
+            let h = h?;
+            noop_pps.push(h.pps());
+            noop_cpu.push(h.per_cpu_s());
         }
     }
     let flows = SENDERS * FLOWS_PER_SENDER;
@@ -46,6 +65,11 @@ pub(super) fn phase_small(ctx: &mut Ctx) -> Result<Vec<Figure>> {
         "monitored_sent_pps": mon_sent,
         "baseline_packets_per_cpu_second": base_cpu,
         "monitored_packets_per_cpu_second": mon_cpu,
+        "daemon_cpu_s_per_million_delivered": daemon_cpu_per_million,
+        "noop_hooks_delivered_pps": noop_pps,
+        "noop_hooks_packets_per_cpu_second": noop_cpu,
+        "noop_hooks_ratio": median(&noop_pps) / median(&base),
+        "noop_hooks_per_cpu_second_ratio": median(&noop_cpu) / median(&base_cpu),
         "flows": flows,
         "senders": SENDERS,
         "seconds_per_run": secs,
@@ -58,9 +82,11 @@ pub(super) fn phase_small(ctx: &mut Ctx) -> Result<Vec<Figure>> {
             sandwich(&base, &mon),
         )
         .what(format!(
-            "64-byte UDP frames pod→pod, sendmmsg/recvmmsg batches of 64, {flows} flows, {secs} s runs: {} pps monitored / {} pps unmonitored delivered (medians)",
+            "64-byte UDP frames pod→pod, sendmmsg/recvmmsg batches of 64, {flows} flows, {secs} s runs: {} pps monitored / {} pps unmonitored delivered (medians); a no-op program on the same hooks: {} pps ({:.3} of unmonitored)",
             report::fmt_num(median(&mon)),
-            report::fmt_num(median(&base))
+            report::fmt_num(median(&base)),
+            report::fmt_num(median(&noop_pps)),
+            median(&noop_pps) / median(&base)
         ))
         .detail(detail.clone()),
         Figure::new(
@@ -70,9 +96,23 @@ pub(super) fn phase_small(ctx: &mut Ctx) -> Result<Vec<Figure>> {
             sandwich(&base_cpu, &mon_cpu),
         )
         .what(format!(
-            "same runs, packets per CPU second of the path (sender + receiver threads incl. the softirq work charged to them, ksoftirqd, and the daemon when monitored): {} / {} (medians); other processes' CPU does not count",
+            "same runs, packets per CPU second of the path (sender + receiver threads incl. the softirq work charged to them, ksoftirqd, and the daemon when monitored): {} / {} (medians); other processes' CPU does not count; a no-op program on the same hooks: {} ({:.3} of unmonitored)",
             report::fmt_num(median(&mon_cpu)),
-            report::fmt_num(median(&base_cpu))
+            report::fmt_num(median(&base_cpu)),
+            report::fmt_num(median(&noop_cpu)),
+            median(&noop_cpu) / median(&base_cpu)
+        ))
+        .detail(detail.clone()),
+        Figure::new(
+            "small_packet_ratio.vs_noop_hooks",
+            "",
+            None,
+            mon.iter().zip(&noop_pps).map(|(m, n)| m / n).collect(),
+        )
+        .what(format!(
+            "same runs, segwatch's own share: monitored / segwatch_noop attached to the same hooks (both directions of every pod veth) delivered pps, {} / {} (medians); what the kernel's tcx hooks cost any tc program is in the no-op",
+            report::fmt_num(median(&mon)),
+            report::fmt_num(median(&noop_pps))
         ))
         .detail(detail),
     ])
