@@ -2,8 +2,9 @@
 //! kernels before 6.6) to ingress and egress of the host side of pod veths.
 //!
 //! ```text
-//!  skb ─► fast_v4: IPv4 TCP (no SYN/FIN/RST) or UDP of a connection this
-//!         CPU's CACHE slot holds ─► plain adds to the slot, done
+//!  skb ─► fast_v4 / fast_v6: IPv4 or IPv6 (no extension headers) TCP (no
+//!         SYN/FIN/RST) or UDP of a connection this CPU's CACHE slot holds
+//!         ─► plain adds to the slot, done
 //!          │ anything else
 //!          ▼ (global functions from here: the verifier checks each once)
 //!        segwatch_parse (Ethernet, 802.1Q, IPv4 | IPv6 + ext headers, TCP/UDP/SCTP/ICMP)
@@ -126,7 +127,7 @@ fn cache_enabled() -> bool {
 
 #[classifier]
 pub fn segwatch_ingress(ctx: TcContext) -> i32 {
-    if !fast_v4(&ctx) {
+    if !fast_v4(&ctx) && !fast_v6(ctx.skb.skb) {
         general(&ctx);
     }
     TCX_NEXT
@@ -134,7 +135,7 @@ pub fn segwatch_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn segwatch_egress(ctx: TcContext) -> i32 {
-    if !fast_v4(&ctx) {
+    if !fast_v4(&ctx) && !fast_v6(ctx.skb.skb) {
         general(&ctx);
     }
     TCX_NEXT
@@ -377,27 +378,134 @@ fn fast_v4(ctx: &TcContext) -> bool {
     let k1 = (lo & 0xFFFF) | (hi & 0xFFFF) << 16 | u64::from(proto) << 32 | u64::from(IP_V4) << 40;
     // Two ways per set: the set's first slot, then its second.
     let base = slot_index(k0 ^ k1.rotate_left(17)) & !1;
+    // SAFETY: `s` is one of this CPU's slots.
+    let same = |s: *const CacheSlot| unsafe { (*s).key[0] == k0 && (*s).key[1] == k1 };
+    fast_count(ctx, base, CACHE_V4, same, dir, tot_len, flags)
+}
+
+/// [`fast_v4`] for IPv6 without extension headers (the next header is TCP
+/// or UDP): one bounds check, word loads, the five-word slot key of
+/// [`slot_key`] compared in place. A jumbogram (payload length 0) and
+/// everything else takes the general path.
+///
+/// A static BPF function (a call, verified with the caller's context): the
+/// five key words spill to the stack around the slot lookups, and inlined
+/// those spills would enlarge the attached program's frame, which every
+/// chain of calls through the general path adds to (512 bytes at most).
+#[inline(never)]
+fn fast_v6(skb: *mut __sk_buff) -> bool {
+    let ctx = &TcContext::new(skb);
+    let start = ctx.data();
+    if start + FAST_V6 > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: the context pointer is valid for the whole program run.
+    if unsafe { (*skb).gso_size } != 0 {
+        return false;
+    }
+    // SAFETY (all loads below): inside start..start + FAST_V6, checked
+    // against data_end above.
+    if unsafe { load::<u16>(start + 12) } != ETH_P_IPV6.to_be() {
+        return false;
+    }
+    // RFC 8200 §3, as words: version, traffic class, flow label | payload
+    // length, next header, hop limit | source | destination.
+    let l3 = start + ETH_HLEN;
+    let w0: u32 = unsafe { load(l3) };
+    let w1: u32 = unsafe { load(l3 + 4) };
+    if (w0 as u8) >> 4 != 6 {
+        return false;
+    }
+    let payload_len = u32::from(u16::from_be(w1 as u16));
+    if payload_len < 20 || (ETH_HLEN + 40) as u32 + payload_len > ctx.len() {
+        return false;
+    }
+    let proto = (w1 >> 16) as u8;
+    let l4 = l3 + 40;
+    let flags = if proto == proto::TCP {
+        let doff_flags: u16 = unsafe { load(l4 + 12) };
+        let doff = u32::from((doff_flags as u8) >> 4) * 4;
+        let f = (doff_flags >> 8) as u8;
+        if doff < 20
+            || doff > payload_len
+            || f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
+        {
+            return false;
+        }
+        u64::from(f)
+    } else if proto == proto::UDP {
+        0
+    } else {
+        return false;
+    };
+    // Each address as two words of the key's form: bytes 0-3 | 4-7 << 32.
+    let s0: u64 = unsafe { load(l3 + 8) };
+    let s1: u64 = unsafe { load(l3 + 16) };
+    let d0: u64 = unsafe { load(l3 + 24) };
+    let d1: u64 = unsafe { load(l3 + 32) };
+    let ports: u32 = unsafe { load(l4) };
+    let sport = u16::from_be(ports as u16);
+    let dport = u16::from_be((ports >> 16) as u16);
+    // `less(dst, dport, src, sport)`: the 32-bit words in order, then the
+    // port. A word pair rotated by 32 compares as (first word, second).
+    let (sa, sb) = (s0.rotate_left(32), s1.rotate_left(32));
+    let (da, db) = (d0.rotate_left(32), d1.rotate_left(32));
+    let back = da < sa || (da == sa && (db < sb || (db == sb && dport < sport)));
+    // Direction 0 is lo → hi.
+    let (dir, k0, k1, k2, k3, plo, phi) = if back {
+        (1u64, d0, d1, s0, s1, dport, sport)
+    } else {
+        (0u64, s0, s1, d0, d1, sport, dport)
+    };
+    let k4 =
+        u64::from(plo) | u64::from(phi) << 16 | u64::from(proto) << 32 | u64::from(IP_V6) << 40;
+    let base =
+        slot_index(k0 ^ k1.rotate_left(17) ^ k2.rotate_left(31) ^ k3 ^ k4.rotate_left(47)) & !1;
+    // SAFETY: `s` is one of this CPU's slots.
+    let same = |s: *const CacheSlot| unsafe {
+        let k = &(*s).key;
+        (k[0] ^ k0) | (k[1] ^ k1) | (k[2] ^ k2) | (k[3] ^ k3) | (k[4] ^ k4) == 0
+    };
+    fast_count(ctx, base, CACHE_V6, same, dir, 40 + payload_len, flags)
+}
+
+/// The fast paths' common end: finds the key (`same`) in the set at
+/// `base` of this CPU's [`CACHE`] and adds the packet to that slot's delta.
+/// `false` when the slot is not there or is another interface's without a
+/// second-interface mark (the general path then decides).
+#[inline(always)]
+fn fast_count(
+    ctx: &TcContext,
+    base: u32,
+    kind: u64,
+    same: impl Fn(*const CacheSlot) -> bool,
+    dir: u64,
+    bytes: u32,
+    flags: u64,
+) -> bool {
     let Some(mut sl) = CACHE.get_ptr_mut(base) else {
         return false;
     };
+    let skb = ctx.skb.skb;
     // SAFETY: the context pointer as above; `sl` is this CPU's slot, which
     // no other program changes while this one runs (a tc program is not
     // interrupted by another; the flush program marks slots busy). An
-    // emptied slot's key[1] is zero, never an IPv4 key's.
+    // emptied slot's key[1] is zero, never an IPv4 key's; the state's kind
+    // tells an IPv6 key from an IPv4 one.
     unsafe {
-        if (*sl).key[0] != k0 || (*sl).key[1] != k1 {
+        if !same(sl) {
             let Some(other) = CACHE.get_ptr_mut(base | 1) else {
                 return false;
             };
-            if (*other).key[0] != k0 || (*other).key[1] != k1 {
+            if !same(other) {
                 return false;
             }
             sl = other;
         }
         let ifindex = (*skb).ifindex;
         let state = (*sl).state;
-        if state != CACHE_V4 | u64::from(ifindex) << 32 {
-            if state & (CACHE_KIND | CACHE_BUSY) == CACHE_V4 && (*sl).second_if != 0 {
+        if state != kind | u64::from(ifindex) << 32 {
+            if state & (CACHE_KIND | CACHE_BUSY) == kind && (*sl).second_if != 0 {
                 // Counted on the interface that saw it first.
                 count(Counter::SecondInterface, 1);
                 return true;
@@ -406,14 +514,14 @@ fn fast_v4(ctx: &TcContext) -> bool {
         }
         let d = dir as usize;
         *(*sl).packets.as_mut_ptr().add(d) += 1;
-        *(*sl).bytes.as_mut_ptr().add(d) += u64::from(tot_len);
+        *(*sl).bytes.as_mut_ptr().add(d) += u64::from(bytes);
         (*sl).tcp_flags |= flags << (dir * 8);
         (*sl).last_jiffies = bpf_jiffies64();
     }
     true
 }
 
-/// Everything [`fast_v4`] leaves: [`segwatch_parse`], then
+/// Everything the fast paths leave: [`segwatch_parse`], then
 /// [`segwatch_track`]. Two global functions (BTF linkage global): the
 /// verifier checks each once on its own, with its arguments unknown,
 /// instead of the flow update once per way the parser can end. Called one
@@ -1166,10 +1274,10 @@ fn slot_key(key: &TupleKey) -> ([u64; 5], u64) {
 }
 
 /// The per-CPU cache in front of [`FLOWS`] (see [`CACHE`]) for what
-/// [`fast_v4`] did not count: IPv6, a slot to fill or to evict, TCP
-/// SYN/FIN/RST. Two-way set associative: a key may sit in either slot of
-/// its set (`slot_of & !1` and the one after); a new key takes an empty
-/// slot of the set, else the one whose last packet is older (its delta
+/// [`fast_v4`] and [`fast_v6`] did not count: a slot to fill or to
+/// evict, TCP SYN/FIN/RST, IPv6 extension headers. Two-way set
+/// associative: a key may sit in either slot of its set (`slot_of & !1`
+/// and the one after); a new key takes an empty slot of the set, else the one whose last packet is older (its delta
 /// goes to [`FLOWS`] first). Returns the outcome in bits 0-7 and the
 /// slot for [`cache_fill`] above them. Its own function: the verifier
 /// then walks the shared path once, not once per cache outcome.

@@ -1444,6 +1444,76 @@ fn the_flow_cache_counts_steady_packets_exactly() {
     assert_eq!(e.key.ip_version, 6);
     assert_eq!(e.stats.packets, [2000, 900]);
     assert_eq!(e.stats.bytes, [2000 * 148, 900 * 148]);
+
+    // IPv6 TCP over the IPv6 fast path: the canonical order it computes
+    // from the packet's words must be the general path's, whichever word
+    // (or the port, for one address) decides it.
+    let a6 = |s: &str| IpAddr::V6(s.parse::<Ipv6Addr>().expect("address"));
+    let pairs = [
+        (v6(0x21), v6(0x22), 41000, 8080),
+        // The second 32-bit word decides (a 64-bit compare of the first two
+        // words as one little-endian load would not).
+        (a6("2001:db8:1::5"), a6("2001:db8:0:ffff::5"), 41001, 8080),
+        // The third word decides.
+        (a6("fd10::1:0:0:7"), a6("fd10::2:0:0:7"), 41002, 443),
+        // One address, the ports decide.
+        (v6(0x30), v6(0x30), 6000, 5000),
+    ];
+    for (x, y, xp, yp) in pairs {
+        h.dp.clear_flows().unwrap();
+        let seg = |fwd: bool, flags: u8, payload: usize| {
+            let (s, d, sp, dp) = if fwd { (x, y, xp, yp) } else { (y, x, yp, xp) };
+            frame(
+                s,
+                d,
+                &L4::Tcp {
+                    sport: sp,
+                    dport: dp,
+                    flags,
+                    payload,
+                },
+                &Quirks::default(),
+            )
+        };
+        h.run(PROG_INGRESS, &seg(true, tcp_flags::SYN, 0));
+        h.run(PROG_EGRESS, &seg(false, tcp_flags::SYN | tcp_flags::ACK, 0));
+        repeat(
+            &mut h,
+            PROG_INGRESS,
+            &seg(true, tcp_flags::ACK | tcp_flags::PSH, 300),
+            1200,
+            0,
+        );
+        repeat(&mut h, PROG_EGRESS, &seg(false, tcp_flags::ACK, 0), 700, 0);
+        h.run(PROG_INGRESS, &seg(true, tcp_flags::FIN | tcp_flags::ACK, 0));
+        let e = h.only_flow();
+        assert_eq!(e.key.ip_version, 6);
+        // Direction 0 is the canonical low end: x's unless y sorts first.
+        let octets = match x {
+            IpAddr::V6(v) => v.octets().to_vec(),
+            IpAddr::V4(_) => unreachable!(),
+        };
+        let x_first = e.key.port_lo == xp && addr_bytes(&e.key, true) == octets;
+        let (xs, ys) = if x_first { (0, 1) } else { (1, 0) };
+        let (mut packets, mut bytes) = ([0u64; 2], [0u64; 2]);
+        packets[xs] = 1202;
+        packets[ys] = 701;
+        bytes[xs] = 60 + 1200 * 360 + 60;
+        bytes[ys] = 60 + 700 * 60;
+        assert_eq!(e.stats.packets, packets, "{x} {xp} <-> {y} {yp}");
+        assert_eq!(e.stats.bytes, bytes, "{x} {xp} <-> {y} {yp}");
+        // A second interface's copies: skipped, not counted again.
+        let skipped_before = h.delta(Counter::SecondInterface);
+        repeat(
+            &mut h,
+            PROG_EGRESS,
+            &seg(false, tcp_flags::ACK, 0),
+            40,
+            other,
+        );
+        assert_eq!(h.only_flow().stats.packets, packets);
+        assert_eq!(h.delta(Counter::SecondInterface) - skipped_before, 40);
+    }
     assert_eq!(h.delta(Counter::HandoverRace), 0, "one CPU: no race");
     assert_eq!(h.delta(Counter::FlowMapFull), 0);
 }
