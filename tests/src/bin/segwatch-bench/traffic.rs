@@ -426,6 +426,11 @@ pub fn iperf3_bps(netns: &str, addr: IpAddr, port: u16, secs: u32) -> Result<f64
                 &secs.to_string(),
                 "-O",
                 "1",
+                // Client on CPU 0, server on CPU 1: left to the scheduler,
+                // where the two land changes the rate by up to 2x between
+                // runs on this kind of 2-core machine.
+                "-A",
+                "0,1",
                 "-J",
             ])
             .output()
