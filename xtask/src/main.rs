@@ -58,7 +58,7 @@ enum Task {
         prefix: String,
     },
     /// Set up, build in release mode, then measure what segwatch costs on
-    /// this machine (about 8 minutes; --quick: about one). Writes
+    /// this machine (about 6 minutes; --quick: about one). Writes
     /// target/bench/results.json and target/bench/results.md. Fails only
     /// when something cannot be measured, never because a target is missed.
     Bench {
