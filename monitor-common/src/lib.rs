@@ -190,7 +190,9 @@ pub const MARK_SECOND_IF: u8 = 2;
 /// current connection's counts are `packets - base_packets`. A packet on
 /// another CPU that read `gen` before the claim and adds after it, or during
 /// a rotation, is counted as [`Counter::HandoverRace`] (its bytes may land in
-/// the new connection; the race is counted, never silent).
+/// the new connection; the race is counted, never silent). An old
+/// connection's delta still in a CPU's cache slot is counted there too,
+/// and never added to the new connection.
 ///
 /// The daemon reads entries with the kernel's ascending copy: `gen_lo`
 /// (written last by a rotation) comes first, `gen` (claimed first) last, so
@@ -491,8 +493,11 @@ pub enum Counter {
     NewFlows = 7,
     /// TCP connections started on an existing entry by a SYN (rotations).
     Rotations = 8,
-    /// Packets that raced with a rotation on another CPU: counted, but
-    /// possibly into the new connection instead of the old one.
+    /// Packets that raced with a rotation on another CPU: a packet that
+    /// overlapped it, counted possibly into the new connection instead of
+    /// the old one; or an old connection's packets still in another CPU's
+    /// cache slot when a SYN handed the entry over, kept out of the new
+    /// connection and so in neither report.
     HandoverRace = 9,
     /// Packets of ended connections whose final totals could not be handed
     /// to the daemon (ring buffer full at the rotation). A loss.

@@ -1440,8 +1440,10 @@ fn count_sync(counter: Counter, n: u64) {
 /// empties the slot (the busy bit, if set, stays). An entry the daemon
 /// removed since the slot was filled is created again with the delta (a
 /// later part of the connection, as a packet after the removal would). A
-/// delta of a connection that another CPU handed over since is added to
-/// the current one and counted as [`Counter::HandoverRace`].
+/// delta of a connection that a SYN on another CPU handed over since is
+/// not added to the new connection: it is counted as
+/// [`Counter::HandoverRace`] (lost to the old connection's report, which
+/// went out with the rotation).
 ///
 /// A global function, checked once: the flush program calls it for every
 /// slot of its chunk. The caller makes sure no other program changes the
@@ -1482,7 +1484,21 @@ pub extern "C" fn segwatch_flush_slot(idx: u32) -> i32 {
         (*s).bytes = [0; 2];
         (*s).tcp_flags = 0;
         let g = read_volatile(addr_of!((*v).gen));
+        if g & GEN_ROTATING == 0
+            && (g as u32).wrapping_sub((*s).gen).wrapping_sub(1) < ROTATED_SINCE
+        {
+            // SYNs rotated the entry since the slot was filled: the delta
+            // is an earlier connection's on this tuple (a client port
+            // reused within seconds, its last packets counted on this
+            // CPU), whose final totals went out with the rotation. Added,
+            // it would be the new connection's; counted apart instead, so
+            // every report holds its own connection's packets only.
+            count_sync(Counter::HandoverRace, p0 + p1);
+            return 0;
+        }
         if g as u32 != (*s).gen || g & GEN_ROTATING != 0 {
+            // Mid-rotation, or an entry created again since (a random
+            // generation): added to what holds the tuple now, and counted.
             count_sync(Counter::HandoverRace, p0 + p1);
         }
         if p0 != 0 {
@@ -1502,6 +1518,10 @@ pub extern "C" fn segwatch_flush_slot(idx: u32) -> i32 {
     }
     0
 }
+
+/// Rotations a slot's generation may lag its entry's by and still be told
+/// from an entry created again (whose generation is random).
+const ROTATED_SINCE: u32 = 64;
 
 /// [`segwatch_flush_slot`] for an entry no longer in [`FLOWS`]: a new entry
 /// with the delta (the daemon finds it at its next sweep), its opener

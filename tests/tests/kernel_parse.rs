@@ -1252,7 +1252,12 @@ fn a_spraying_interface_is_held_to_its_new_flow_budget() {
 /// Pins the calling thread to one CPU: `BPF_PROG_TEST_RUN` runs the program
 /// on the calling CPU, so every run below shares that CPU's cache slots.
 fn pin_to_first_cpu() {
-    let cpu = aya::util::online_cpus().expect("online CPUs")[0] as usize;
+    pin_to_cpu(aya::util::online_cpus().expect("online CPUs")[0]);
+}
+
+/// Pins the calling thread to online CPU `cpu`.
+fn pin_to_cpu(cpu: u32) {
+    let cpu = cpu as usize;
     // SAFETY: cpu_set_t is plain data (all zero: empty); `cpu` is an online
     // CPU number, below CPU_SETSIZE on any machine this runs on.
     unsafe {
@@ -1516,4 +1521,95 @@ fn the_flow_cache_counts_steady_packets_exactly() {
     }
     assert_eq!(h.delta(Counter::HandoverRace), 0, "one CPU: no race");
     assert_eq!(h.delta(Counter::FlowMapFull), 0);
+}
+
+/// A client port reused within seconds: the old connection's last packets
+/// still sit in one CPU's cache slot when a SYN on another CPU hands the
+/// tuple over. They stay out of the new connection (its counts and flags
+/// are its own packets' only) and are counted as a hand-over race; with
+/// the old connection's final totals they add up to every packet sent.
+#[test]
+fn an_old_connections_cached_packets_stay_out_of_the_next_one() {
+    use monitor_common::event_kind;
+    use tcp_flags::{ACK, FIN, SYN};
+    let cpus = aya::util::online_cpus().expect("online CPUs");
+    assert!(
+        cpus.len() >= 2,
+        "this test needs two online CPUs, found {}",
+        cpus.len()
+    );
+    let mut h = Harness::new();
+    assert!(h.dp.cache_enabled(), "loaded unpinned: the cache is on");
+    let mut rb = h.dp.take_events().expect("ring buffer");
+    pin_to_cpu(cpus[0]);
+    h.dp.clear_flows().unwrap();
+    events(&mut rb);
+    let (a, b) = (v4(10, 78, 2, 2), v4(10, 78, 3, 3));
+    let tcp = |from_a: bool, flags: u8, payload: usize, seq: u32| {
+        let (s, d, sp, dp) = if from_a {
+            (a, b, 42000, 443)
+        } else {
+            (b, a, 443, 42000)
+        };
+        frame(
+            s,
+            d,
+            &L4::Tcp {
+                sport: sp,
+                dport: dp,
+                flags,
+                payload,
+            },
+            &Quirks {
+                tcp_seq: Some(seq),
+                ..Default::default()
+            },
+        )
+    };
+    // Connection 1 on the first CPU: handshake, data, FIN both ways, then
+    // the closing ACKs (a plain ACK takes the cache slot's fast path).
+    h.run(PROG_INGRESS, &tcp(true, SYN, 0, 1000));
+    h.run(PROG_EGRESS, &tcp(false, SYN | ACK, 0, 5000));
+    for _ in 0..5 {
+        h.run(PROG_INGRESS, &tcp(true, ACK, 100, 1001));
+    }
+    h.run(PROG_INGRESS, &tcp(true, FIN | ACK, 0, 1501));
+    h.run(PROG_EGRESS, &tcp(false, FIN | ACK, 0, 5001));
+    for _ in 0..3 {
+        h.run(PROG_INGRESS, &tcp(true, ACK, 0, 1502));
+    }
+    let sent1 = 1 + 5 + 1 + 3 + 2;
+
+    // Connection 2 (the port again, a new ISN) on the second CPU, before
+    // anything flushed the first CPU's slot.
+    pin_to_cpu(cpus[1]);
+    h.run(PROG_INGRESS, &tcp(true, SYN, 0, 9000));
+    h.run(PROG_EGRESS, &tcp(false, SYN | ACK, 0, 7000));
+    for _ in 0..3 {
+        h.run(PROG_INGRESS, &tcp(true, ACK, 50, 9001));
+    }
+    // The read flushes every CPU's cache, the first CPU's stale slot too.
+    let e2 = h.only_flow();
+    assert_eq!(e2.stats.packets, [4, 1], "connection 2's own packets only");
+    assert_eq!(e2.stats.bytes, [40 + 3 * 90, 40]);
+    assert_eq!(e2.stats.tcp_flags, [SYN | ACK, SYN | ACK]);
+    let ev = events(&mut rb);
+    let rotated: Vec<_> = ev
+        .iter()
+        .filter(|e| e.kind == event_kind::ROTATED)
+        .collect();
+    assert_eq!(rotated.len(), 1, "{ev:?}");
+    assert_eq!(rotated[0].gen, e2.gen);
+    let handed_over = rotated[0].prev.packets[0] + rotated[0].prev.packets[1];
+    let race = h.delta(Counter::HandoverRace);
+    assert!(
+        race >= 1,
+        "the closing ACKs counted on the first CPU were still in its slot (handed over {handed_over} of {sent1})"
+    );
+    assert_eq!(
+        handed_over + race,
+        sent1,
+        "every packet of connection 1 is in its final totals or counted as a race"
+    );
+    assert_eq!(h.delta(Counter::HandoverLost), 0);
 }
