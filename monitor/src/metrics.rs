@@ -122,8 +122,9 @@ pub mod stage {
     /// could not be handed to the daemon (kernel ring buffer full): counted
     /// in packets of the lost connection.
     pub const TCP_HANDOVER: &str = "tcp_handover";
-    /// Packets that raced with such a hand-over on another CPU: counted, but
-    /// possibly into the new connection instead of the old one.
+    /// Packets that raced with such a hand-over on another CPU: counted
+    /// possibly into the new connection instead of the old one, or (the old
+    /// connection's last packets still in another CPU's cache) in neither.
     pub const TCP_HANDOVER_RACE: &str = "tcp_handover_race";
     /// Flow reports the OTLP exporter could not deliver (queue over its
     /// memory budget, retries given up, or left at shutdown).
