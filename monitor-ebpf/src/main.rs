@@ -347,22 +347,7 @@ fn fast_v4(ctx: &TcContext) -> bool {
         return false;
     }
     let proto = (w2 >> 8) as u8;
-    let flags = if proto == proto::TCP {
-        // RFC 9293 §3.1: data offset (high nibble) and flags.
-        let doff_flags: u16 = unsafe { load(start + ETH_HLEN + 20 + 12) };
-        let doff = u32::from((doff_flags as u8) >> 4) * 4;
-        let f = (doff_flags >> 8) as u8;
-        // SYN, FIN and RST take the shared path (see `CACHE`).
-        if doff < 20
-            || 20 + doff > tot_len
-            || f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
-        {
-            return false;
-        }
-        u64::from(f)
-    } else if proto == proto::UDP {
-        0
-    } else {
+    let Some(flags) = (unsafe { fast_l4_flags(proto, start + ETH_HLEN + 20, tot_len - 20) }) else {
         return false;
     };
     let s: u32 = unsafe { load(start + ETH_HLEN + 12) };
@@ -422,20 +407,7 @@ fn fast_v6(skb: *mut __sk_buff) -> bool {
     }
     let proto = (w1 >> 16) as u8;
     let l4 = l3 + 40;
-    let flags = if proto == proto::TCP {
-        let doff_flags: u16 = unsafe { load(l4 + 12) };
-        let doff = u32::from((doff_flags as u8) >> 4) * 4;
-        let f = (doff_flags >> 8) as u8;
-        if doff < 20
-            || doff > payload_len
-            || f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
-        {
-            return false;
-        }
-        u64::from(f)
-    } else if proto == proto::UDP {
-        0
-    } else {
+    let Some(flags) = (unsafe { fast_l4_flags(proto, l4, payload_len) }) else {
         return false;
     };
     // Each address as two words of the key's form: bytes 0-3 | 4-7 << 32.
@@ -467,6 +439,33 @@ fn fast_v6(skb: *mut __sk_buff) -> bool {
         (k[0] ^ k0) | (k[1] ^ k1) | (k[2] ^ k2) | (k[3] ^ k3) | (k[4] ^ k4) == 0
     };
     fast_count(ctx, base, CACHE_V6, same, dir, 40 + payload_len, flags)
+}
+
+/// The fast paths' transport check: a TCP segment without SYN, FIN or
+/// RST gives its flags (for the slot), a UDP datagram 0; anything else,
+/// and a TCP data offset outside `l4_len` (the transport header and
+/// payload's length from the IP header), `None`: the general path.
+///
+/// # Safety
+/// `l4..l4 + 20` is inside the packet, checked against `data_end`.
+#[inline(always)]
+unsafe fn fast_l4_flags(proto: u8, l4: usize, l4_len: u32) -> Option<u64> {
+    if proto == proto::UDP {
+        return Some(0);
+    }
+    if proto != proto::TCP {
+        return None;
+    }
+    // RFC 9293 §3.1: data offset (high nibble) and flags.
+    // SAFETY: per the caller.
+    let doff_flags: u16 = unsafe { load(l4 + 12) };
+    let doff = u32::from((doff_flags as u8) >> 4) * 4;
+    let f = (doff_flags >> 8) as u8;
+    // SYN, FIN and RST take the shared path (see `CACHE`).
+    if doff < 20 || doff > l4_len || f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0 {
+        return None;
+    }
+    Some(u64::from(f))
 }
 
 /// The fast paths' common end: finds the key (`same`) in the set at
@@ -1277,8 +1276,8 @@ fn slot_key(key: &TupleKey) -> ([u64; 5], u64) {
 /// [`fast_v4`] and [`fast_v6`] did not count: a slot to fill or to
 /// evict, TCP SYN/FIN/RST, IPv6 extension headers. Two-way set
 /// associative: a key may sit in either slot of its set (`slot_of & !1`
-/// and the one after); a new key takes an empty slot of the set, else the one whose last packet is older (its delta
-/// goes to [`FLOWS`] first). Returns the outcome in bits 0-7 and the
+/// and the one after); a new key takes an empty slot of the set, else the
+/// one whose last packet is older (its delta goes to [`FLOWS`] first). Returns the outcome in bits 0-7 and the
 /// slot for [`cache_fill`] above them. Its own function: the verifier
 /// then walks the shared path once, not once per cache outcome.
 #[inline(never)]
