@@ -435,6 +435,24 @@ fn sandwich(base: &[f64], mon: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// `f` with `segwatch_noop` attached to both directions of every pod
+/// veth, where segwatch attaches its programs: the hook floor, what the
+/// kernel's tcx hooks cost any tc program. Detached again before the
+/// result of `f` is looked at.
+fn with_noop_hooks<T>(ctx: &mut Ctx, f: impl FnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
+    let ifaces: Vec<String> = ctx.topo.pods.iter().map(|p| p.host_if.clone()).collect();
+    for i in &ifaces {
+        ctx.dp
+            .attach_program(PROG_NOOP, i)
+            .with_context(|| format!("attaching {PROG_NOOP} to {i}"))?;
+    }
+    let out = f(ctx);
+    for i in &ifaces {
+        ctx.dp.detach(i);
+    }
+    out
+}
+
 /// `segwatch run` in the node namespace with `args`; ready when it returns.
 fn daemon(ctx: &Ctx, args: &[&str]) -> Daemon {
     Daemon::start(&ctx.topo.node.name, args)

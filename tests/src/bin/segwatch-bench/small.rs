@@ -20,9 +20,8 @@ pub(super) fn phase_small(ctx: &mut Ctx) -> Result<Vec<Figure>> {
     let (mut base_cpu, mut mon_cpu) = (Vec::new(), Vec::new());
     let (mut base_sent, mut mon_sent) = (Vec::new(), Vec::new());
     let mut daemon_cpu_per_million = Vec::new();
-    // The hook floor: segwatch_noop on both directions of every pod veth,
-    // where segwatch attaches its programs. What it costs is the kernel's
-    // tcx hooks themselves, which any tc-based monitor pays.
+    // The hook floor (see `with_noop_hooks`), which any tc-based monitor
+    // pays.
     let (mut noop_pps, mut noop_cpu) = (Vec::new(), Vec::new());
     for i in 0..=ctx.plan.reps {
         let b = blast(ctx)?;
@@ -41,17 +40,7 @@ pub(super) fn phase_small(ctx: &mut Ctx) -> Result<Vec<Figure>> {
             daemon_cpu_per_million.push(daemon_cpu / (m.received.max(1) as f64 / 1e6));
             mon_sent.push(m.sent as f64 / m.secs);
             stop(d)?;
-            let ifaces: Vec<String> = ctx.topo.pods.iter().map(|p| p.host_if.clone()).collect();
-            for i in &ifaces {
-                ctx.dp
-                    .attach_program(PROG_NOOP, i)
-                    .with_context(|| format!("attaching {PROG_NOOP} to {i}"))?;
-            }
-            let h = blast(ctx);
-            for i in &ifaces {
-                ctx.dp.detach(i);
-            }
-            let h = h?;
+            let h = with_noop_hooks(ctx, |ctx| blast(ctx))?;
             noop_pps.push(h.pps());
             noop_cpu.push(h.per_cpu_s());
         }

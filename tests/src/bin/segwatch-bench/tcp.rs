@@ -21,7 +21,6 @@ pub(super) fn phase_tcp(ctx: &mut Ctx) -> Result<Vec<Figure>> {
         cpu.push(bps * f64::from(secs) / busy.max(0.01));
         Ok(bps)
     };
-    let ifaces: Vec<String> = ctx.topo.pods.iter().map(|p| p.host_if.clone()).collect();
     for i in 0..=ctx.plan.reps {
         base.push(run(&mut base_cpu)?);
         if i < ctx.plan.reps {
@@ -32,17 +31,7 @@ pub(super) fn phase_tcp(ctx: &mut Ctx) -> Result<Vec<Figure>> {
             // What the daemon itself took from the two cores meanwhile.
             daemon_cpu.push(kernel::cpu_seconds(pid)? - c0);
             stop(d)?;
-            // The hook floor, as in the small-packet phase.
-            for i in &ifaces {
-                ctx.dp
-                    .attach_program(PROG_NOOP, i)
-                    .with_context(|| format!("attaching {PROG_NOOP} to {i}"))?;
-            }
-            let n = run(&mut noop_cpu);
-            for i in &ifaces {
-                ctx.dp.detach(i);
-            }
-            noop.push(n?);
+            noop.push(with_noop_hooks(ctx, |_| run(&mut noop_cpu))?);
         }
     }
     let gbit = |v: &[f64]| median(v) / 1e9;

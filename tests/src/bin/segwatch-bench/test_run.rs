@@ -50,21 +50,22 @@ pub(super) fn phase_test_run(ctx: &mut Ctx) -> Result<Vec<Figure>> {
     let (mut noop_ns, mut steady_ns, mut noop1_ns, mut new_ns) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut noop6_ns, mut steady6_ns, mut steady6_ratio) = (Vec::new(), Vec::new(), Vec::new());
+    // Steady state: the flow exists (one run creates it), every run of
+    // `repeat` is a hit; the no-op on the same frame first.
+    let steady_run = |ctx: &mut Ctx, f: &[u8]| -> Result<(f64, f64)> {
+        let (_, noop) = ctx.dp.test_run(PROG_NOOP, pkt(f), repeat)?;
+        ctx.dp.test_run(PROG_INGRESS, pkt(f), 1)?;
+        let (_, ours) = ctx.dp.test_run(PROG_INGRESS, pkt(f), repeat)?;
+        Ok((noop.as_nanos() as f64, ours.as_nanos() as f64))
+    };
     for _ in 0..ctx.plan.test_run_reps {
         ctx.dp.clear_flows()?;
         drain(ctx);
-        // Steady state: the flow exists, every run is a hit.
-        let (_, noop) = ctx.dp.test_run(PROG_NOOP, pkt(&steady), repeat)?;
-        ctx.dp.test_run(PROG_INGRESS, pkt(&steady), 1)?;
-        let (_, ours) = ctx.dp.test_run(PROG_INGRESS, pkt(&steady), repeat)?;
-        let (noop, ours) = (noop.as_nanos() as f64, ours.as_nanos() as f64);
+        let (noop, ours) = steady_run(ctx, &steady)?;
         noop_ns.push(noop);
         steady_ns.push(ours);
         steady_ratio.push(ours / noop.max(1.0));
-        let (_, noop6) = ctx.dp.test_run(PROG_NOOP, pkt(&steady6), repeat)?;
-        ctx.dp.test_run(PROG_INGRESS, pkt(&steady6), 1)?;
-        let (_, ours6) = ctx.dp.test_run(PROG_INGRESS, pkt(&steady6), repeat)?;
-        let (noop6, ours6) = (noop6.as_nanos() as f64, ours6.as_nanos() as f64);
+        let (noop6, ours6) = steady_run(ctx, &steady6)?;
         noop6_ns.push(noop6);
         steady6_ns.push(ours6);
         steady6_ratio.push(ours6 / noop6.max(1.0));
